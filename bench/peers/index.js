@@ -1,0 +1,30 @@
+// The peers of `npm run bench`, in table order. Data, not code: a new variant is
+// one more entry (a sluice with shards is a template with a shard count, the
+// envelope route another template).
+import caddy from './caddy.js';
+import haproxy from './haproxy.js';
+import nginx from './nginx.js';
+import nodeHttpProxy from './node-http-proxy.js';
+import { sluicePeer } from './sluice.js';
+
+/** No proxy: the load generator talks to the echo backend itself (the baseline). */
+const direct = {
+  name: 'direct',
+  describe: 'no proxy (baseline)',
+  direct: true,
+  check: () => null,
+  version: () => null,
+  async start({ echoPort }) {
+    return { child: null, pid: null, port: echoPort };
+  },
+};
+
+export const PEERS = [
+  direct,
+  nginx,
+  haproxy,
+  caddy,
+  nodeHttpProxy,
+  sluicePeer({ name: 'sluice', describe: 'sluice, native codec' }),
+  sluicePeer({ name: 'sluice-ts', describe: 'sluice, SLUICE_NO_NATIVE=1', env: { SLUICE_NO_NATIVE: '1' } }),
+];

@@ -1,0 +1,41 @@
+// sluice peer: `node dist/cli.js --config <yaml>` with a config rendered from
+// sluice.yaml.template. Variants (pure-TypeScript codec, shards, envelope route)
+// are the same module started with other `env` / template values; see index.js.
+import fs from 'node:fs';
+import path from 'node:path';
+import { renderTemplate, spawnGroup, waitForPort } from './process.js';
+
+const here = path.dirname(new URL(import.meta.url).pathname);
+const root = path.resolve(here, '..', '..');
+const cli = path.join(root, 'dist', 'cli.js');
+
+/** A sluice peer; `env` is added to its environment (e.g. SLUICE_NO_NATIVE=1). */
+export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.template' }) {
+  return {
+    name,
+    describe,
+    check() {
+      return fs.existsSync(cli) ? null : 'dist/cli.js not built: run npm run build';
+    },
+    version() {
+      try {
+        return 'sluice ' + JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).version;
+      } catch {
+        return null;
+      }
+    },
+    async start({ dir, port, echoPort, nofile }) {
+      const conf = renderTemplate(fs.readFileSync(path.join(here, template), 'utf8'), {
+        PORT: port,
+        ECHO_PORT: echoPort,
+        MAXCONN: Math.max(1000, Math.floor((nofile - 100) / 2)),
+      });
+      const file = path.join(dir, 'sluice.yaml');
+      fs.writeFileSync(file, conf);
+      const logFile = path.join(dir, 'stderr.log');
+      const child = spawnGroup(process.execPath, [cli, '--config', file], { logFile, cwd: root, env });
+      await waitForPort(port, { child, logFile, timeoutMs: 15000 });
+      return { child, pid: child.pid, port };
+    },
+  };
+}

@@ -1,0 +1,586 @@
+// N-API bindings of the codec (the CodecImplementation of src/codec/types.ts).
+//
+// No globals: everything per environment (buffer pool, mask-key randomness, class
+// constructors) lives in AddonData, installed with SetInstanceData, so the addon loads in
+// several worker threads at once. Built with NAPI_DISABLE_CPP_EXCEPTIONS: every argument
+// is checked, a bad one throws a TypeError (wrong type) or RangeError (value out of range).
+#include <napi.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "codec_abi.h"
+#include "envelope.h"
+#include "frame.h"
+#include "mask.h"
+#include "pool.h"
+#include "utf8.h"
+
+namespace sluice {
+
+namespace {
+
+struct AddonData {
+  BufferPool pool;
+  MaskKeySource keys;
+  Napi::FunctionReference parser_ctor;
+  Napi::FunctionReference encoder_ctor;
+};
+
+AddonData* Data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
+
+void ThrowType(Napi::Env env, const char* msg) {
+  Napi::TypeError::New(env, msg).ThrowAsJavaScriptException();
+}
+void ThrowRange(Napi::Env env, const char* msg) {
+  Napi::RangeError::New(env, msg).ThrowAsJavaScriptException();
+}
+
+// Bytes of any TypedArray or DataView (Buffer included). Empty (nullptr, 0) when detached.
+struct Bytes {
+  uint8_t* data = nullptr;
+  size_t len = 0;
+  napi_typedarray_type type = napi_uint8_array;
+};
+
+bool GetBytes(Napi::Env env, napi_value v, Bytes* out) {
+  bool is = false;
+  if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
+    size_t length = 0;
+    void* data = nullptr;
+    if (napi_get_typedarray_info(env, v, &out->type, &length, &data, nullptr, nullptr) != napi_ok) {
+      return false;
+    }
+    size_t elem = 1;
+    switch (out->type) {
+      case napi_int16_array:
+      case napi_uint16_array:
+        elem = 2;
+        break;
+      case napi_int32_array:
+      case napi_uint32_array:
+      case napi_float32_array:
+        elem = 4;
+        break;
+      case napi_float64_array:
+      case napi_bigint64_array:
+      case napi_biguint64_array:
+        elem = 8;
+        break;
+      default:
+        elem = 1;
+    }
+    out->data = static_cast<uint8_t*>(data);
+    out->len = data ? length * elem : 0;
+    return true;
+  }
+  if (napi_is_dataview(env, v, &is) == napi_ok && is) {
+    size_t length = 0;
+    void* data = nullptr;
+    if (napi_get_dataview_info(env, v, &length, &data, nullptr, nullptr) != napi_ok) return false;
+    out->data = static_cast<uint8_t*>(data);
+    out->len = data ? length : 0;
+    return true;
+  }
+  return false;
+}
+
+bool GetBytesArg(const Napi::CallbackInfo& info, size_t i, const char* msg, Bytes* out) {
+  if (i >= info.Length() || !GetBytes(info.Env(), info[i], out)) {
+    ThrowType(info.Env(), msg);
+    return false;
+  }
+  return true;
+}
+
+// A Uint32Array argument (descriptor outputs).
+bool GetUint32Array(const Napi::CallbackInfo& info, size_t i, const char* msg, uint32_t** data,
+                    size_t* len) {
+  Bytes b;
+  if (i >= info.Length() || !GetBytes(info.Env(), info[i], &b) || b.type != napi_uint32_array) {
+    ThrowType(info.Env(), msg);
+    return false;
+  }
+  *data = reinterpret_cast<uint32_t*>(b.data);
+  *len = b.len / 4;
+  return true;
+}
+
+// A number argument that is an integer in [lo, hi]; `optional` accepts undefined as def.
+bool GetInteger(const Napi::CallbackInfo& info, size_t i, double lo, double hi, const char* name,
+                double* out, bool optional = false, double def = 0) {
+  Napi::Env env = info.Env();
+  if (i >= info.Length() || info[i].IsUndefined()) {
+    if (optional) {
+      *out = def;
+      return true;
+    }
+  }
+  if (i >= info.Length() || !info[i].IsNumber()) {
+    ThrowType(env, name);
+    return false;
+  }
+  double d = info[i].As<Napi::Number>().DoubleValue();
+  if (std::isnan(d) || (std::isfinite(d) && std::floor(d) != d)) {
+    ThrowType(env, name);
+    return false;
+  }
+  if (d < lo || d > hi) {
+    ThrowRange(env, name);
+    return false;
+  }
+  *out = d;
+  return true;
+}
+
+// A size limit: a non-negative integer or +Infinity (no limit).
+bool GetLimit(const Napi::CallbackInfo& info, size_t i, const char* name, uint64_t* out) {
+  double d;
+  if (!GetInteger(info, i, 0, INFINITY, name, &d)) return false;
+  *out = d >= 9007199254740992.0 ? UINT64_MAX : static_cast<uint64_t>(d);
+  return true;
+}
+
+bool GetBool(const Napi::CallbackInfo& info, size_t i, const char* name, bool def, bool* out) {
+  if (i >= info.Length() || info[i].IsUndefined()) {
+    *out = def;
+    return true;
+  }
+  if (!info[i].IsBoolean()) {
+    ThrowType(info.Env(), name);
+    return false;
+  }
+  *out = info[i].As<Napi::Boolean>().Value();
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// FrameParser
+
+// Carry memory of one parser: pooled Buffers, one for the frame being received and one
+// for the CARRY frame described by the current call; each goes back to the pool as soon as
+// the contract lets it (the described one at the start of the next call).
+class PooledCarry : public CarryStore {
+ public:
+  explicit PooledCarry(napi_env env) : env_(env) {}
+
+  uint8_t* Reserve(size_t n) override {
+    if (!cur_.ref.IsEmpty() && cur_.cap >= n) return cur_.data;
+    Drop(&cur_);
+    Napi::Env env(env_);
+    uint8_t* data = nullptr;
+    Napi::Value v = Data(env)->pool.Acquire(env, n, &data);
+    if (v.IsEmpty()) {
+      // Out of memory: the parser refuses the frame instead (FrameTooBig).
+      env.GetAndClearPendingException();
+      return nullptr;
+    }
+    cur_.ref = Napi::Persistent(v.As<Napi::Object>());
+    cur_.data = data;
+    cur_.cap = TierBytes(n);
+    return data;
+  }
+
+  void Complete() override {
+    Drop(&done_);
+    done_.ref = std::move(cur_.ref);
+    done_.data = cur_.data;
+    done_.cap = cur_.cap;
+    cur_ = Region();
+  }
+
+  void Recycle() override { Drop(&done_); }
+  void Discard() override { Drop(&cur_); }
+
+  // A Buffer of exactly n bytes at the start of the completed frame's memory.
+  Napi::Value View(size_t n) {
+    Napi::Env env(env_);
+    if (done_.ref.IsEmpty() || n == 0) return Napi::Buffer<uint8_t>::New(env, 0);
+    Napi::Object full = done_.ref.Value();
+    if (n == done_.cap) return full;
+    Napi::Value sub = full.Get("subarray");
+    if (sub.IsEmpty() || !sub.IsFunction()) return Napi::Value();
+    return sub.As<Napi::Function>().Call(full, {Napi::Number::New(env, 0), Napi::Number::New(env, static_cast<double>(n))});
+  }
+
+ private:
+  struct Region {
+    Napi::ObjectReference ref;
+    uint8_t* data = nullptr;
+    size_t cap = 0;
+  };
+  static size_t TierBytes(size_t n) {
+    for (size_t t : BufferPool::kTierBytes) {
+      if (n <= t) return t;
+    }
+    return n;
+  }
+  void Drop(Region* r) {
+    if (r->ref.IsEmpty()) return;
+    Napi::Env env(env_);
+    Data(env)->pool.Release(env, r->ref.Value());
+    *r = Region();
+  }
+  napi_env env_;
+  Region cur_;
+  Region done_;
+};
+
+class FrameParserWrap : public Napi::ObjectWrap<FrameParserWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "FrameParser",
+                       {
+                           InstanceMethod<&FrameParserWrap::Parse>("parse"),
+                           InstanceMethod<&FrameParserWrap::Reset>("reset"),
+                           InstanceAccessor<&FrameParserWrap::Carry>("carry"),
+                           InstanceAccessor<&FrameParserWrap::PendingBytes>("pendingBytes"),
+                       });
+  }
+
+  explicit FrameParserWrap(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<FrameParserWrap>(info), core_(FrameLimits{}), carry_(info.Env()) {
+    Napi::Env env = info.Env();
+    double role, frames_per_call;
+    FrameLimits limits;
+    double fragments;
+    if (!GetInteger(info, 0, 0, 1, "FrameParser: role must be 0 (client) or 1 (server)", &role)) return;
+    if (!GetLimit(info, 1, "FrameParser: maxFrameBytes must be a non-negative integer", &limits.max_frame_bytes)) return;
+    if (!GetLimit(info, 2, "FrameParser: maxMessageBytes must be a non-negative integer", &limits.max_message_bytes)) return;
+    if (!GetInteger(info, 3, 0, INFINITY, "FrameParser: maxFragments must be a non-negative integer", &fragments)) return;
+    if (!GetBool(info, 4, "FrameParser: allowRsv1 must be a boolean", false, &limits.allow_rsv1)) return;
+    if (!GetInteger(info, 5, 1, 1 << 20, "FrameParser: maxFramesPerCall must be an integer in 1..1048576", &frames_per_call)) return;
+    limits.server = role == kRoleServer;
+    limits.max_fragments = fragments >= 9007199254740992.0 ? UINT64_MAX : static_cast<uint64_t>(fragments);
+    core_ = FrameParserCore(limits);
+    max_frames_ = static_cast<uint32_t>(frames_per_call);
+
+    // Both arrays live as long as the parser; JS reads them after every parse call. Own
+    // read-only properties (not accessors) so that reading them costs no native call.
+    Napi::Uint32Array descriptors = Napi::Uint32Array::New(env, static_cast<size_t>(max_frames_) * kDescriptorWords);
+    Napi::Int32Array state = Napi::Int32Array::New(env, kStateWords);
+    state[state::kResume] = -1;
+    descriptors_ = Napi::Persistent(static_cast<Napi::Object>(descriptors));
+    state_ = Napi::Persistent(static_cast<Napi::Object>(state));
+    Value().DefineProperties({
+        Napi::PropertyDescriptor::Value("descriptors", descriptors, napi_enumerable),
+        Napi::PropertyDescriptor::Value("state", state, napi_enumerable),
+    });
+  }
+
+ private:
+  // Current data pointer of an output array: looked up on every call, because an
+  // ArrayBuffer can be detached (transferred) under us, and a stale pointer would then
+  // point into freed memory.
+  bool Output(Napi::Env env, const Napi::ObjectReference& ref, size_t need_bytes, void** data) {
+    napi_typedarray_type type;
+    size_t length = 0;
+    if (napi_get_typedarray_info(env, ref.Value(), &type, &length, data, nullptr, nullptr) != napi_ok ||
+        *data == nullptr || length * 4 < need_bytes) {
+      Napi::Error::New(env, "FrameParser: descriptors/state were detached").ThrowAsJavaScriptException();
+      return false;
+    }
+    return true;
+  }
+
+  Napi::Value Parse(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Bytes chunk;
+    if (!GetBytesArg(info, 0, "FrameParser.parse: chunk must be a Uint8Array", &chunk)) return Napi::Value();
+    if (chunk.len > 0xffffffffu) {
+      ThrowRange(env, "FrameParser.parse: chunk over 4 GiB");
+      return Napi::Value();
+    }
+    double offset;
+    if (!GetInteger(info, 1, 0, static_cast<double>(chunk.len), "FrameParser.parse: offset must be an integer in 0..chunk.length", &offset, true, 0)) {
+      return Napi::Value();
+    }
+    void* desc;
+    void* state;
+    if (!Output(env, descriptors_, static_cast<size_t>(max_frames_) * kDescriptorWords * 4, &desc) ||
+        !Output(env, state_, kStateWords * 4, &state)) {
+      return Napi::Value();
+    }
+    int32_t rc = core_.Parse(chunk.data, chunk.len, static_cast<size_t>(offset), static_cast<uint32_t*>(desc),
+                             max_frames_, static_cast<int32_t*>(state), &carry_);
+    return Napi::Number::New(env, rc);
+  }
+
+  Napi::Value Reset(const Napi::CallbackInfo& info) {
+    core_.Reset(&carry_);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Carry(const Napi::CallbackInfo& info) {
+    if (!core_.has_carry_frame()) return Napi::Buffer<uint8_t>::New(info.Env(), 0);
+    return carry_.View(core_.carry_length());
+  }
+
+  Napi::Value PendingBytes(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), static_cast<double>(core_.PendingBytes()));
+  }
+
+  FrameParserCore core_;
+  PooledCarry carry_;
+  uint32_t max_frames_ = 1;
+  Napi::ObjectReference descriptors_;
+  Napi::ObjectReference state_;
+};
+
+// ---------------------------------------------------------------------------------------
+// FrameEncoder
+
+// take() copies outputs up to this size into a fresh JS Buffer and keeps its own memory;
+// larger ones are handed over without a copy (an external Buffer freed by its finalizer).
+constexpr size_t kTakeCopyMax = 16 << 10;
+
+class FrameEncoderWrap : public Napi::ObjectWrap<FrameEncoderWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "FrameEncoder",
+                       {
+                           InstanceMethod<&FrameEncoderWrap::Frame>("frame"),
+                           InstanceMethod<&FrameEncoderWrap::Take>("take"),
+                           InstanceAccessor<&FrameEncoderWrap::Length>("length"),
+                       });
+  }
+
+  explicit FrameEncoderWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FrameEncoderWrap>(info) {
+    double role, capacity;
+    if (!GetInteger(info, 0, 0, 1, "FrameEncoder: role must be 0 (client) or 1 (server)", &role)) return;
+    if (!GetInteger(info, 1, 0, 1 << 30, "FrameEncoder: initialCapacity must be an integer in 0..2^30", &capacity, true, 0)) return;
+    core_ = new (std::nothrow) FrameEncoderCore(role == kRoleClient, static_cast<size_t>(capacity));
+    if (!core_) Napi::Error::New(info.Env(), "FrameEncoder: out of memory").ThrowAsJavaScriptException();
+  }
+  ~FrameEncoderWrap() override { delete core_; }
+
+ private:
+  Napi::Value Frame(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    double op;
+    Bytes payload;
+    bool fin, rsv1;
+    if (!GetInteger(info, 0, 0, 15, "FrameEncoder.frame: opcode must be an integer", &op)) return Napi::Value();
+    if (!GetBytesArg(info, 1, "FrameEncoder.frame: payload must be a Uint8Array", &payload)) return Napi::Value();
+    if (!GetBool(info, 2, "FrameEncoder.frame: fin must be a boolean", true, &fin)) return Napi::Value();
+    if (!GetBool(info, 3, "FrameEncoder.frame: rsv1 must be a boolean", false, &rsv1)) return Napi::Value();
+    const uint8_t opcode = static_cast<uint8_t>(op);
+    const bool control = opcode >= 0x8;
+    if ((opcode > 0x2 && opcode < 0x8) || opcode > 0xa) {
+      ThrowRange(env, "FrameEncoder.frame: reserved opcode");
+      return Napi::Value();
+    }
+    if (control && (!fin || rsv1 || payload.len > 125)) {
+      ThrowRange(env, "FrameEncoder.frame: control frames need fin, no rsv1 and at most 125 bytes");
+      return Napi::Value();
+    }
+    if (rsv1 && opcode == opcode::kContinuation) {
+      ThrowRange(env, "FrameEncoder.frame: rsv1 belongs on the first frame of a message only");
+      return Napi::Value();
+    }
+    uint8_t key[4] = {0, 0, 0, 0};
+    if (core_->client() && !Data(env)->keys.Next(key)) {
+      Napi::Error::New(env, "FrameEncoder.frame: no randomness for the mask key").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (!core_->Append(opcode, payload.data, payload.len, fin, rsv1, key)) {
+      Napi::Error::New(env, "FrameEncoder.frame: out of memory").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    return env.Undefined();
+  }
+
+  Napi::Value Take(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const size_t len = core_->length();
+    if (len == 0) return env.Null();
+    if (len <= kTakeCopyMax) {
+      Napi::Buffer<uint8_t> out = Napi::Buffer<uint8_t>::Copy(env, core_->data(), len);
+      if (out.IsEmpty()) return Napi::Value();
+      core_->Clear();
+      return out;
+    }
+    size_t n = 0;
+    uint8_t* p = core_->Release(&n);
+    // Ownership passes to the Buffer: the finalizer frees the memory, and nothing else
+    // keeps a pointer to it. Where external buffers are not allowed, NewOrCopy copies and
+    // runs the finalizer at once.
+    return Napi::Buffer<uint8_t>::NewOrCopy(env, p, n, [](Napi::Env, uint8_t* data) { std::free(data); });
+  }
+
+  Napi::Value Length(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), static_cast<double>(core_->length()));
+  }
+
+  FrameEncoderCore* core_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------------------
+// Functions
+
+// mask(source, mask, output, offset, length): ws's bufferutil signature, bounds-checked.
+Napi::Value Mask(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes src, key, out;
+  double offset, length;
+  if (!GetBytesArg(info, 0, "mask: source must be a Uint8Array", &src) ||
+      !GetBytesArg(info, 1, "mask: mask must be a Uint8Array", &key) ||
+      !GetBytesArg(info, 2, "mask: output must be a Uint8Array", &out) ||
+      !GetInteger(info, 3, 0, 9007199254740991.0, "mask: offset must be a non-negative integer", &offset) ||
+      !GetInteger(info, 4, 0, 9007199254740991.0, "mask: length must be a non-negative integer", &length)) {
+    return Napi::Value();
+  }
+  if (key.len < 4) {
+    ThrowRange(env, "mask: mask must hold 4 bytes");
+    return Napi::Value();
+  }
+  if (length > static_cast<double>(src.len) || offset + length > static_cast<double>(out.len)) {
+    ThrowRange(env, "mask: offset/length out of bounds");
+    return Napi::Value();
+  }
+  uint8_t k[4];
+  std::memcpy(k, key.data, 4);  // the key may alias the output
+  if (length > 0) XorMask(out.data + static_cast<size_t>(offset), src.data, static_cast<size_t>(length), k, 0);
+  return env.Undefined();
+}
+
+Napi::Value Unmask(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes buf, key;
+  if (!GetBytesArg(info, 0, "unmask: buffer must be a Uint8Array", &buf) ||
+      !GetBytesArg(info, 1, "unmask: mask must be a Uint8Array", &key)) {
+    return Napi::Value();
+  }
+  if (key.len < 4) {
+    ThrowRange(env, "unmask: mask must hold 4 bytes");
+    return Napi::Value();
+  }
+  uint8_t k[4];
+  std::memcpy(k, key.data, 4);
+  if (buf.len > 0) XorMask(buf.data, buf.data, buf.len, k, 0);
+  return env.Undefined();
+}
+
+Napi::Value EnvelopeEncodeInto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes out, payload;
+  double offset, type, flags;
+  if (!GetBytesArg(info, 0, "envelopeEncodeInto: out must be a Uint8Array", &out) ||
+      !GetInteger(info, 1, 0, 9007199254740991.0, "envelopeEncodeInto: offset must be a non-negative integer", &offset) ||
+      !GetInteger(info, 2, kEnvelopeTypeMin, kEnvelopeTypeMax, "envelopeEncodeInto: type must be an integer in 1..6", &type) ||
+      !GetInteger(info, 3, 0, kEnvelopeFlagsKnown, "envelopeEncodeInto: flags must be an integer in 0..15", &flags) ||
+      !GetBytesArg(info, 4, "envelopeEncodeInto: payload must be a Uint8Array", &payload)) {
+    return Napi::Value();
+  }
+  if (payload.len > 0xffffffffu) {
+    ThrowRange(env, "envelopeEncodeInto: payload over 4 GiB");
+    return Napi::Value();
+  }
+  if (offset + kEnvelopeHeaderBytes + static_cast<double>(payload.len) > static_cast<double>(out.len)) {
+    ThrowRange(env, "envelopeEncodeInto: out is too small");
+    return Napi::Value();
+  }
+  size_t end = static_cast<size_t>(offset) +
+               EnvelopeEncode(out.data + static_cast<size_t>(offset), static_cast<uint8_t>(type),
+                              static_cast<uint8_t>(flags), payload.data, static_cast<uint32_t>(payload.len));
+  return Napi::Number::New(env, static_cast<double>(end));
+}
+
+Napi::Value EnvelopeDecodeFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes msg;
+  uint64_t max_payload;
+  uint32_t* out;
+  size_t out_len;
+  if (!GetBytesArg(info, 0, "envelopeDecode: message must be a Uint8Array", &msg) ||
+      !GetLimit(info, 1, "envelopeDecode: maxPayload must be a non-negative integer", &max_payload) ||
+      !GetUint32Array(info, 2, "envelopeDecode: out must be a Uint32Array", &out, &out_len)) {
+    return Napi::Value();
+  }
+  if (out_len < 4) {
+    ThrowRange(env, "envelopeDecode: out must hold 4 words");
+    return Napi::Value();
+  }
+  return Napi::Number::New(env, EnvelopeDecode(msg.data, msg.len, max_payload, out));
+}
+
+Napi::Value EnvelopeDecodeRunFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes buf;
+  uint64_t max_payload;
+  uint32_t* desc;
+  size_t desc_len;
+  if (!GetBytesArg(info, 0, "envelopeDecodeRun: buf must be a Uint8Array", &buf) ||
+      !GetLimit(info, 1, "envelopeDecodeRun: maxPayload must be a non-negative integer", &max_payload) ||
+      !GetUint32Array(info, 2, "envelopeDecodeRun: descriptors must be a Uint32Array", &desc, &desc_len)) {
+    return Napi::Value();
+  }
+  return Napi::Number::New(
+      env, EnvelopeDecodeRun(buf.data, buf.len, max_payload, desc, desc_len / kEnvelopeDescriptorWords));
+}
+
+Napi::Value Acquire(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  double size;
+  // 2^32: Node 20's Buffer limit on 64-bit platforms.
+  if (!GetInteger(info, 0, 0, 4294967296.0, "acquire: size must be an integer in 0..2^32", &size)) return Napi::Value();
+  uint8_t* data;
+  return Data(env)->pool.Acquire(env, static_cast<size_t>(size), &data);
+}
+
+Napi::Value Release(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes b;
+  if (!GetBytesArg(info, 0, "release: buf must be a Buffer from acquire()", &b) || b.type != napi_uint8_array) {
+    if (!env.IsExceptionPending()) ThrowType(env, "release: buf must be a Buffer from acquire()");
+    return Napi::Value();
+  }
+  Data(env)->pool.Release(env, info[0]);
+  return env.Undefined();
+}
+
+Napi::Value PoolStats(const Napi::CallbackInfo& info) { return Data(info.Env())->pool.Stats(info.Env()); }
+
+Napi::Value IsUtf8Fn(const Napi::CallbackInfo& info) {
+  Bytes b;
+  if (!GetBytesArg(info, 0, "isUtf8: buf must be a Uint8Array", &b)) return Napi::Value();
+  return Napi::Boolean::New(info.Env(), IsUtf8(b.data, b.len));
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  AddonData* data = new (std::nothrow) AddonData();
+  if (!data) {
+    Napi::Error::New(env, "sluice: out of memory").ThrowAsJavaScriptException();
+    return exports;
+  }
+  // Deleted by N-API when this environment (main thread or worker) ends.
+  env.SetInstanceData<AddonData>(data);
+  Napi::Function parser = FrameParserWrap::Define(env);
+  Napi::Function encoder = FrameEncoderWrap::Define(env);
+  data->parser_ctor = Napi::Persistent(parser);
+  data->encoder_ctor = Napi::Persistent(encoder);
+  exports.Set("FrameParser", parser);
+  exports.Set("FrameEncoder", encoder);
+  exports.Set("mask", Napi::Function::New<Mask>(env, "mask"));
+  exports.Set("unmask", Napi::Function::New<Unmask>(env, "unmask"));
+  exports.Set("envelopeEncodeInto", Napi::Function::New<EnvelopeEncodeInto>(env, "envelopeEncodeInto"));
+  exports.Set("envelopeDecode", Napi::Function::New<EnvelopeDecodeFn>(env, "envelopeDecode"));
+  exports.Set("envelopeDecodeRun", Napi::Function::New<EnvelopeDecodeRunFn>(env, "envelopeDecodeRun"));
+  exports.Set("acquire", Napi::Function::New<Acquire>(env, "acquire"));
+  exports.Set("release", Napi::Function::New<Release>(env, "release"));
+  exports.Set("poolStats", Napi::Function::New<PoolStats>(env, "poolStats"));
+  exports.Set("isUtf8", Napi::Function::New<IsUtf8Fn>(env, "isUtf8"));
+  return exports;
+}
+
+}  // namespace
+
+}  // namespace sluice
+
+namespace {
+Napi::Object InitSluice(Napi::Env env, Napi::Object exports) { return sluice::Init(env, exports); }
+}  // namespace
+
+NODE_API_MODULE(sluice, InitSluice)

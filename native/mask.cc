@@ -1,0 +1,83 @@
+#include "mask.h"
+
+#include <cstring>
+
+namespace sluice {
+
+namespace {
+
+// 32-byte GCC/Clang vector: SSE2 code (two xmm ops) by default, one ymm op in the AVX2
+// clone below, NEON on arm64. No intrinsics, so one source serves every target.
+typedef uint8_t Vec32 __attribute__((vector_size(32)));
+
+#if defined(__x86_64__) && defined(__ELF__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(SLUICE_NO_TARGET_CLONES)
+#define SLUICE_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SLUICE_TARGET_CLONES
+#endif
+
+SLUICE_TARGET_CLONES
+void XorMaskBulk(uint8_t* dst, const uint8_t* src, size_t n, const uint8_t k[4]) {
+  // k is already rotated so that k[0] applies to src[0]; n is a multiple of 32.
+  Vec32 kv;
+  for (size_t i = 0; i < 32; i++) kv[i] = k[i & 3];
+  size_t i = 0;
+  for (; i + 128 <= n; i += 128) {
+    Vec32 a, b, c, d;
+    std::memcpy(&a, src + i, 32);
+    std::memcpy(&b, src + i + 32, 32);
+    std::memcpy(&c, src + i + 64, 32);
+    std::memcpy(&d, src + i + 96, 32);
+    a ^= kv;
+    b ^= kv;
+    c ^= kv;
+    d ^= kv;
+    std::memcpy(dst + i, &a, 32);
+    std::memcpy(dst + i + 32, &b, 32);
+    std::memcpy(dst + i + 64, &c, 32);
+    std::memcpy(dst + i + 96, &d, 32);
+  }
+  for (; i < n; i += 32) {
+    Vec32 a;
+    std::memcpy(&a, src + i, 32);
+    a ^= kv;
+    std::memcpy(dst + i, &a, 32);
+  }
+}
+
+}  // namespace
+
+void XorMask(uint8_t* dst, const uint8_t* src, size_t n, const uint8_t key[4], size_t phase) {
+  uint8_t k[4] = {key[phase & 3], key[(phase + 1) & 3], key[(phase + 2) & 3],
+                  key[(phase + 3) & 3]};
+  size_t i = 0;
+  if (n >= 64) {
+    // Bring dst to a 32-byte boundary so the stores are aligned; the key rotates with it.
+    size_t head = (32 - (reinterpret_cast<uintptr_t>(dst) & 31)) & 31;
+    for (; i < head; i++) dst[i] = src[i] ^ k[i & 3];
+    if (head & 3) {
+      uint8_t r[4] = {k[head & 3], k[(head + 1) & 3], k[(head + 2) & 3], k[(head + 3) & 3]};
+      std::memcpy(k, r, 4);
+    }
+    size_t bulk = (n - head) & ~static_cast<size_t>(31);
+    XorMaskBulk(dst + head, src + head, bulk, k);
+    i = head + bulk;
+    // From here the key phase is relative to `head` (bulk is a multiple of 4).
+    for (size_t j = 0; i < n; i++, j++) dst[i] = src[i] ^ k[j & 3];
+    return;
+  }
+  // Short payloads: 8 bytes at a time through a 64-bit word, then single bytes.
+  uint64_t kw;
+  uint8_t k8[8] = {k[0], k[1], k[2], k[3], k[0], k[1], k[2], k[3]};
+  std::memcpy(&kw, k8, 8);
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, src + i, 8);
+    w ^= kw;
+    std::memcpy(dst + i, &w, 8);
+  }
+  for (; i < n; i++) dst[i] = src[i] ^ k[i & 3];
+}
+
+}  // namespace sluice

@@ -1,0 +1,125 @@
+/**
+ * The TypeScript twin of the native frame encoder: appends RFC 6455 frames to one output
+ * slab so that a session writes once per event-loop turn.
+ *
+ * `take()` hands over a view of the slab and later frames continue after it in the same
+ * slab, so a session that takes every turn allocates only when a slab fills up. The
+ * taken view keeps its slab alive for as long as the caller holds it.
+ */
+import { randomFillSync } from 'node:crypto';
+import type { FrameEncoder } from './types.js';
+import { mask as maskTs } from './mask.js';
+
+/** Signature of `CodecImplementation.mask`, so the dispatcher can lend the encoder a faster one. */
+export type MaskFunction = (source: Uint8Array, key: Uint8Array, output: Uint8Array, offset: number, length: number) => void;
+
+/** Random bytes are drawn in blocks: one randomFillSync per 2048 masks instead of one per frame. */
+const RANDOM_POOL_BYTES = 8192;
+/** Smallest slab, whatever the caller asked for. */
+const MIN_SLAB_BYTES = 1024;
+
+const randomPool = Buffer.allocUnsafeSlow(RANDOM_POOL_BYTES);
+let randomAt = RANDOM_POOL_BYTES;
+
+/** See FrameEncoder in types.ts for the contract. */
+export class TsFrameEncoder implements FrameEncoder {
+  private readonly _masking: boolean;
+  private readonly _capacity: number;
+  private readonly _mask: MaskFunction;
+  private _slab: Buffer;
+  private _start: number;
+  private _end: number;
+  private readonly _key: Buffer;
+
+  /**
+   * @param role 0 client (masks every frame), 1 server (no mask)
+   * @param initialCapacity bytes of the first slab and the least of every later one
+   * @param maskInto the mask function to use (the dispatcher passes the size-picked one)
+   */
+  constructor(role: 0 | 1, initialCapacity: number, maskInto: MaskFunction = maskTs) {
+    this._masking = role === 0;
+    this._capacity = Math.max(MIN_SLAB_BYTES, initialCapacity | 0);
+    this._mask = maskInto;
+    this._slab = Buffer.allocUnsafeSlow(this._capacity);
+    this._start = 0;
+    this._end = 0;
+    this._key = Buffer.allocUnsafeSlow(4);
+  }
+
+  get length(): number {
+    return this._end - this._start;
+  }
+
+  /**
+   * Append one frame. Throws a RangeError (and appends nothing) for what RFC 6455 forbids
+   * a sender: an unknown opcode, a control frame that is fragmented, compressed or over
+   * 125 bytes, RSV1 on a continuation frame (the same refusals as native/frame.cc).
+   */
+  frame(opcode: number, payload: Uint8Array, fin = true, rsv1 = false): void {
+    const length = payload.length;
+    if (opcode !== (opcode & 0x0f) || (opcode > 0x2 && opcode < 0x8) || opcode > 0xa) {
+      throw new RangeError(`frame: opcode ${opcode} is not a WebSocket opcode`);
+    }
+    if (opcode >= 0x8 && (!fin || rsv1 || length > 125)) {
+      throw new RangeError('frame: a control frame must be final, uncompressed and at most 125 bytes');
+    }
+    if (opcode === 0 && rsv1) throw new RangeError('frame: RSV1 is only allowed on the first frame of a message');
+    const masking = this._masking;
+    const headerBytes = (length < 126 ? 2 : length < 65536 ? 4 : 10) + (masking ? 4 : 0);
+    if (this._slab.length - this._end < headerBytes + length) this._grow(headerBytes + length);
+    const out = this._slab;
+    let at = this._end;
+    out[at++] = (fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | (opcode & 0x0f);
+    const maskBit = masking ? 0x80 : 0;
+    if (length < 126) {
+      out[at++] = maskBit | length;
+    } else if (length < 65536) {
+      out[at++] = maskBit | 126;
+      out[at++] = length >>> 8;
+      out[at++] = length & 0xff;
+    } else {
+      out[at++] = maskBit | 127;
+      const high = Math.floor(length / 0x100000000);
+      out.writeUInt32BE(high, at);
+      out.writeUInt32BE(length >>> 0, at + 4);
+      at += 8;
+    }
+    if (masking) {
+      if (randomAt === RANDOM_POOL_BYTES) {
+        randomFillSync(randomPool);
+        randomAt = 0;
+      }
+      const key = this._key;
+      key[0] = out[at++] = randomPool[randomAt++];
+      key[1] = out[at++] = randomPool[randomAt++];
+      key[2] = out[at++] = randomPool[randomAt++];
+      key[3] = out[at++] = randomPool[randomAt++];
+      if (length !== 0) this._mask(payload, key, out, at, length);
+    } else if (length !== 0) {
+      if (length < 64) {
+        for (let i = 0; i < length; i++) out[at + i] = payload[i];
+      } else {
+        out.set(payload, at);
+      }
+    }
+    this._end = at + length;
+  }
+
+  take(): Buffer | null {
+    if (this._end === this._start) return null;
+    const taken = this._slab.subarray(this._start, this._end);
+    this._start = this._end;
+    return taken;
+  }
+
+  /** Move the pending bytes to a slab with room for `need` more (doubling, so appends stay O(n)). */
+  private _grow(need: number): void {
+    const pending = this._end - this._start;
+    const size = Math.max(this._capacity, 2 * (pending + need));
+    const slab = Buffer.allocUnsafeSlow(size);
+    if (pending !== 0) this._slab.copy(slab, 0, this._start, this._end);
+    this._slab = slab;
+    this._start = 0;
+    this._end = pending;
+  }
+}

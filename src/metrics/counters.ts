@@ -1,0 +1,68 @@
+/**
+ * Hot-path counters: plain numbers bumped by sessions, read by prom-client's collect
+ * callbacks at scrape time (DESIGN "Metrics"). No prom-client call sits on the
+ * per-message path. One instance per proxy (per shard); shards' snapshots are summed.
+ */
+
+/** Message types counted in agent_websocket_frames_total{type}. */
+export type FrameKind = 'text' | 'binary' | 'ping' | 'pong' | 'close';
+/** `in` = client → upstream, `out` = upstream → client. */
+export type Direction = 'in' | 'out';
+
+/** Histogram bucket upper bounds (bytes) of agent_websocket_frame_bytes_histogram. */
+export const FRAME_BYTES_BUCKETS: readonly number[] = [64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304];
+/** Histogram bucket upper bounds (seconds) of agent_websocket_session_duration_seconds. */
+export const SESSION_SECONDS_BUCKETS: readonly number[] = [0.1, 1, 10, 60, 300, 1800, 3600, 21600, 86400];
+
+export class ProxyCounters {
+  /** frames[direction][kind] */
+  readonly frames: Record<Direction, Record<FrameKind, number>> = {
+    in: { text: 0, binary: 0, ping: 0, pong: 0, close: 0 },
+    out: { text: 0, binary: 0, ping: 0, pong: 0, close: 0 },
+  };
+  readonly frameBytes: Record<Direction, number> = { in: 0, out: 0 };
+  /** Cumulative-free bucket counts (index i counts sizes <= FRAME_BYTES_BUCKETS[i]; last = +Inf). */
+  readonly frameBytesBuckets: Float64Array = new Float64Array(FRAME_BYTES_BUCKETS.length + 1);
+  frameBytesSum = 0;
+  frameBytesCount = 0;
+  /** dropped[reason] */
+  readonly dropped: Record<string, number> = { backpressure: 0, too_big: 0 };
+  backpressureEvents = 0;
+  readonly sessionSecondsBuckets: Float64Array = new Float64Array(SESSION_SECONDS_BUCKETS.length + 1);
+  sessionSecondsSum = 0;
+  sessionSecondsCount = 0;
+  activeSessions = 0;
+  sessionsTotal = 0;
+  /** closes[code] — the close code the client side ended with. */
+  readonly closes: Record<string, number> = {};
+  shardRestarts = 0;
+
+  /** Count one forwarded message (hot path: integer work only). */
+  message(direction: Direction, kind: FrameKind, bytes: number): void {
+    this.frames[direction][kind]++;
+    this.frameBytes[direction] += bytes;
+    this.frameBytesSum += bytes;
+    this.frameBytesCount++;
+    let i = 0;
+    const b = FRAME_BYTES_BUCKETS;
+    while (i < b.length && bytes > b[i]) i++;
+    this.frameBytesBuckets[i]++;
+  }
+
+  sessionOpened(): void {
+    this.activeSessions++;
+    this.sessionsTotal++;
+  }
+
+  sessionClosed(code: number, seconds: number): void {
+    this.activeSessions--;
+    const key = String(code);
+    this.closes[key] = (this.closes[key] ?? 0) + 1;
+    this.sessionSecondsSum += seconds;
+    this.sessionSecondsCount++;
+    let i = 0;
+    const b = SESSION_SECONDS_BUCKETS;
+    while (i < b.length && seconds > b[i]) i++;
+    this.sessionSecondsBuckets[i]++;
+  }
+}

@@ -1,0 +1,561 @@
+/**
+ * The proxy: one uWS app terminating clients, routes with their balancers, the sessions,
+ * the once-per-turn flush of upstream writes, the heartbeat sweep, graceful drain and
+ * hot reload. `createProxy()` in index.ts is its door.
+ */
+import dc from 'node:diagnostics_channel';
+import type net from 'node:net';
+import type { Registry } from 'prom-client';
+import type { Logger } from 'pino';
+import { codecInfo, poolStats } from '../codec/index.js';
+import { parseConfig } from '../config/index.js';
+import type { ProxyConfig, RouteConfig } from '../config/types.js';
+import { SluiceError } from '../errors.js';
+import { createLogger } from '../log.js';
+import { ProxyCounters } from '../metrics/counters.js';
+import { createMetricsRegistry } from '../metrics/index.js';
+import { loadUws, type UWS, type UwsBuild } from '../uws.js';
+import { Balancer, Upstream } from './balancer.js';
+import { startEchoServer, type EchoServer } from './echo.js';
+import { dial, UpstreamError } from './handshake.js';
+import { compileRoutes, mapTarget, matchRoute, type RouteMatcher } from './router.js';
+import { Session, type ClientData, type SessionHost } from './session.js';
+
+const BUILTIN_ECHO = 'builtin:echo';
+/** Upstreams tried for one client before it gets 502 (the pick and up to two more). */
+const MAX_DIAL_TRIES = 3;
+/** Request headers that belong to one hop, or that the upstream leg writes itself. */
+const HOP_HEADERS = new Set([
+  'host', 'connection', 'upgrade', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding',
+  'proxy-authenticate', 'proxy-authorization', 'content-length', 'sec-websocket-key', 'sec-websocket-version',
+  'sec-websocket-extensions', 'sec-websocket-protocol', 'x-real-ip', 'x-forwarded-for', 'x-forwarded-proto',
+  'x-forwarded-host',
+]);
+
+const chOpen = dc.channel('sluice:session:open');
+const chClose = dc.channel('sluice:session:close');
+const chHealth = dc.channel('sluice:upstream:health');
+
+/** A route as the running proxy holds it. */
+export interface RouteRuntime {
+  key: string;
+  config: RouteConfig;
+  balancer: Balancer;
+  sessions: number;
+  healthTimer: NodeJS.Timeout | null;
+}
+
+/** JSON-able statistics of a running proxy (`/stats`). */
+export interface ProxyStats {
+  listening: boolean;
+  port: number;
+  draining: boolean;
+  sessions: number;
+  routes: Array<{
+    path: string;
+    host: string | null;
+    mode: string;
+    sessions: number;
+    upstreams: Array<{ url: string; sessions: number; healthy: boolean; lastError: string }>;
+  }>;
+  pool: ReturnType<typeof poolStats>;
+  native: typeof codecInfo;
+  uws: UwsBuild;
+  shards: Array<{ id: number; sessions: number; restarts: number }>;
+}
+
+/** Options of `close()`. */
+export interface CloseOptions {
+  /** How long sessions get to finish their close handshakes before they are cut (default config.drain.timeoutMs). */
+  drainMs?: number;
+}
+
+function routeKey(r: RouteConfig): string {
+  return `${(r.host ?? '').toLowerCase()}|${r.path}`;
+}
+
+function textOf(ab: ArrayBuffer): string {
+  return Buffer.from(ab).toString('latin1');
+}
+
+export class Proxy implements SessionHost {
+  config: ProxyConfig;
+  readonly counters = new ProxyCounters();
+  readonly registry: Registry;
+  readonly logger: Logger;
+  clock = Date.now();
+  port = 0;
+  private readonly uws: typeof UWS;
+  readonly uwsBuild: UwsBuild;
+  private app: UWS.TemplatedApp | null = null;
+  private listenSocket: UWS.us_listen_socket | null = null;
+  private echo: EchoServer | null = null;
+  private echoUrl = '';
+  private routes: RouteRuntime[] = [];
+  private matchers: Array<RouteMatcher<RouteRuntime>> = [];
+  /** Upstreams by URL, kept across reloads so least_conn counts and health survive. */
+  private readonly upstreamsByUrl = new Map<string, Upstream>();
+  readonly sessions = new Set<Session>();
+  private pendingUpgrades = 0;
+  private nextId = 1;
+  private dirty: Session[] = [];
+  private flushScheduled = false;
+  private readonly flushAll: () => void;
+  private sweepTimer: NodeJS.Timeout | null = null;
+  draining = false;
+  private closing: Promise<void> | null = null;
+
+  constructor(input: unknown) {
+    this.config = parseConfig(input);
+    this.logger = createLogger(this.config.log.level);
+    const { uws, build } = loadUws();
+    this.uws = uws;
+    this.uwsBuild = build;
+    this.registry = createMetricsRegistry(this.counters);
+    this.flushAll = () => {
+      this.flushScheduled = false;
+      const list = this.dirty;
+      this.dirty = [];
+      for (let i = 0; i < list.length; i++) list[i].flush();
+    };
+  }
+
+  /** Listening, and every route has a healthy upstream. */
+  get ready(): { ok: boolean; reasons: string[] } {
+    const reasons: string[] = [];
+    if (this.listenSocket === null) reasons.push('not listening');
+    if (this.draining) reasons.push('draining');
+    const now = Date.now();
+    for (const r of this.routes) {
+      if (!r.balancer.upstreams.some((u) => u.healthy(now))) reasons.push(`route ${r.config.path}: no healthy upstream`);
+    }
+    return { ok: reasons.length === 0, reasons };
+  }
+
+  // ------------------------------------------------------------------ SessionHost
+
+  markDirty(s: Session): void {
+    if (s.dirty) return;
+    s.dirty = true;
+    this.dirty.push(s);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushAll);
+    }
+  }
+
+  sessionEnded(s: Session): void {
+    this.sessions.delete(s);
+    const route = this.routes.find((r) => r.key === s.routeKey);
+    if (route) route.sessions--;
+    const seconds = (Date.now() - s.startedAt) / 1000;
+    this.counters.sessionClosed(s.clientCloseCode, seconds);
+    const info = {
+      event: 'session_close',
+      session: s.id,
+      route: s.route.path,
+      upstream: s.upstream.href,
+      durationMs: Math.round(seconds * 1000),
+      messagesIn: s.msgsIn,
+      messagesOut: s.msgsOut,
+      bytesIn: s.bytesIn,
+      bytesOut: s.bytesOut,
+      clientCode: s.clientCloseCode,
+      clientReason: s.clientCloseReason,
+      upstreamCode: s.upstreamCloseCode,
+      upstreamReason: s.upstreamCloseReason,
+      closedFirst: s.closedFirst,
+    };
+    this.logger.info(info, 'session closed');
+    if (chClose.hasSubscribers) chClose.publish(info);
+  }
+
+  backpressureEvent(s: Session, fill: number): void {
+    this.counters.backpressureEvents++;
+    this.logger.warn({
+      event: 'backpressure', session: s.id, route: s.route.path, fillPercent: Math.round(fill * 100),
+      queuedMessages: s.queued, queuedBytes: s.socket.writableLength, capacity: this.config.limits.channelCapacity,
+    }, 'sustained backpressure towards the upstream');
+  }
+
+  // ------------------------------------------------------------------ lifecycle
+
+  /** Bind the listener (port 0 allowed); resolves with the bound port. */
+  async listen(): Promise<{ port: number }> {
+    if (this.listenSocket !== null) return { port: this.port };
+    await this.applyRoutes(this.config);
+    const { listen } = this.config;
+    const behavior = this.behavior();
+    const app = listen.tls
+      ? this.uws.SSLApp({ cert_file_name: listen.tls.certFile, key_file_name: listen.tls.keyFile })
+      : this.uws.App();
+    app.ws('/*', behavior);
+    app.any('/*', (res) => {
+      res.writeStatus('426 Upgrade Required').writeHeader('Upgrade', 'websocket').end('sluice: this endpoint speaks WebSocket\n');
+    });
+    this.app = app;
+    const listenSocket = await new Promise<UWS.us_listen_socket | false>((resolve) => app.listen(listen.host, listen.port, resolve));
+    if (!listenSocket) {
+      this.stopRoutes();
+      this.echo?.close();
+      throw new SluiceError('SLUICE_ERR_LISTEN', `cannot listen on ${listen.host}:${listen.port} (in use, or not an address of this machine)`);
+    }
+    this.listenSocket = listenSocket;
+    this.port = this.uws.us_socket_local_port(listenSocket);
+    this.sweepTimer = setInterval(() => this.sweep(), 1000);
+    this.sweepTimer.unref();
+    return { port: this.port };
+  }
+
+  /**
+   * Drain and stop: new upgrades get 503, sessions get 1001, and after `drainMs` what
+   * is left is cut. Resolves when everything this proxy opened is closed.
+   */
+  close(opts: CloseOptions = {}): Promise<void> {
+    if (this.closing) return this.closing;
+    this.closing = this.drainAndStop(opts.drainMs ?? this.config.drain.timeoutMs);
+    return this.closing;
+  }
+
+  private async drainAndStop(drainMs: number): Promise<void> {
+    this.draining = true;
+    for (const s of this.sessions) {
+      if (s.closedFirst === '') s.closedFirst = 'proxy';
+      s.closeClient(1001, 'proxy shutting down');
+      s.sendUpstreamClose(1001, 'proxy shutting down');
+    }
+    const deadline = Date.now() + drainMs;
+    while ((this.sessions.size > 0 || this.pendingUpgrades > 0) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    for (const s of this.sessions) {
+      s.socket.destroy();
+      if (s.ws !== null) s.ws.close();
+    }
+    if (this.listenSocket !== null) {
+      this.uws.us_listen_socket_close(this.listenSocket);
+      this.listenSocket = null;
+    }
+    if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
+    this.sweepTimer = null;
+    this.stopRoutes();
+    this.echo?.close();
+    this.echo = null;
+    // Let uWS finish the sockets it is closing before the caller ends the thread.
+    await new Promise((r) => setImmediate(r));
+  }
+
+  /**
+   * Apply a new config: validated first (a bad one throws ConfigError and changes
+   * nothing). Sessions on routes that still exist stay; sessions on removed routes get
+   * 1012 after a jittered delay within the drain timeout.
+   */
+  async reload(input: unknown): Promise<void> {
+    const next = parseConfig(input);
+    const keys = new Set(next.routes.map(routeKey));
+    await this.applyRoutes(next);
+    this.config = next;
+    const jitterMs = Math.min(next.drain.timeoutMs, 10_000);
+    for (const s of this.sessions) {
+      if (keys.has(s.routeKey)) continue;
+      const t = setTimeout(() => {
+        if (s.closedFirst === '') s.closedFirst = 'proxy';
+        s.closeClient(1012, 'route removed by reload');
+        s.sendUpstreamClose(1001, 'route removed by reload');
+      }, Math.random() * jitterMs);
+      t.unref();
+    }
+    this.logger.info({ event: 'reload', routes: next.routes.length }, 'configuration reloaded');
+  }
+
+  private async applyRoutes(config: ProxyConfig): Promise<void> {
+    const needsEcho = config.routes.some((r) => r.upstreams.some((u) => u.url === BUILTIN_ECHO));
+    if (needsEcho && this.echo === null) {
+      this.echo = await startEchoServer(config.limits.maxFrameBytes);
+      this.echoUrl = `ws://127.0.0.1:${this.echo.port}/`;
+    }
+    this.stopRoutes();
+    const runtimes: RouteRuntime[] = config.routes.map((rc) => {
+      const ups = rc.upstreams.map((u) => {
+        const href = u.url === BUILTIN_ECHO ? this.echoUrl : u.url;
+        const key = `${href}#${u.weight}`;
+        let up = this.upstreamsByUrl.get(key);
+        if (!up) {
+          up = new Upstream({ url: href, weight: u.weight });
+          this.upstreamsByUrl.set(key, up);
+        }
+        return up;
+      });
+      const key = routeKey(rc);
+      const previous = this.routes.find((r) => r.key === key);
+      return { key, config: rc, balancer: new Balancer(ups, rc.balance), sessions: previous?.sessions ?? 0, healthTimer: null };
+    });
+    this.routes = runtimes;
+    this.matchers = compileRoutes(runtimes.map((r) => ({ route: r, config: r.config })));
+    for (const r of runtimes) this.startHealthChecks(r);
+  }
+
+  private stopRoutes(): void {
+    for (const r of this.routes) {
+      if (r.healthTimer !== null) clearInterval(r.healthTimer);
+      r.healthTimer = null;
+    }
+  }
+
+  /** Active health checks: a WebSocket handshake to each upstream every interval. */
+  private startHealthChecks(r: RouteRuntime): void {
+    const { intervalMs, timeoutMs, coolOffMs } = r.config.health;
+    if (intervalMs <= 0) return;
+    r.healthTimer = setInterval(() => {
+      for (const up of r.balancer.upstreams) {
+        dial({ url: up.url, target: up.url.pathname + up.url.search, headers: [], protocols: [], timeoutMs, tls: r.config.tls })
+          .then(({ socket }) => {
+            socket.destroy();
+            if (up.downUntil !== 0) this.healthChanged(up, true, '');
+            up.downUntil = 0;
+          })
+          .catch((err: Error) => {
+            const wasHealthy = up.healthy(Date.now());
+            up.downUntil = Date.now() + Math.max(coolOffMs, intervalMs);
+            up.lastError = err.message;
+            if (wasHealthy) this.healthChanged(up, false, err.message);
+          });
+      }
+    }, intervalMs);
+    r.healthTimer.unref();
+  }
+
+  private healthChanged(up: Upstream, healthy: boolean, reason: string): void {
+    this.logger.warn({ event: 'upstream_health', upstream: up.href, healthy, reason }, healthy ? 'upstream healthy' : 'upstream unhealthy');
+    if (chHealth.hasSubscribers) chHealth.publish({ upstream: up.href, healthy, reason });
+  }
+
+  /** Once a second: advance the coarse clock, heartbeats, sustained-backpressure checks. */
+  private sweep(): void {
+    const now = Date.now();
+    this.clock = now;
+    const pingMs = this.config.heartbeat.pingIntervalSeconds * 1000;
+    const timeoutMs = this.config.heartbeat.pongTimeoutSeconds * 1000;
+    for (const s of this.sessions) {
+      if (!s.clientOpen) continue;
+      if (now - s.clientSeen > timeoutMs) {
+        s.abortClient('client heartbeat timeout');
+        continue;
+      }
+      if (now - s.upstreamSeen > timeoutMs && s.upstreamOpen) {
+        if (s.closedFirst === '') s.closedFirst = 'proxy';
+        s.upstreamCloseReason = 'upstream heartbeat timeout';
+        s.socket.destroy();
+        s.upstreamOpen = false;
+        s.closeClient(1014, 'upstream heartbeat timeout');
+        continue;
+      }
+      if (now - s.lastPing >= pingMs) {
+        s.lastPing = now;
+        s.ws!.ping();
+        s.sendUpstreamPing();
+      }
+      if (s.bpSince !== 0) {
+        const l = this.config.limits;
+        s.checkBackpressure(s.socket.writableNeedDrain ? Math.max(s.queued / l.channelCapacity, s.socket.writableLength / l.channelBytes) : 0);
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ uWS behaviour
+
+  private behavior(): UWS.WebSocketBehavior<ClientData> {
+    const limits = this.config.limits;
+    const compress = this.config.routes.some((r) => r.compression);
+    return {
+      // uWS drops a message over maxPayloadLength with no close frame (1006). We set its
+      // ceiling at twice ours so that a message over our limit reaches the message
+      // handler and gets a 1009; past the ceiling, uWS's drop is what remains.
+      maxPayloadLength: limits.maxFrameBytes * 2,
+      // Above what pausing the upstream lets accumulate, so uWS never drops a send.
+      maxBackpressure: limits.highWaterMark + limits.maxFrameBytes * 2 + 1024 * 1024,
+      idleTimeout: 0,
+      sendPingsAutomatically: false,
+      compression: compress ? this.uws.SHARED_COMPRESSOR : this.uws.DISABLED,
+      upgrade: (res, req, context) => this.onUpgrade(res, req, context),
+      open: (ws) => {
+        const data = ws.getUserData();
+        data.session.attach(ws, pendingHead.get(data.session) ?? Buffer.alloc(0));
+        pendingHead.delete(data.session);
+      },
+      message: (ws, message, isBinary) => ws.getUserData().session.fromClient(message, isBinary),
+      drain: (ws) => ws.getUserData().session.onClientDrain(),
+      ping: (ws, message) => ws.getUserData().session.onClientPing(message.byteLength),
+      pong: (ws, message) => ws.getUserData().session.onClientPong(message.byteLength),
+      close: (ws, code, message) => ws.getUserData().session.onClientClosed(code, message),
+    };
+  }
+
+  private onUpgrade(res: UWS.HttpResponse, req: UWS.HttpRequest, context: UWS.us_socket_context_t): void {
+    const started = Date.now();
+    // req is valid only during this call: read everything now.
+    const path = req.getUrl();
+    const query = req.getQuery() ?? '';
+    const hostHeader = req.getHeader('host');
+    const key = req.getHeader('sec-websocket-key');
+    const version = req.getHeader('sec-websocket-version');
+    const offered = req.getHeader('sec-websocket-protocol');
+    const extensions = req.getHeader('sec-websocket-extensions');
+    const origin = req.getHeader('origin');
+    const forwardedFor = req.getHeader('x-forwarded-for');
+    const headers: Array<[string, string]> = [];
+    let connectionTokens = '';
+    req.forEach((name, value) => {
+      if (name === 'connection') connectionTokens = value.toLowerCase();
+      if (!HOP_HEADERS.has(name)) headers.push([name, value]);
+    });
+    let remote = textOf(res.getRemoteAddressAsText());
+    if (remote.startsWith('0000:0000:0000:0000:0000:ffff:')) remote = remote.slice(30);
+    else if (remote.startsWith('::ffff:')) remote = remote.slice(7);
+
+    const refuse = (status: string, body: string) => {
+      res.cork(() => {
+        res.writeStatus(status).writeHeader('Content-Type', 'text/plain').writeHeader('Connection', 'close').end(`${body}\n`, true);
+      });
+    };
+    if (this.draining) return refuse('503 Service Unavailable', 'sluice: draining');
+    if (this.sessions.size + this.pendingUpgrades >= this.config.limits.maxConnections) {
+      return refuse('503 Service Unavailable', 'sluice: at max connections');
+    }
+    if (key.length !== 24 || version !== '13') return refuse('400 Bad Request', 'sluice: bad WebSocket upgrade');
+    const host = hostHeader.replace(/:\d+$/, '').toLowerCase();
+    const matched = matchRoute(this.matchers, host, path);
+    if (!matched) return refuse('404 Not Found', `sluice: no route for ${path}`);
+    const origins = this.config.origins;
+    if (origins.length > 0 && !origins.includes('*') && !origins.includes(origin)) {
+      return refuse('403 Forbidden', 'sluice: origin not allowed');
+    }
+    const route = matched.route;
+    // Connection-listed headers are hop-by-hop too (RFC 9110 §7.6.1).
+    const extraHop = connectionTokens.split(',').map((t) => t.trim()).filter((t) => t !== '' && t !== 'upgrade');
+    const fwd = extraHop.length > 0 ? headers.filter(([n]) => !extraHop.includes(n)) : headers;
+    fwd.push(
+      ['X-Forwarded-For', forwardedFor ? `${forwardedFor}, ${remote}` : remote],
+      ['X-Forwarded-Proto', this.config.listen.tls ? 'https' : 'http'],
+      ['X-Forwarded-Host', hostHeader],
+      ['X-Real-IP', remote],
+    );
+    const protocols = offered.split(',').map((p) => p.trim()).filter((p) => p !== '');
+    const hashHeader = route.balancer.hashHeader;
+    const hashValue = hashHeader ? (headers.find(([n]) => n === hashHeader)?.[1] ?? '') : '';
+
+    let aborted = false;
+    res.onAborted(() => {
+      aborted = true;
+    });
+    this.pendingUpgrades++;
+    const candidates = route.balancer.order(remote, hashValue, Date.now(), MAX_DIAL_TRIES);
+    void this.dialFirst(route, candidates, matched, path, query, fwd, protocols).then(
+      ({ upstream, result }) => {
+        this.pendingUpgrades--;
+        if (aborted || this.draining) {
+          result.socket.destroy();
+          if (!aborted) refuse('503 Service Unavailable', 'sluice: draining');
+          return;
+        }
+        this.startSession(res, context, route, upstream, result.socket, result.head, {
+          key, protocol: result.protocol, extensions: route.config.compression ? extensions : '',
+          remote, origin, started,
+        });
+      },
+      (err: UpstreamError) => {
+        this.pendingUpgrades--;
+        this.logger.warn({ event: 'upstream_refused', route: route.config.path, code: err.code, status: err.status }, err.message);
+        if (aborted) return;
+        if (err.body !== undefined) {
+          res.cork(() => {
+            res.writeStatus(`${err.status} ${err.statusText}`.trim()).writeHeader('Connection', 'close').end(err.body, true);
+          });
+        } else {
+          const text = err.status === 504 ? '504 Gateway Timeout' : '502 Bad Gateway';
+          refuse(text, `sluice: ${err.message}`);
+        }
+      },
+    );
+  }
+
+  private async dialFirst(
+    route: RouteRuntime, candidates: Upstream[], matched: RouteMatcher<RouteRuntime>, path: string, query: string,
+    headers: Array<[string, string]>, protocols: string[],
+  ): Promise<{ upstream: Upstream; result: Awaited<ReturnType<typeof dial>> }> {
+    let last: UpstreamError | undefined;
+    for (const upstream of candidates) {
+      try {
+        const result = await dial({
+          url: upstream.url,
+          target: mapTarget(matched, upstream.url, path, query),
+          headers,
+          protocols,
+          timeoutMs: this.config.limits.upstreamTimeoutMs,
+          tls: route.config.tls,
+        });
+        upstream.failures = 0;
+        return { upstream, result };
+      } catch (err) {
+        last = err as UpstreamError;
+        // A refusal with the upstream's own status is an answer, not a failure to retry.
+        if (last.body !== undefined) throw last;
+        upstream.failures++;
+        upstream.lastError = last.message;
+        const wasHealthy = upstream.healthy(Date.now());
+        upstream.downUntil = Date.now() + route.config.health.coolOffMs;
+        if (wasHealthy) this.healthChanged(upstream, false, last.message);
+        if (last.status === 504) throw last; // do not multiply a slow backend's wait
+      }
+    }
+    throw last ?? new UpstreamError('SLUICE_ERR_UPSTREAM_UNREACHABLE', 502, 'no upstream');
+  }
+
+  private startSession(
+    res: UWS.HttpResponse, context: UWS.us_socket_context_t, route: RouteRuntime, upstream: Upstream, socket: net.Socket,
+    head: Buffer, m: { key: string; protocol: string; extensions: string; remote: string; origin: string; started: number },
+  ): void {
+    const handshakeMs = Date.now() - m.started;
+    const s = new Session(this.nextId++, this, route.config, route.key, upstream, socket, {
+      remoteAddress: m.remote, origin: m.origin, protocol: m.protocol, handshakeMs,
+    });
+    this.sessions.add(s);
+    route.sessions++;
+    this.counters.sessionOpened();
+    pendingHead.set(s, head);
+    const userData: ClientData = { session: s };
+    res.cork(() => {
+      res.upgrade(userData, m.key, m.protocol, m.extensions, context);
+    });
+    const info = {
+      event: 'session_open', session: s.id, route: route.config.path, upstream: upstream.href, remote: m.remote,
+      origin: m.origin, subprotocol: m.protocol, handshakeMs,
+    };
+    this.logger.info(info, 'session opened');
+    if (chOpen.hasSubscribers) chOpen.publish(info);
+  }
+
+  stats(): ProxyStats {
+    const now = Date.now();
+    return {
+      listening: this.listenSocket !== null,
+      port: this.port,
+      draining: this.draining,
+      sessions: this.sessions.size,
+      routes: this.routes.map((r) => ({
+        path: r.config.path,
+        host: r.config.host ?? null,
+        mode: r.config.mode,
+        sessions: r.sessions,
+        upstreams: r.balancer.upstreams.map((u) => ({ url: u.href, sessions: u.sessions, healthy: u.healthy(now), lastError: u.lastError })),
+      })),
+      pool: poolStats(),
+      native: codecInfo,
+      uws: this.uwsBuild,
+      shards: [{ id: 0, sessions: this.sessions.size, restarts: 0 }],
+    };
+  }
+}
+
+/** Bytes that arrived with the upstream's 101, kept until uWS opens the client socket. */
+const pendingHead = new WeakMap<Session, Buffer>();

@@ -1,0 +1,271 @@
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  describeConfig, loadConfig, parseConfig, parseConfigText, resolveConfig,
+} from '../src/config/index.js';
+import { isSluiceError } from '../src/errors.js';
+
+/** The problem lines a bad config produces (fails the test when it parses). */
+function problems(input: unknown, opts: Parameters<typeof parseConfig>[1] = {}): string[] {
+  try {
+    parseConfig(input, opts);
+  } catch (err) {
+    if (isSluiceError(err, 'SLUICE_ERR_CONFIG')) return (err as unknown as { issues: string[] }).issues;
+    throw err;
+  }
+  throw new Error('expected a ConfigError, the config parsed');
+}
+
+const route = (extra: object = {}) => ({ path: '/a', upstreams: [{ url: 'ws://127.0.0.1:9000/x' }], ...extra });
+
+t.test('an empty config is the built-in default: /echo on 127.0.0.1:8080', async (t) => {
+  const c = parseConfig({});
+  t.same(c.listen, { host: '127.0.0.1', port: 8080 });
+  t.same(c.routes, [{
+    path: '/echo', mode: 'transparent', balance: 'round_robin', backpressure: 'close', compression: false,
+    health: { intervalMs: 0, timeoutMs: 2000, coolOffMs: 5000 }, upstreams: [{ url: 'builtin:echo', weight: 1 }],
+  }]);
+  t.same(c.limits, {
+    maxFrameBytes: 1048576, maxConnections: 10000, channelCapacity: 100, channelBytes: 4194304,
+    upstreamTimeoutMs: 10000, highWaterMark: 1048576,
+  });
+  t.same(c.heartbeat, { pingIntervalSeconds: 30, pongTimeoutSeconds: 90 });
+  t.same(c.drain, { timeoutMs: 10000 });
+  t.same(c.origins, []);
+  t.equal(c.protocol, 'v1');
+  t.same(c.log, { level: 'info' });
+  t.equal(c.admin, undefined, 'no admin server unless configured');
+  t.same(parseConfig(undefined), c, 'undefined is an empty config');
+  t.same(parseConfig(null), c, 'null (an empty YAML file) is an empty config');
+});
+
+t.test('one route is a whole config; defaults fill the rest', async (t) => {
+  const c = parseConfig({ routes: [route()] });
+  t.equal(c.routes.length, 1);
+  t.same(c.routes[0].upstreams, [{ url: 'ws://127.0.0.1:9000/x', weight: 1 }]);
+  t.equal(c.routes[0].backpressure, 'close');
+  t.equal(c.listen.port, 8080);
+});
+
+t.test('admin gets 127.0.0.1:9090 when configured', async (t) => {
+  t.same(parseConfig({ admin: {} }).admin, { host: '127.0.0.1', port: 9090 });
+  t.same(parseConfig({ admin: { port: 0, token: 's3cret' } }).admin, { host: '127.0.0.1', port: 0, token: 's3cret' });
+});
+
+t.test('parsing is idempotent: a ProxyConfig parses to itself', async (t) => {
+  const once = parseConfig({ routes: [route({ balance: 'header:x-user', tls: { rejectUnauthorized: false } })], admin: {} });
+  t.same(parseConfig(once), once);
+  t.not(parseConfig(once), once, 'a copy: the caller’s object is not kept');
+});
+
+t.test('upstream url must be ws:// or wss://', async (t) => {
+  t.same(problems({ routes: [{ path: '/a', upstreams: [{ url: 'http:/x' }] }] }),
+    ['routes[0].upstreams[0].url: expected a ws:// or wss:// URL, got "http:/x"']);
+  t.same(problems({ routes: [route(), { path: '/b', upstreams: [{ url: 'ws://ok' }, { url: 42 }] }] }),
+    ['routes[1].upstreams[1].url: expected a ws:// or wss:// URL, got 42']);
+  t.same(problems({ routes: [{ path: '/a', upstreams: [{ url: 'builtin:other' }] }] }),
+    ['routes[0].upstreams[0].url: expected a ws:// or wss:// URL, got "builtin:other"']);
+  t.same(problems({ routes: [{ path: '/a', upstreams: [{ url: 'ws://' }] }] }),
+    ['routes[0].upstreams[0].url: expected a ws:// or wss:// URL, got "ws://"']);
+  t.doesNotThrow(() => parseConfig({ routes: [{ path: '/a', upstreams: [{ url: 'wss://h.example:443/p?q=1' }] }] }));
+});
+
+t.test('route paths start with "/" and use "*" only as a trailing "/*"', async (t) => {
+  for (const good of ['/', '/*', '/api/*', '/a/b']) {
+    t.doesNotThrow(() => parseConfig({ routes: [route({ path: good })] }), good);
+  }
+  for (const bad of ['api', '/a*', '/a/*/b', '*', '/a b']) {
+    t.same(problems({ routes: [route({ path: bad })] }),
+      [`routes[0].path: expected a path starting with "/" ("*" only as a trailing "/*"), got ${JSON.stringify(bad)}`], bad);
+  }
+  t.same(problems({ routes: [{ upstreams: [{ url: 'ws://h' }] }] }),
+    ['routes[0].path: expected a path starting with "/" ("*" only as a trailing "/*"), got nothing']);
+  t.same(problems({ routes: [route(), route()] }),
+    ['routes[1].path: expected a path not already used by routes[0], got "/a"']);
+  t.doesNotThrow(() => parseConfig({ routes: [route(), route({ host: 'other.example' })] }), 'same path, other host');
+});
+
+t.test('balance strategies', async (t) => {
+  for (const good of ['round_robin', 'least_conn', 'ip_hash', 'header:x-tenant']) {
+    t.equal(parseConfig({ routes: [route({ balance: good })] }).routes[0].balance, good);
+  }
+  for (const bad of ['random', 'header:', 'header:bad name']) {
+    t.same(problems({ routes: [route({ balance: bad })] }),
+      [`routes[0].balance: expected one of round_robin|least_conn|ip_hash|header:<name>, got ${JSON.stringify(bad)}`]);
+  }
+});
+
+t.test('numbers: ports 0..65535, positive integers', async (t) => {
+  t.same(problems({ listen: { port: 70000 } }), ['listen.port: expected a port number 0..65535, got 70000']);
+  t.same(problems({ listen: { port: '8080' } }), ['listen.port: expected a port number 0..65535, got "8080"']);
+  t.same(problems({ admin: { port: -1 } }), ['admin.port: expected a port number 0..65535, got -1']);
+  t.same(problems({ limits: { maxFrameBytes: 0, channelCapacity: 1.5 } }), [
+    'limits.maxFrameBytes: expected a positive integer, got 0',
+    'limits.channelCapacity: expected a positive integer, got 1.5',
+  ]);
+  t.same(problems({ routes: [route({ upstreams: [{ url: 'ws://h', weight: 0 }] })] }),
+    ['routes[0].upstreams[0].weight: expected a positive integer, got 0']);
+  t.same(problems({ heartbeat: { pingIntervalSeconds: 60, pongTimeoutSeconds: 30 } }),
+    ['heartbeat.pongTimeoutSeconds: expected more than heartbeat.pingIntervalSeconds (60), got 30']);
+  t.equal(parseConfig({ routes: [route({ health: { intervalMs: 0 } })] }).routes[0].health.intervalMs, 0, '0 disables active checks');
+});
+
+t.test('enums and kinds', async (t) => {
+  t.same(problems({ protocol: 'v3', log: { level: 'loud' } }), [
+    'protocol: expected one of v1|v2, got "v3"',
+    'log.level: expected one of fatal|error|warn|info|debug|trace|silent, got "loud"',
+  ]);
+  t.same(problems({ routes: [route({ mode: 'magic', backpressure: 'wait', compression: 'yes' })] }), [
+    'routes[0].mode: expected one of transparent|envelope, got "magic"',
+    'routes[0].backpressure: expected one of close|drop, got "wait"',
+    'routes[0].compression: expected true or false, got "yes"',
+  ]);
+  t.same(problems({ listen: 5 }), ['listen: expected a mapping of settings, got 5']);
+  t.same(problems([]), ['(top level): expected a mapping of settings, got []']);
+});
+
+t.test('unknown keys are rejected with their key path', async (t) => {
+  t.same(problems({ lissen: {}, routes: [route({ upstream: 'ws://x' })], limits: { maxFrames: 1 } }).sort(), [
+    'lissen: unknown key',
+    'limits.maxFrames: unknown key',
+    'routes[0].upstream: unknown key',
+  ].sort(), 'every unknown key, one line each');
+});
+
+t.test('at least one route, at least one upstream', async (t) => {
+  t.same(problems({ routes: [] }), ['routes: expected at least one route, got []']);
+  t.same(problems({ routes: [{ path: '/a', upstreams: [] }] }), ['routes[0].upstreams: expected at least one upstream, got []']);
+});
+
+t.test('origins: exact scheme://host[:port] or "*"', async (t) => {
+  t.same(parseConfig({ origins: ['https://app.example', 'http://localhost:3000', '*'] }).origins,
+    ['https://app.example', 'http://localhost:3000', '*']);
+  for (const bad of ['app.example', 'https://app.example/', 'https://app.example/path', 'http://a.example:80', 'https://APP.example']) {
+    t.same(problems({ origins: [bad] }),
+      [`origins[0]: expected "*" or an exact origin scheme://host[:port] (no path, no trailing "/"), got ${JSON.stringify(bad)}`], bad);
+  }
+});
+
+t.test('several problems: one line each', async (t) => {
+  const lines = problems({ listen: { port: 'x' }, routes: [{ path: 'a', upstreams: [{ url: 'http:/x' }] }], extra: 1 });
+  t.equal(lines.length, 4);
+  t.ok(lines.every((l) => !l.includes('\n')));
+});
+
+t.test('tls files must exist; relative paths are relative to the config file', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sluice-config-'));
+  writeFileSync(join(dir, 'cert.pem'), 'x');
+  t.same(problems({ listen: { tls: { certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'nope.pem') } } }),
+    [`listen.tls.keyFile: expected a readable file, got ${JSON.stringify(join(dir, 'nope.pem'))} (no such file)`]);
+  t.same(problems({ routes: [route({ tls: { caFile: dir } })] }),
+    [`routes[0].tls.caFile: expected a readable file, got ${JSON.stringify(dir)} (not a file)`]);
+  t.same(problems({ listen: { tls: { certFile: join(dir, 'cert.pem') } } }),
+    ['listen.tls.keyFile: expected a file path, got nothing']);
+  writeFileSync(join(dir, 'key.pem'), 'x');
+  writeFileSync(join(dir, 'sluice.yaml'), 'listen:\n  tls:\n    certFile: cert.pem\n    keyFile: ./key.pem\n');
+  const c = loadConfig({ file: join(dir, 'sluice.yaml'), env: {} }).config;
+  t.same(c.listen.tls, { certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'key.pem') });
+  t.doesNotThrow(() => parseConfig({ listen: { tls: { certFile: '/nope', keyFile: '/nope' } } }, { checkFiles: false }));
+});
+
+t.test('environment overrides, names honoured exactly', async (t) => {
+  const env = {
+    PIPEOPS_WS_PROTOCOL: 'v2',
+    AGENT_WS_CHANNEL_CAPACITY: '50',
+    AGENT_MAX_WS_FRAME_BYTES: '65536',
+    AGENT_ALLOWED_WS_ORIGINS: 'https://a.example, http://localhost:3000',
+    AGENT_WS_PING_INTERVAL_SECONDS: '10',
+    AGENT_WS_PONG_TIMEOUT_SECONDS: '25',
+    SLUICE_LOG_LEVEL: 'debug',
+  };
+  const c = parseConfig({ limits: { channelCapacity: 7 }, protocol: 'v1' }, { env });
+  t.equal(c.protocol, 'v2');
+  t.equal(c.limits.channelCapacity, 50, 'env beats the file');
+  t.equal(c.limits.maxFrameBytes, 65536);
+  t.same(c.origins, ['https://a.example', 'http://localhost:3000']);
+  t.same(c.heartbeat, { pingIntervalSeconds: 10, pongTimeoutSeconds: 25 });
+  t.equal(c.log.level, 'debug');
+  t.equal(parseConfig({ limits: { channelCapacity: 7 } }).limits.channelCapacity, 7, 'no env option: no overrides');
+
+  t.same(parseConfig({ origins: ['https://a.example'] }, { env: { AGENT_ALLOWED_WS_ORIGINS: '' } }).origins, [], 'empty = all');
+  t.same(parseConfig({ origins: ['https://a.example'] }, { env: { AGENT_ALLOWED_WS_ORIGINS: '*' } }).origins, [], '* = all');
+  t.equal(parseConfig({}, { env: { AGENT_WS_CHANNEL_CAPACITY: '' } }).limits.channelCapacity, 100, 'empty = unset');
+});
+
+t.test('bad environment values are errors naming the variable', async (t) => {
+  t.same(problems({}, { env: {
+    PIPEOPS_WS_PROTOCOL: 'v3', AGENT_WS_CHANNEL_CAPACITY: 'lots', AGENT_MAX_WS_FRAME_BYTES: '-5',
+    AGENT_ALLOWED_WS_ORIGINS: 'https://ok.example,bad', AGENT_WS_PING_INTERVAL_SECONDS: '1.5', SLUICE_LOG_LEVEL: 'chatty',
+  } }), [
+    'PIPEOPS_WS_PROTOCOL: expected one of v1|v2, got "v3"',
+    'AGENT_WS_CHANNEL_CAPACITY: expected a positive integer, got "lots"',
+    'AGENT_MAX_WS_FRAME_BYTES: expected a positive integer, got "-5"',
+    'AGENT_ALLOWED_WS_ORIGINS: expected "*" or an exact origin scheme://host[:port] (no path, no trailing "/") in a comma list, got "bad"',
+    'AGENT_WS_PING_INTERVAL_SECONDS: expected a positive integer, got "1.5"',
+    'SLUICE_LOG_LEVEL: expected one of fatal|error|warn|info|debug|trace|silent, got "chatty"',
+  ]);
+  t.same(problems({}, { env: { AGENT_WS_PONG_TIMEOUT_SECONDS: '10' } }),
+    ['heartbeat.pongTimeoutSeconds: expected more than heartbeat.pingIntervalSeconds (30), got 10 (set by AGENT_WS_PONG_TIMEOUT_SECONDS)']);
+});
+
+t.test('JSON and YAML files give the same config; SLUICE_CONFIG names the file', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sluice-config-'));
+  const yamlFile = join(dir, 'sluice.yaml');
+  const jsonFile = join(dir, 'sluice.json');
+  writeFileSync(yamlFile, [
+    'listen:', '  port: 9001', 'routes:', '  - path: /chat/*', '    balance: least_conn',
+    '    upstreams:', '      - url: ws://127.0.0.1:7001', '      - url: ws://127.0.0.1:7002', '        weight: 3', '',
+  ].join('\n'));
+  writeFileSync(jsonFile, JSON.stringify({
+    listen: { port: 9001 },
+    routes: [{ path: '/chat/*', balance: 'least_conn', upstreams: [{ url: 'ws://127.0.0.1:7001' }, { url: 'ws://127.0.0.1:7002', weight: 3 }] }],
+  }));
+  const fromYaml = loadConfig({ file: yamlFile, env: {} });
+  const fromJson = loadConfig({ env: { SLUICE_CONFIG: jsonFile } });
+  t.same(fromYaml.config, fromJson.config);
+  t.equal(fromJson.file, jsonFile);
+  t.equal(fromYaml.config.routes[0].upstreams[1].weight, 3);
+  t.same(loadConfig({ env: {} }).config, parseConfig({}), 'no file: defaults');
+});
+
+t.test('file problems name the file and the line', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sluice-config-'));
+  const f = (name: string, text: string) => { writeFileSync(join(dir, name), text); return join(dir, name); };
+  const lines = (file: string) => { try { loadConfig({ file, env: {} }); } catch (e) { return (e as { issues: string[] }).issues; } return []; };
+  t.same(lines(join(dir, 'missing.yaml')), [`${join(dir, 'missing.yaml')}: cannot read the config file (no such file)`]);
+  const bad = f('bad.yaml', 'listen:\n  port: 1\n  port: 2\n');
+  t.match(lines(bad)[0], new RegExp(`^${bad.replace(/[.]/g, '\\.')}:3:3: invalid YAML: Map keys must be unique`));
+  const list = f('list.yaml', '- a\n- b\n');
+  t.same(lines(list), [`${list}: expected a mapping of settings at the top level, got ["a","b"]`]);
+  const json = f('bad.json', '{"listen": }');
+  t.match(lines(json)[0], new RegExp(`^${json.replace(/[.]/g, '\\.')}: invalid JSON: `));
+  t.same(lines(f('empty.yaml', '')), [], 'an empty file is the default config');
+  t.same(parseConfigText('{"a":1}', 'yaml'), { a: 1 }, 'YAML reads JSON');
+});
+
+t.test('sources: default, file, env, cli', async (t) => {
+  const r = resolveConfig(
+    { listen: { port: 9001 }, limits: { channelCapacity: 7 }, admin: { token: 'hunter2' } },
+    {
+      inputOrigin: 'sluice.yaml',
+      env: { AGENT_WS_CHANNEL_CAPACITY: '50' },
+      cli: [{ path: ['listen', 'port'], value: 9100, flag: '--port' },
+        { path: ['routes'], value: [{ path: '/*', upstreams: [{ url: 'ws://127.0.0.1:7001' }] }], flag: '--upstream' }],
+    },
+  );
+  t.same(r.sources.get('listen.port'), { source: 'cli', origin: '--port' });
+  t.same(r.sources.get('limits.channelCapacity'), { source: 'env', origin: 'AGENT_WS_CHANNEL_CAPACITY' });
+  t.same(r.sources.get('admin.token'), { source: 'file', origin: 'sluice.yaml' });
+  t.same(r.sources.get('routes[0].upstreams[0].url'), { source: 'cli', origin: '--upstream' });
+  t.equal(r.sources.get('limits.maxFrameBytes'), undefined, 'defaults are not listed');
+  const text = describeConfig(r).join('\n');
+  t.match(text, /^listen\.port = 9100 +# cli --port$/m);
+  t.match(text, /^limits\.channelCapacity = 50 +# env AGENT_WS_CHANNEL_CAPACITY$/m);
+  t.match(text, /^limits\.maxFrameBytes = 1048576 +# default$/m);
+  t.match(text, /^routes\[0\]\.upstreams\[0\]\.url = "ws:\/\/127\.0\.0\.1:7001" +# cli --upstream$/m);
+  t.match(text, /^routes\[0\]\.mode = "transparent" +# default$/m);
+  t.match(text, /^admin\.token = "\*\*\*" +# file sluice\.yaml$/m, 'the token is masked');
+  t.notMatch(text, /hunter2/);
+});
