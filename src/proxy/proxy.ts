@@ -4,7 +4,6 @@
  * hot reload. `createProxy()` in index.ts is its door.
  */
 import dc from 'node:diagnostics_channel';
-import type net from 'node:net';
 import type { Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import { codecInfo, poolStats } from '../codec/index.js';
@@ -17,7 +16,7 @@ import { createMetricsRegistry } from '../metrics/index.js';
 import { loadUws, type UWS, type UwsBuild } from '../uws.js';
 import { Balancer, Upstream } from './balancer.js';
 import { startEchoServer, type EchoServer } from './echo.js';
-import { dial, UpstreamError } from './handshake.js';
+import { dial, UpstreamError, type DialResult } from './handshake.js';
 import { compileRoutes, mapTarget, matchRoute, type RouteMatcher } from './router.js';
 import { Session, type ClientData, type SessionHost } from './session.js';
 
@@ -458,7 +457,7 @@ export class Proxy implements SessionHost {
           if (!aborted) refuse('503 Service Unavailable', 'sluice: draining');
           return;
         }
-        this.startSession(res, context, route, upstream, result.socket, result.head, {
+        this.startSession(res, context, route, upstream, result, {
           key, protocol: result.protocol, extensions: route.config.compression ? extensions : '',
           remote, origin, started,
         });
@@ -512,17 +511,16 @@ export class Proxy implements SessionHost {
   }
 
   private startSession(
-    res: UWS.HttpResponse, context: UWS.us_socket_context_t, route: RouteRuntime, upstream: Upstream, socket: net.Socket,
-    head: Buffer, m: { key: string; protocol: string; extensions: string; remote: string; origin: string; started: number },
+    res: UWS.HttpResponse, context: UWS.us_socket_context_t, route: RouteRuntime, upstream: Upstream, dialed: DialResult, m: { key: string; protocol: string; extensions: string; remote: string; origin: string; started: number },
   ): void {
     const handshakeMs = Date.now() - m.started;
-    const s = new Session(this.nextId++, this, route.config, route.key, upstream, socket, {
+    const s = new Session(this.nextId++, this, route.config, route.key, upstream, dialed.socket, dialed.setDataHandler, {
       remoteAddress: m.remote, origin: m.origin, protocol: m.protocol, handshakeMs,
     });
     this.sessions.add(s);
     route.sessions++;
     this.counters.sessionOpened();
-    pendingHead.set(s, head);
+    pendingHead.set(s, dialed.head);
     const userData: ClientData = { session: s };
     res.cork(() => {
       res.upgrade(userData, m.key, m.protocol, m.extensions, context);

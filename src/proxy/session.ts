@@ -129,6 +129,7 @@ export class Session {
     routeKey: string,
     upstream: Upstream,
     socket: net.Socket,
+    setDataHandler: (fn: (chunk: Buffer) => void) => void,
     meta: { remoteAddress: string; origin: string; protocol: string; handshakeMs: number },
   ) {
     this.id = id;
@@ -160,7 +161,7 @@ export class Session {
     // Nothing is read until the client's socket is open (attach); the 'data' listener
     // below must not switch the stream to flowing before that.
     socket.pause();
-    socket.on('data', (chunk: Buffer) => this.onUpstreamData(chunk));
+    setDataHandler((chunk: Buffer) => this.onUpstreamData(chunk));
     socket.on('drain', () => this.onUpstreamDrain());
     socket.on('error', () => {}); // 'close' follows and does the work
     socket.on('close', () => this.onSocketClosed());
@@ -521,7 +522,6 @@ export class Session {
       release(this.assembly);
       this.assembly = null;
     }
-    this.socket.removeAllListeners('data');
     this.host.sessionEnded(this);
   }
 }

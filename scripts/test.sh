@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The test suite, as `npm test` runs it:
+#   1. type-check sources and tests;
+#   2. every tap test with the native codec, then again with SLUICE_NO_NATIVE=1 (the twins);
+#   3. the codec tests against an ASan/UBSan build of the addon (scripts/test-asan.sh);
+#   4. each libFuzzer target for a bounded time (scripts/fuzz.sh; needs clang).
+# SLUICE_TEST_QUICK=1 runs only steps 1-2. The last line is "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+status=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+count() { # add tap's "# { total: N, pass: P, fail: F ... }" summary to the totals
+  local line p f
+  line=$(grep -E '^# \{ total: ' "$log" | tail -1)
+  p=$(sed -nE 's/.*pass: ([0-9]+).*/\1/p' <<<"$line")
+  f=$(sed -nE 's/.*fail: ([0-9]+).*/\1/p' <<<"$line")
+  passed=$((passed + ${p:-0}))
+  failed=$((failed + ${f:-0}))
+}
+
+step() { echo; echo "=== $*"; }
+
+step "type-check (tsc -p tsconfig.test.json)"
+if ! npx tsc -p tsconfig.test.json; then status=1; failed=$((failed + 1)); fi
+
+if [ ! -f build/Release/sluice.node ]; then
+  echo "note: build/Release/sluice.node is missing; run 'npm run build' for the native codec"
+fi
+
+step "tap, native codec"
+npx tap "$@" 2>&1 | tee "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+count
+
+step "tap, SLUICE_NO_NATIVE=1 (TypeScript twins)"
+SLUICE_NO_NATIVE=1 npx tap "$@" 2>&1 | tee "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+count
+
+if [ "${SLUICE_TEST_QUICK:-0}" != "1" ]; then
+  step "codec tests under ASan/UBSan"
+  if bash scripts/test-asan.sh; then passed=$((passed + 1)); else status=1; failed=$((failed + 1)); fi
+
+  step "fuzz targets (bounded)"
+  if command -v clang++ >/dev/null 2>&1; then
+    if bash scripts/fuzz.sh "${SLUICE_FUZZ_SECONDS:-15}"; then passed=$((passed + 1)); else status=1; failed=$((failed + 1)); fi
+  else
+    echo "SKIPPED: clang++ is not installed (apt-get install clang libclang-rt-14-dev); .ci/run installs it"
+  fi
+fi
+
+echo
+echo "${passed} passed, ${failed} failed"
+exit $status
