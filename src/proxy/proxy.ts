@@ -13,6 +13,7 @@ import { SluiceError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { ProxyCounters } from '../metrics/counters.js';
 import { createMetricsRegistry } from '../metrics/index.js';
+import { startAdminServer, type AdminServer } from '../admin/index.js';
 import { loadUws, type UWS, type UwsBuild } from '../uws.js';
 import { Balancer, Upstream } from './balancer.js';
 import { startEchoServer, type EchoServer } from './echo.js';
@@ -101,6 +102,7 @@ export class Proxy implements SessionHost {
   private flushScheduled = false;
   private readonly flushAll: () => void;
   private sweepTimer: NodeJS.Timeout | null = null;
+  private admin: AdminServer | null = null;
   draining = false;
   private closing: Promise<void> | null = null;
 
@@ -203,6 +205,9 @@ export class Proxy implements SessionHost {
     this.port = this.uws.us_socket_local_port(listenSocket);
     this.sweepTimer = setInterval(() => this.sweep(), 1000);
     this.sweepTimer.unref();
+    // Library use: the admin server comes with the proxy. (The CLI runs its own, since
+    // only it can re-read the config's sources, and hands us no admin section.)
+    if (this.config.admin) this.admin = await startAdminServer(this, this.config.admin, { logger: this.logger });
     return { port: this.port };
   }
 
@@ -240,6 +245,8 @@ export class Proxy implements SessionHost {
     this.stopRoutes();
     this.echo?.close();
     this.echo = null;
+    await this.admin?.close();
+    this.admin = null;
     // Let uWS finish the sockets it is closing before the caller ends the thread.
     await new Promise((r) => setImmediate(r));
   }
@@ -251,12 +258,21 @@ export class Proxy implements SessionHost {
    */
   async reload(input: unknown): Promise<void> {
     const next = parseConfig(input);
+    const prev = this.config;
+    if (JSON.stringify(next.listen) !== JSON.stringify(prev.listen) || next.limits.maxFrameBytes !== prev.limits.maxFrameBytes ||
+        next.routes.some((r) => r.compression) !== prev.routes.some((r) => r.compression)) {
+      // uWS takes these when the listener opens.
+      this.logger.warn({ event: 'reload' }, 'listen, limits.maxFrameBytes and enabling compression apply after a restart');
+    }
     const keys = new Set(next.routes.map(routeKey));
     await this.applyRoutes(next);
     this.config = next;
+    this.logger.level = next.log.level;
     const jitterMs = Math.min(next.drain.timeoutMs, 10_000);
+    let removed = 0;
     for (const s of this.sessions) {
       if (keys.has(s.routeKey)) continue;
+      removed++;
       const t = setTimeout(() => {
         if (s.closedFirst === '') s.closedFirst = 'proxy';
         s.closeClient(1012, 'route removed by reload');
@@ -264,7 +280,7 @@ export class Proxy implements SessionHost {
       }, Math.random() * jitterMs);
       t.unref();
     }
-    this.logger.info({ event: 'reload', routes: next.routes.length }, 'configuration reloaded');
+    this.logger.info({ event: 'reload', routes: next.routes.length, removedSessions: removed }, 'configuration reloaded');
   }
 
   private async applyRoutes(config: ProxyConfig): Promise<void> {
