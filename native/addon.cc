@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 
 #include "codec_abi.h"
@@ -29,7 +30,24 @@ struct AddonData {
   Napi::FunctionReference encoder_ctor;
 };
 
-AddonData* Data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
+// The instance data holds the AddonData through a shared_ptr, and so does every parser:
+// a parser's destructor may run while the environment is torn down, before or after the
+// instance data is finalized, and must still find the pool's counters alive.
+struct AddonHandle {
+  std::shared_ptr<AddonData> data;
+};
+
+void FinalizeAddon(Napi::Env, AddonHandle* handle) {
+  // Delete every JS reference while the environment still exists; parsers that outlive
+  // this point only touch plain counters.
+  handle->data->pool.Close();
+  handle->data->parser_ctor.Reset();
+  handle->data->encoder_ctor.Reset();
+  delete handle;
+}
+
+const std::shared_ptr<AddonData>& Shared(Napi::Env env) { return env.GetInstanceData<AddonHandle>()->data; }
+AddonData* Data(Napi::Env env) { return Shared(env).get(); }
 
 void ThrowType(Napi::Env env, const char* msg) {
   Napi::TypeError::New(env, msg).ThrowAsJavaScriptException();
@@ -46,13 +64,11 @@ struct Bytes {
 };
 
 bool GetBytes(Napi::Env env, napi_value v, Bytes* out) {
-  bool is = false;
-  if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
-    size_t length = 0;
-    void* data = nullptr;
-    if (napi_get_typedarray_info(env, v, &out->type, &length, &data, nullptr, nullptr) != napi_ok) {
-      return false;
-    }
+  // One call on the common path: napi_get_typedarray_info itself refuses a non-TypedArray
+  // (napi_invalid_arg, no exception), so no napi_is_typedarray first.
+  size_t length = 0;
+  void* data = nullptr;
+  if (napi_get_typedarray_info(env, v, &out->type, &length, &data, nullptr, nullptr) == napi_ok) {
     size_t elem = 1;
     switch (out->type) {
       case napi_int16_array:
@@ -76,19 +92,30 @@ bool GetBytes(Napi::Env env, napi_value v, Bytes* out) {
     out->len = data ? length * elem : 0;
     return true;
   }
+  bool is = false;
   if (napi_is_dataview(env, v, &is) == napi_ok && is) {
-    size_t length = 0;
-    void* data = nullptr;
     if (napi_get_dataview_info(env, v, &length, &data, nullptr, nullptr) != napi_ok) return false;
     out->data = static_cast<uint8_t*>(data);
     out->len = data ? length : 0;
+    out->type = napi_uint8_array;
     return true;
   }
   return false;
 }
 
+// Argument i, or nullptr when the call has fewer arguments.
+napi_value Arg(const Napi::CallbackInfo& info, size_t i) {
+  return i < info.Length() ? static_cast<napi_value>(info[i]) : nullptr;
+}
+
+bool IsUndefined(napi_env env, napi_value v) {
+  napi_valuetype t;
+  return v == nullptr || (napi_typeof(env, v, &t) == napi_ok && t == napi_undefined);
+}
+
 bool GetBytesArg(const Napi::CallbackInfo& info, size_t i, const char* msg, Bytes* out) {
-  if (i >= info.Length() || !GetBytes(info.Env(), info[i], out)) {
+  napi_value v = Arg(info, i);
+  if (v == nullptr || !GetBytes(info.Env(), v, out)) {
     ThrowType(info.Env(), msg);
     return false;
   }
@@ -99,7 +126,8 @@ bool GetBytesArg(const Napi::CallbackInfo& info, size_t i, const char* msg, Byte
 bool GetUint32Array(const Napi::CallbackInfo& info, size_t i, const char* msg, uint32_t** data,
                     size_t* len) {
   Bytes b;
-  if (i >= info.Length() || !GetBytes(info.Env(), info[i], &b) || b.type != napi_uint32_array) {
+  napi_value v = Arg(info, i);
+  if (v == nullptr || !GetBytes(info.Env(), v, &b) || b.type != napi_uint32_array) {
     ThrowType(info.Env(), msg);
     return false;
   }
@@ -112,17 +140,17 @@ bool GetUint32Array(const Napi::CallbackInfo& info, size_t i, const char* msg, u
 bool GetInteger(const Napi::CallbackInfo& info, size_t i, double lo, double hi, const char* name,
                 double* out, bool optional = false, double def = 0) {
   Napi::Env env = info.Env();
-  if (i >= info.Length() || info[i].IsUndefined()) {
-    if (optional) {
+  napi_value v = Arg(info, i);
+  double d;
+  // One call on the common path: napi_get_value_double refuses a non-number by status.
+  if (v == nullptr || napi_get_value_double(env, v, &d) != napi_ok) {
+    if (optional && IsUndefined(env, v)) {
       *out = def;
       return true;
     }
-  }
-  if (i >= info.Length() || !info[i].IsNumber()) {
     ThrowType(env, name);
     return false;
   }
-  double d = info[i].As<Napi::Number>().DoubleValue();
   if (std::isnan(d) || (std::isfinite(d) && std::floor(d) != d)) {
     ThrowType(env, name);
     return false;
@@ -144,16 +172,15 @@ bool GetLimit(const Napi::CallbackInfo& info, size_t i, const char* name, uint64
 }
 
 bool GetBool(const Napi::CallbackInfo& info, size_t i, const char* name, bool def, bool* out) {
-  if (i >= info.Length() || info[i].IsUndefined()) {
+  napi_env env = info.Env();
+  napi_value v = Arg(info, i);
+  if (v != nullptr && napi_get_value_bool(env, v, out) == napi_ok) return true;
+  if (IsUndefined(env, v)) {
     *out = def;
     return true;
   }
-  if (!info[i].IsBoolean()) {
-    ThrowType(info.Env(), name);
-    return false;
-  }
-  *out = info[i].As<Napi::Boolean>().Value();
-  return true;
+  ThrowType(info.Env(), name);
+  return false;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -164,14 +191,21 @@ bool GetBool(const Napi::CallbackInfo& info, size_t i, const char* name, bool de
 // the contract lets it (the described one at the start of the next call).
 class PooledCarry : public CarryStore {
  public:
-  explicit PooledCarry(napi_env env) : env_(env) {}
+  explicit PooledCarry(napi_env env) : env_(env), addon_(Shared(Napi::Env(env))) {}
+
+  // Runs from the parser's finalizer, possibly during environment teardown: no JS calls and
+  // no new references; the Buffers are left to the GC and only the counters are updated.
+  ~PooledCarry() override {
+    if (!cur_.ref.IsEmpty()) addon_->pool.Forget();
+    if (!done_.ref.IsEmpty()) addon_->pool.Forget();
+  }
 
   uint8_t* Reserve(size_t n) override {
     if (!cur_.ref.IsEmpty() && cur_.cap >= n) return cur_.data;
     Drop(&cur_);
     Napi::Env env(env_);
     uint8_t* data = nullptr;
-    Napi::Value v = Data(env)->pool.Acquire(env, n, &data);
+    Napi::Value v = addon_->pool.Acquire(env, n, &data);
     if (v.IsEmpty()) {
       // Out of memory: the parser refuses the frame instead (FrameTooBig).
       env.GetAndClearPendingException();
@@ -220,10 +254,11 @@ class PooledCarry : public CarryStore {
   void Drop(Region* r) {
     if (r->ref.IsEmpty()) return;
     Napi::Env env(env_);
-    Data(env)->pool.Release(env, r->ref.Value());
+    addon_->pool.Release(env, r->ref.Value());
     *r = Region();
   }
   napi_env env_;
+  std::shared_ptr<AddonData> addon_;
   Region cur_;
   Region done_;
 };
@@ -259,11 +294,17 @@ class FrameParserWrap : public Napi::ObjectWrap<FrameParserWrap> {
 
     // Both arrays live as long as the parser; JS reads them after every parse call. Own
     // read-only properties (not accessors) so that reading them costs no native call.
-    Napi::Uint32Array descriptors = Napi::Uint32Array::New(env, static_cast<size_t>(max_frames_) * kDescriptorWords);
-    Napi::Int32Array state = Napi::Int32Array::New(env, kStateWords);
+    // They share one ArrayBuffer (descriptors first, state in the last 4 words), so a
+    // parse call looks up one data pointer.
+    const size_t desc_words = static_cast<size_t>(max_frames_) * kDescriptorWords;
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, (desc_words + kStateWords) * 4);
+    if (ab.IsEmpty()) return;
+    std::memset(ab.Data(), 0, ab.ByteLength());
+    Napi::Uint32Array descriptors = Napi::Uint32Array::New(env, desc_words, ab, 0);
+    Napi::Int32Array state = Napi::Int32Array::New(env, kStateWords, ab, desc_words * 4);
     state[state::kResume] = -1;
-    descriptors_ = Napi::Persistent(static_cast<Napi::Object>(descriptors));
-    state_ = Napi::Persistent(static_cast<Napi::Object>(state));
+    words_ = Napi::Persistent(ab);
+    words_bytes_ = ab.ByteLength();
     Value().DefineProperties({
         Napi::PropertyDescriptor::Value("descriptors", descriptors, napi_enumerable),
         Napi::PropertyDescriptor::Value("state", state, napi_enumerable),
@@ -271,18 +312,20 @@ class FrameParserWrap : public Napi::ObjectWrap<FrameParserWrap> {
   }
 
  private:
-  // Current data pointer of an output array: looked up on every call, because an
-  // ArrayBuffer can be detached (transferred) under us, and a stale pointer would then
-  // point into freed memory.
-  bool Output(Napi::Env env, const Napi::ObjectReference& ref, size_t need_bytes, void** data) {
-    napi_typedarray_type type;
-    size_t length = 0;
-    if (napi_get_typedarray_info(env, ref.Value(), &type, &length, data, nullptr, nullptr) != napi_ok ||
-        *data == nullptr || length * 4 < need_bytes) {
+  // Current data pointer of descriptors + state: looked up on every call, because an
+  // ArrayBuffer can be detached (transferred) under us, and a kept pointer would then
+  // point into memory someone else may free.
+  uint32_t* Words(Napi::Env env) {
+    napi_value ab;
+    void* data = nullptr;
+    size_t len = 0;
+    if (napi_get_reference_value(env, words_, &ab) != napi_ok ||
+        napi_get_arraybuffer_info(env, ab, &data, &len) != napi_ok || data == nullptr ||
+        len != words_bytes_) {
       Napi::Error::New(env, "FrameParser: descriptors/state were detached").ThrowAsJavaScriptException();
-      return false;
+      return nullptr;
     }
-    return true;
+    return static_cast<uint32_t*>(data);
   }
 
   Napi::Value Parse(const Napi::CallbackInfo& info) {
@@ -297,19 +340,22 @@ class FrameParserWrap : public Napi::ObjectWrap<FrameParserWrap> {
     if (!GetInteger(info, 1, 0, static_cast<double>(chunk.len), "FrameParser.parse: offset must be an integer in 0..chunk.length", &offset, true, 0)) {
       return Napi::Value();
     }
-    void* desc;
-    void* state;
-    if (!Output(env, descriptors_, static_cast<size_t>(max_frames_) * kDescriptorWords * 4, &desc) ||
-        !Output(env, state_, kStateWords * 4, &state)) {
-      return Napi::Value();
-    }
-    int32_t rc = core_.Parse(chunk.data, chunk.len, static_cast<size_t>(offset), static_cast<uint32_t*>(desc),
-                             max_frames_, static_cast<int32_t*>(state), &carry_);
+    uint32_t* words = Words(env);
+    if (!words) return Napi::Value();
+    int32_t* state = reinterpret_cast<int32_t*>(words + static_cast<size_t>(max_frames_) * kDescriptorWords);
+    int32_t rc = core_.Parse(chunk.data, chunk.len, static_cast<size_t>(offset), words, max_frames_, state, &carry_);
     return Napi::Number::New(env, rc);
   }
 
   Napi::Value Reset(const Napi::CallbackInfo& info) {
     core_.Reset(&carry_);
+    uint32_t* words = Words(info.Env());
+    if (!words) return Napi::Value();
+    int32_t* state = reinterpret_cast<int32_t*>(words + static_cast<size_t>(max_frames_) * kDescriptorWords);
+    state[state::kCount] = 0;
+    state[state::kResume] = -1;
+    state[state::kErrno] = 0;
+    state[state::kErrorOffset] = 0;
     return info.Env().Undefined();
   }
 
@@ -325,8 +371,8 @@ class FrameParserWrap : public Napi::ObjectWrap<FrameParserWrap> {
   FrameParserCore core_;
   PooledCarry carry_;
   uint32_t max_frames_ = 1;
-  Napi::ObjectReference descriptors_;
-  Napi::ObjectReference state_;
+  Napi::Reference<Napi::ArrayBuffer> words_;
+  size_t words_bytes_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -550,13 +596,15 @@ Napi::Value IsUtf8Fn(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  AddonData* data = new (std::nothrow) AddonData();
-  if (!data) {
+  AddonHandle* handle = new (std::nothrow) AddonHandle();
+  if (handle) handle->data = std::make_shared<AddonData>();
+  if (!handle || !handle->data) {
     Napi::Error::New(env, "sluice: out of memory").ThrowAsJavaScriptException();
     return exports;
   }
-  // Deleted by N-API when this environment (main thread or worker) ends.
-  env.SetInstanceData<AddonData>(data);
+  AddonData* data = handle->data.get();
+  // Finalized by N-API when this environment (main thread or worker) ends.
+  env.SetInstanceData<AddonHandle, FinalizeAddon>(handle);
   Napi::Function parser = FrameParserWrap::Define(env);
   Napi::Function encoder = FrameEncoderWrap::Define(env);
   data->parser_ctor = Napi::Persistent(parser);

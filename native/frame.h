@@ -38,10 +38,15 @@
 //     that header began in an earlier chunk. The parser is then dead: later calls return
 //     the same -errno with state = {0, -1, errno, errorOffset of the failure}.
 //  5. pendingBytes = bytes of the partial frame received so far (header + payload).
+//     reset() also clears `state` to {0, -1, 0, 0}.
+//  5b. `carry` outside a call that described a CARRY frame is an empty Buffer; after one,
+//     a view of exactly that frame's payload (pooled memory, recycled at the next call).
 //  6. A frame the process cannot allocate carry memory for is refused as FrameTooBig.
 //  7. Descriptor offsets and lengths are uint32: maxFrameBytes is clamped to 0xFFFFFFFF
 //     and chunks over 0xFFFFFFFF bytes are refused by the binding.
-//  8. Encoder: opcode must be 0,1,2,8,9,10; control frames need fin and no rsv1 and at
+//  8. Constructor: role 0|1; limits non-negative integers or Infinity; maxFramesPerCall an
+//     integer in 1..2^20 (TypeError for a wrong type, RangeError out of range).
+//     Encoder: opcode must be 0,1,2,8,9,10; control frames need fin and no rsv1 and at
 //     most 125 bytes; rsv1 is refused on continuation frames. Lengths use the minimal
 //     encoding; the client role sets MASK with a fresh key from getrandom(2).
 #ifndef SLUICE_FRAME_H

@@ -51,25 +51,26 @@ void XorMaskBulk(uint8_t* dst, const uint8_t* src, size_t n, const uint8_t k[4])
 void XorMask(uint8_t* dst, const uint8_t* src, size_t n, const uint8_t key[4], size_t phase) {
   uint8_t k[4] = {key[phase & 3], key[(phase + 1) & 3], key[(phase + 2) & 3],
                   key[(phase + 3) & 3]};
-  size_t i = 0;
-  if (n >= 64) {
-    // Bring dst to a 32-byte boundary so the stores are aligned; the key rotates with it.
+  if (n >= 1024) {
+    // Long payloads: bring dst to a 32-byte boundary so the wide stores are aligned; the
+    // key rotates with the head. Short ones skip this: unaligned loads/stores cost
+    // little, a byte loop of up to 31 steps costs more.
     size_t head = (32 - (reinterpret_cast<uintptr_t>(dst) & 31)) & 31;
-    for (; i < head; i++) dst[i] = src[i] ^ k[i & 3];
+    for (size_t i = 0; i < head; i++) dst[i] = src[i] ^ k[i & 3];
     if (head & 3) {
       uint8_t r[4] = {k[head & 3], k[(head + 1) & 3], k[(head + 2) & 3], k[(head + 3) & 3]};
       std::memcpy(k, r, 4);
     }
-    size_t bulk = (n - head) & ~static_cast<size_t>(31);
-    XorMaskBulk(dst + head, src + head, bulk, k);
-    i = head + bulk;
-    // From here the key phase is relative to `head` (bulk is a multiple of 4).
-    for (size_t j = 0; i < n; i++, j++) dst[i] = src[i] ^ k[j & 3];
-    return;
+    dst += head;
+    src += head;
+    n -= head;
   }
-  // Short payloads: 8 bytes at a time through a 64-bit word, then single bytes.
+  // From here k[0] applies to src[0]; every step below is a multiple of 4 bytes, so the key
+  // phase stays put until the final bytes.
+  size_t i = n & ~static_cast<size_t>(31);
+  if (i) XorMaskBulk(dst, src, i, k);
   uint64_t kw;
-  uint8_t k8[8] = {k[0], k[1], k[2], k[3], k[0], k[1], k[2], k[3]};
+  const uint8_t k8[8] = {k[0], k[1], k[2], k[3], k[0], k[1], k[2], k[3]};
   std::memcpy(&kw, k8, 8);
   for (; i + 8 <= n; i += 8) {
     uint64_t w;

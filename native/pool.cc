@@ -59,9 +59,15 @@ void BufferPool::Release(Napi::Env env, napi_value view) {
   size_t ab_len = 0;
   if (napi_get_arraybuffer_info(env, ab, &ab_data, &ab_len) != napi_ok || ab_len != length) return;
   std::vector<Entry>& list = free_[tier];
-  if (list.size() >= kTierCap[tier]) return;  // the GC frees it
+  if (closed_ || list.size() >= kTierCap[tier]) return;  // the GC frees it
   list.push_back(Entry{Napi::Persistent(Napi::Object(env, view)), static_cast<const uint8_t*>(data)});
   free_bytes_ += static_cast<double>(length);
+}
+
+void BufferPool::Close() {
+  closed_ = true;
+  for (std::vector<Entry>& list : free_) list.clear();
+  free_bytes_ = 0;
 }
 
 Napi::Object BufferPool::Stats(Napi::Env env) const {

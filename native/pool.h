@@ -35,6 +35,13 @@ class BufferPool {
 
   Napi::Object Stats(Napi::Env env) const;
 
+  // A pooled Buffer is gone without a release (its holder was finalized): count it out.
+  void Forget() {
+    if (in_use_ > 0) in_use_--;
+  }
+  // The environment ends: drop every reference now. Later releases are only counted.
+  void Close();
+
  private:
   struct Entry {
     Napi::Reference<Napi::Object> ref;
@@ -46,6 +53,7 @@ class BufferPool {
   double in_use_ = 0;
   double high_water_ = 0;
   double free_bytes_ = 0;
+  bool closed_ = false;
 };
 
 }  // namespace sluice

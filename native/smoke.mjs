@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const addonPath = process.env.SLUICE_NATIVE_PATH || path.join(here, '..', 'build', 'Release', 'sluice.node');
+const addonPath = process.env.SLUICE_NATIVE_PATH ? path.resolve(process.env.SLUICE_NATIVE_PATH) : path.join(here, '..', 'build', 'Release', 'sluice.node');
 const require = createRequire(import.meta.url);
 const codec = require(addonPath);
 
@@ -296,6 +296,29 @@ async function testWorkers() {
   });
   const results = await Promise.all([run(), run()]);
   for (const r of results) assert.equal(r, 'ok');
+  // Teardown with live state: a worker terminated while its parsers hold carried frames
+  // and pooled Buffers, and one that ends by itself the same way.
+  for (const mode of ['terminate', 'exit']) {
+    await new Promise((resolve, reject) => {
+      const w = new Worker(fileURLToPath(import.meta.url), { env: { ...process.env, SLUICE_SMOKE_WORKER: mode } });
+      w.once('error', reject);
+      w.once('message', () => { if (mode === 'terminate') w.terminate(); });
+      w.once('exit', resolve);
+    });
+  }
+}
+
+function workerHold(mode) {
+  const wire = encode(CLIENT, [[2, randomBytes(200000)]]);
+  const keep = [];
+  for (let i = 0; i < 8; i++) {
+    const p = new codec.FrameParser(SERVER, MiB, MiB, 4, false, 4);
+    p.parse(Buffer.from(wire.subarray(0, 5000 * (i + 1))));
+    keep.push(p, codec.acquire(100 * i), codec.acquire(70000));
+  }
+  codec.release(codec.acquire(10));
+  parentPort.postMessage('ready');
+  if (mode === 'terminate') setInterval(() => keep.length, 1000);
 }
 
 function workerBody() {
@@ -309,8 +332,10 @@ function workerBody() {
   parentPort.postMessage('ok');
 }
 
-if (!isMainThread && process.env.SLUICE_SMOKE_WORKER) {
+if (!isMainThread && process.env.SLUICE_SMOKE_WORKER === '1') {
   workerBody();
+} else if (!isMainThread && process.env.SLUICE_SMOKE_WORKER) {
+  workerHold(process.env.SLUICE_SMOKE_WORKER);
 } else {
   testRoundTrip();
   testSplitsEverywhere();

@@ -25,8 +25,8 @@ count() { # add tap's "# { total: N, pass: P, fail: F ... }" summary to the tota
 
 step() { echo; echo "=== $*"; }
 
-step "type-check (tsc -p tsconfig.test.json)"
-if ! npx tsc -p tsconfig.test.json; then status=1; failed=$((failed + 1)); fi
+step "compile (tsc -p tsconfig.json) and type-check tests (tsc -p tsconfig.test.json)"
+if ! npx tsc -p tsconfig.json || ! npx tsc -p tsconfig.test.json; then status=1; failed=$((failed + 1)); fi
 
 if [ ! -f build/Release/sluice.node ]; then
   echo "note: build/Release/sluice.node is missing; run 'npm run build' for the native codec"

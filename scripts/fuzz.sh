@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets of native/fuzz/ (clang, ASan + UBSan) and runs each one for
+# a bounded time. Usage: scripts/fuzz.sh [seconds-per-target]   (default 20)
+# Exits non-zero when a target crashes (the crashing input is saved as build-asan/fuzz/crash-*).
+set -euo pipefail
+
+seconds="${1:-20}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+# Under build-asan/ (git-ignored): these are sanitizer builds too.
+out="$root/build-asan/fuzz"
+cxx="${CLANGXX:-clang++}"
+mkdir -p "$out"
+
+if ! command -v "$cxx" >/dev/null; then
+  echo "fuzz: $cxx not found (apt-get install clang libclang-rt-14-dev)" >&2
+  exit 2
+fi
+
+flags=(-std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
+       -fno-sanitize-recover=undefined -DSLUICE_NO_TARGET_CLONES -Wall -Wextra -I"$root/native")
+
+declare -A sources=(
+  [frame_parser]="native/frame.cc native/mask.cc"
+  [envelope]="native/envelope.cc"
+  [utf8]="native/utf8.cc"
+)
+
+# Seed corpus (small, committed); regenerate with: node native/fuzz/make-corpus.mjs
+if [ ! -d "$root/native/fuzz/corpus/frame_parser" ]; then
+  node "$root/native/fuzz/make-corpus.mjs"
+fi
+
+status=0
+for target in frame_parser envelope utf8; do
+  srcs=()
+  for s in ${sources[$target]}; do srcs+=("$root/$s"); done
+  echo "== build $target"
+  "$cxx" "${flags[@]}" "$root/native/fuzz/${target}_fuzz.cc" "${srcs[@]}" -o "$out/$target"
+  work="$out/corpus-$target"
+  mkdir -p "$work"
+  log="$out/$target.log"
+  echo "== run $target for ${seconds}s"
+  set +e
+  ( cd "$out" && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+      "./$target" -max_total_time="$seconds" -print_final_stats=1 -max_len=4096 \
+      -artifact_prefix="$out/crash-$target-" "$work" "$root/native/fuzz/corpus/$target" ) >"$log" 2>&1
+  rc=$?
+  set -e
+  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
+  rate=$(grep -o 'exec/s: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)
+  cov=$(grep -o 'cov: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)
+  if [ "$rc" -ne 0 ]; then
+    echo "!! $target FAILED (exit $rc), log: $log" >&2
+    grep -m 20 -E 'ERROR|check failed|runtime error|SUMMARY|Test unit written' "$log" >&2 || tail -20 "$log" >&2
+    status=1
+  else
+    echo "   $target: ${execs:-?} executions (${rate:-?} exec/s), coverage ${cov:-?}"
+  fi
+done
+exit "$status"
