@@ -1,5 +1,5 @@
 import t from 'tap';
-import { startAdminServer, type AdminTarget } from '../src/admin/index.js';
+import { startAdminServer, type AdminHooks, type AdminTarget } from '../src/admin/index.js';
 import { parseConfig } from '../src/config/index.js';
 import type { ProxyConfig } from '../src/config/types.js';
 import { createMetricsRegistry, ProxyCounters } from '../src/metrics/index.js';
@@ -24,15 +24,13 @@ function stubProxy() {
   return proxy satisfies AdminTarget;
 }
 
-async function start(t: Tap.Test, admin: { token?: string } = {}, hooks: Parameters<typeof startAdminServer>[2] = {}) {
+async function start(t: { teardown(fn: () => unknown): void }, admin: { token?: string } = {}, hooks: AdminHooks = {}) {
   const proxy = stubProxy();
   const server = await startAdminServer(proxy, { host: '127.0.0.1', port: 0, ...admin }, hooks);
   t.teardown(() => server.close());
   const base = `http://127.0.0.1:${server.port}`;
   return { proxy, server, base };
 }
-
-namespace Tap { export type Test = Parameters<Parameters<typeof t.test>[1]>[0]; }
 
 t.test('GET endpoints', async (t) => {
   const { proxy, base } = await start(t);
@@ -100,7 +98,7 @@ t.test('POST /reload with a body: JSON or YAML; bad config is 400 with the probl
 
   const broken = await fetch(`${base}/reload`, { method: 'POST', body: 'routes: [' });
   t.equal(broken.status, 400);
-  t.match((await broken.json()).issues[0], /^request body:\d+:\d+: invalid YAML: /);
+  t.match(((await broken.json()) as { issues: string[] }).issues[0], /^request body:\d+:\d+: invalid YAML: /);
 
   const noSource = await fetch(`${base}/reload`, { method: 'POST' });
   t.equal(noSource.status, 400, 'no body and nothing to re-read');

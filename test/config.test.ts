@@ -269,3 +269,11 @@ t.test('sources: default, file, env, cli', async (t) => {
   t.match(text, /^admin\.token = "\*\*\*" +# file sluice\.yaml$/m, 'the token is masked');
   t.notMatch(text, /hunter2/);
 });
+
+t.test('a library caller’s object that is not plain data is a ConfigError, not a crash', async (t) => {
+  t.same(problems({ routes: [{ path: '/a', upstreams: [{ url: 'ws://h', pick: () => 1 }] }] }),
+    ['(top level): expected plain data (mappings, lists, strings, numbers, booleans), got a value that cannot be copied']);
+  const input = { limits: { channelCapacity: 5 } };
+  parseConfig(input, { env: { AGENT_WS_CHANNEL_CAPACITY: '9' } });
+  t.same(input, { limits: { channelCapacity: 5 } }, 'the caller’s object is not changed by overrides');
+});

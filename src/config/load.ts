@@ -68,7 +68,13 @@ export function parseConfig(input: unknown, opts: ParseOptions = {}): ProxyConfi
 export function resolveConfig(input: unknown, opts: ParseOptions = {}): ResolvedConfig {
   const problems: string[] = [];
   const sources = new Map<string, SourceOfValue>();
-  const merged: unknown = input === undefined || input === null ? {} : structuredClone(input);
+  let merged: unknown = {};
+  try {
+    // A copy: env and cli values are laid over it, and the caller's object stays as it was.
+    if (input !== undefined && input !== null) merged = structuredClone(input);
+  } catch {
+    throw new ConfigError(['(top level): expected plain data (mappings, lists, strings, numbers, booleans), got a value that cannot be copied']);
+  }
   if (isMapping(merged)) {
     const fromInput: SourceOfValue = opts.inputOrigin ? { source: 'file', origin: opts.inputOrigin } : { source: 'file' };
     for (const [path] of leaves(merged, [])) sources.set(formatPath(path), fromInput);
