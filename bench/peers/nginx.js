@@ -26,7 +26,10 @@ export default {
       PORT: port,
       ECHO_PORT: echoPort,
       NOFILE: nofile,
-      WORKER_CONNECTIONS: Math.max(1024, nofile - 100),
+      // Above the descriptor limit on purpose: nginx starts reclaiming connections
+      // once fewer than 1/16 of worker_connections are free, which would refuse
+      // proxied connections well before the descriptors run out.
+      WORKER_CONNECTIONS: Math.max(1024, Math.ceil(nofile * 1.1)),
     });
     const file = path.join(dir, 'nginx.conf');
     fs.writeFileSync(file, conf);

@@ -8,6 +8,37 @@ import net from 'node:net';
 /** Every process group the harness started and has not stopped yet (pid → ChildProcess). */
 export const liveGroups = new Map();
 
+let groupsFile = null;
+
+/**
+ * Keep the list of live process groups in `file` (one pgid a line) for the
+ * watchdog that cleans up if the harness itself is killed with SIGKILL.
+ */
+export function recordGroupsIn(file) {
+  groupsFile = file;
+  writeGroups();
+}
+
+function writeGroups() {
+  if (!groupsFile) return;
+  try {
+    fs.writeFileSync(groupsFile, [...liveGroups.keys()].join('\n') + '\n');
+  } catch {
+    // the run's temp dir is gone: nothing left to record
+  }
+}
+
+/** Registers a detached child (its pid is its process group) until it exits. */
+export function trackGroup(child) {
+  if (!child.pid) return;
+  liveGroups.set(child.pid, child);
+  writeGroups();
+  child.once('exit', () => {
+    liveGroups.delete(child.pid);
+    writeGroups();
+  });
+}
+
 /**
  * Starts `command` detached (its own process group, so a forking peer such as
  * nginx is stopped as a whole) with stdout and stderr appended to `logFile`.
@@ -21,10 +52,7 @@ export function spawnGroup(command, args, { env = {}, cwd, logFile, stdin = 'ign
     stdio: [stdin, log, log],
   });
   fs.closeSync(log);
-  if (child.pid) liveGroups.set(child.pid, child);
-  child.once('exit', () => {
-    if (child.pid) liveGroups.delete(child.pid);
-  });
+  trackGroup(child);
   return child;
 }
 
@@ -54,8 +82,18 @@ function tryConnect(port, host) {
 /**
  * Resolves once `host:port` accepts a TCP connection; rejects when `child` exits
  * first or `timeoutMs` passes, with the tail of the peer's log in the message.
+ * On rejection `child`'s process group has been stopped.
  */
-export async function waitForPort(port, { host = '127.0.0.1', child, logFile, timeoutMs = 10000 } = {}) {
+export async function waitForPort(port, options = {}) {
+  try {
+    await pollPort(port, options);
+  } catch (err) {
+    if (options.child) await stopGroup(options.child, 500);
+    throw err;
+  }
+}
+
+async function pollPort(port, { host = '127.0.0.1', child, logFile, timeoutMs = 10000 } = {}) {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (child && child.exitCode !== null) {
@@ -85,6 +123,7 @@ export async function stopGroup(child, graceMs = 1500) {
   // The leader may be gone while a forked worker still runs: sweep the group.
   signalGroup(pid, 'SIGKILL');
   liveGroups.delete(pid);
+  writeGroups();
 }
 
 function signalGroup(pid, signal) {
