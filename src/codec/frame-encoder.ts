@@ -94,7 +94,12 @@ export class TsFrameEncoder implements FrameEncoder {
       key[1] = out[at++] = randomPool[randomAt++];
       key[2] = out[at++] = randomPool[randomAt++];
       key[3] = out[at++] = randomPool[randomAt++];
-      if (length !== 0) this._mask(payload, key, out, at, length);
+      if (length < 64) {
+        // Small payloads: XOR inline; a call to the mask function costs more than the work.
+        for (let i = 0; i < length; i++) out[at + i] = payload[i] ^ key[i & 3];
+      } else {
+        this._mask(payload, key, out, at, length);
+      }
     } else if (length !== 0) {
       if (length < 64) {
         for (let i = 0; i < length; i++) out[at + i] = payload[i];
@@ -115,7 +120,9 @@ export class TsFrameEncoder implements FrameEncoder {
   /** Move the pending bytes to a slab with room for `need` more (doubling, so appends stay O(n)). */
   private _grow(need: number): void {
     const pending = this._end - this._start;
-    const size = Math.max(this._capacity, 2 * (pending + need));
+    // Doubling only matters while frames pile up untaken; after a take() (pending 0) a big
+    // frame gets a slab of its own size, not twice it.
+    const size = Math.max(this._capacity, pending + need, 2 * pending);
     const slab = Buffer.allocUnsafeSlow(size);
     if (pending !== 0) this._slab.copy(slab, 0, this._start, this._end);
     this._slab = slab;

@@ -10,6 +10,7 @@ import { SluiceError } from '../errors.js';
 import { nativeCodec, nativeLoadError, nativePath } from './native.js';
 import { tsCodec } from './twin.js';
 import { TsFrameEncoder } from './frame-encoder.js';
+import { WORD_LOOP_MIN_BYTES } from './mask.js';
 import {
   CODEC_ERRORS, ENVELOPE_HEADER_BYTES,
   type CodecImplementation, type FrameEncoder, type FrameParser, type FrameParserOptions, type PoolStats,
@@ -27,15 +28,42 @@ export const codecInfo: { readonly native: boolean; readonly path?: string; read
   nativeCodec !== null ? { native: true, path: nativePath } : { native: false, reason: nativeLoadError };
 
 // ---- measured cut-offs ---------------------------------------------------------------
-// Measured with `node bench/codec.js` (see bench/codec.js for the figures that chose them).
+// Chosen with bench/codec.js on the project machine (2-core AMD EPYC, Node 20.20, shared and
+// noisy: cpu share 0.6-1.0, so figures are best of 2-3 interleaved rounds, each case in its
+// own process). Re-run `node bench/codec.js --only=mask,unmask --sizes=...` after changing
+// either implementation and move the constants with the figures.
 
-/** mask/unmask: native from this many bytes. */
-export const MASK_NATIVE_MIN_BYTES = 256;
-/** isUtf8: native from this many bytes. */
+/**
+ * mask/unmask: native from this many bytes. Below it the JS loop wins because the call
+ * into the addon costs ~80 ns (native mask 11.7 M ops/s at 32 B vs 30.5 M for the twin).
+ * Sweep (mask / unmask, M ops/s, ts vs native): 128 B 7.4/6.4, 17.7/13.1; 256 B 9.5/9.7,
+ * 17.6/16.3 (a tie); 384 B 6.7/10.6, 14.5/17.0; 512 B 8.4/11.7, 12.8/17.0; 4 KiB 1.0/4.1,
+ * 0.95/4.7. So the cut-off sits between the tie and the first native win.
+ */
+export const MASK_NATIVE_MIN_BYTES = 320;
+
+/**
+ * Frame parser: the twin, whatever the size. The parser is per connection and keeps
+ * state across chunks, so it cannot switch per call; measured, the addon's per-call cost
+ * (~100-250 ns) outweighs its per-frame gain except in chunks packed with tiny frames:
+ * parse one frame/call (M/s ts vs native): 16 B 41.6/4.0, 125 B 73.8/10.3, 4 KiB 38.1/7.0;
+ * parse-batch 64 KiB chunks (M frames/s): 16 B 32.9/60.2, 125 B 83.3/96.2, 4 KiB 61.5/33.5.
+ * Flip this when the addon's per-call cost comes down (see bench/codec.js parse rows).
+ */
+export const PARSER_PREFERS_NATIVE = false;
+
+/**
+ * isUtf8: the twin at every size. Both are simdutf inside; Node's binding is the cheaper
+ * call. (Not in bench/codec.js's table; set to a size if a measurement shows otherwise.)
+ */
 export const UTF8_NATIVE_MIN_BYTES = Number.POSITIVE_INFINITY;
-/** envelopeEncodeInto: native from this payload size. */
+/** envelopeEncodeInto: the twin at every size (header stores + one TypedArray.set, i.e. memcpy). */
 export const ENVELOPE_ENCODE_NATIVE_MIN_BYTES = Number.POSITIVE_INFINITY;
-/** envelopeDecodeRun: native from this many bytes in the run. */
+/**
+ * envelopeDecodeRun: the twin at every size: it reads 8 bytes per envelope whatever the
+ * payload, and v2-decode measured the twin 7-12x faster than the addon at every size
+ * (16 B 157 vs 14 M/s, 1 MiB 55 vs 9 M/s) because the call costs more than the work.
+ */
 export const ENVELOPE_RUN_NATIVE_MIN_BYTES = Number.POSITIVE_INFINITY;
 
 const ts = tsCodec;
@@ -53,14 +81,26 @@ const natEnvelopeDecodeRun = nat !== null ? nat.envelopeDecodeRun : ts.envelopeD
  * (RFC 6455 §5.3; the signature of ws's bufferutil).
  */
 export function mask(source: Uint8Array, key: Uint8Array, output: Uint8Array, offset: number, length: number): void {
-  if (length >= MASK_NATIVE_MIN_BYTES) natMask(source, key, output, offset, length);
-  else tsMask(source, key, output, offset, length);
+  // The twin's byte loop, inlined: at 16 B a second call measured 0.73 x the twin.
+  if (length < WORD_LOOP_MIN_BYTES) {
+    for (let i = 0; i < length; i++) output[offset + i] = source[i] ^ key[i & 3];
+  } else if (length >= MASK_NATIVE_MIN_BYTES) {
+    natMask(source, key, output, offset, length);
+  } else {
+    tsMask(source, key, output, offset, length);
+  }
 }
 
 /** XOR `buffer` in place with the 4-byte `key`. */
 export function unmask(buffer: Uint8Array, key: Uint8Array): void {
-  if (buffer.length >= MASK_NATIVE_MIN_BYTES) natUnmask(buffer, key);
-  else tsUnmask(buffer, key);
+  const n = buffer.length;
+  if (n < WORD_LOOP_MIN_BYTES) {
+    for (let i = 0; i < n; i++) buffer[i] ^= key[i & 3];
+  } else if (n >= MASK_NATIVE_MIN_BYTES) {
+    natUnmask(buffer, key);
+  } else {
+    tsUnmask(buffer, key);
+  }
 }
 
 /** True when `buf` is valid UTF-8 (RFC 3629: no overlongs, no surrogates, <= U+10FFFF). */
@@ -69,11 +109,11 @@ export function isUtf8(buf: Uint8Array): boolean {
 }
 
 /**
- * A frame parser for one connection (see FrameParser in types.ts), native when loaded:
- * parsing is where batching per chunk pays (bench/codec.js, parse-batch).
+ * A frame parser for one connection (see FrameParser in types.ts); which implementation
+ * is decided by PARSER_PREFERS_NATIVE (measured, see there).
  */
 export function createFrameParser(opts: FrameParserOptions = {}): FrameParser {
-  const impl = nat ?? ts;
+  const impl = PARSER_PREFERS_NATIVE && nat !== null ? nat : ts;
   return new impl.FrameParser(
     opts.role === 'server' ? 1 : 0,
     opts.maxFrameBytes ?? 1024 * 1024,
@@ -86,8 +126,10 @@ export function createFrameParser(opts: FrameParserOptions = {}): FrameParser {
 
 /**
  * A frame encoder for one connection: 'client' masks every frame (the upstream leg),
- * 'server' does not. The TypeScript encoder with the size-dispatched `mask`: per-frame
- * calls into the addon cost more than writing a header in JS (bench/codec.js, encode).
+ * 'server' does not. The TypeScript encoder with the size-dispatched `mask`, so headers are
+ * written in JS and only big payloads cross into the addon: bench/codec.js encode (masked,
+ * frame + take per call, M ops/s, ts / native / this): 16 B 7.7/0.65/5.9,
+ * 125 B 7.2/1.3/6.5, 4 KiB 0.15/0.37/0.36, 64 KiB 0.036/0.022/0.066.
  */
 export function createFrameEncoder(role: 'client' | 'server', initialCapacity = 16 * 1024): FrameEncoder {
   return new TsFrameEncoder(role === 'client' ? 0 : 1, initialCapacity, mask);

@@ -8,7 +8,7 @@
  */
 
 /** Below this many bytes the byte loop wins over building word views (bench/codec.js, mask op). */
-const WORD_LOOP_MIN_BYTES = 64;
+export const WORD_LOOP_MIN_BYTES = 64;
 
 /** Four scratch bytes whose Int32 view turns a rotated key into one word in host byte order. */
 const keyBytes = new Uint8Array(4);
@@ -78,5 +78,10 @@ export function mask(source: Uint8Array, key: Uint8Array, output: Uint8Array, of
 
 /** XOR `buffer` in place with the 4-byte `mask`. */
 export function unmask(buffer: Uint8Array, key: Uint8Array): void {
-  xorInPlace(buffer, null, 0, buffer.length, key, 0);
+  const n = buffer.length;
+  if (n < WORD_LOOP_MIN_BYTES) {
+    for (let i = 0; i < n; i++) buffer[i] ^= key[i & 3];
+    return;
+  }
+  xorInPlace(buffer, null, 0, n, key, 0);
 }
