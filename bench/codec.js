@@ -55,7 +55,7 @@ if (codec.nativeCodec) impls.native = codec.nativeCodec;
 
 const options = quick
   ? { maxTime: 0.05, minTime: 0.01, minSamples: 2, initCount: 1 }
-  : { maxTime: 0.6, minSamples: 5, initCount: 1 };
+  : { maxTime: 0.4, minSamples: 5, initCount: 1 };
 
 function payloadOf(size) {
   const b = Buffer.allocUnsafe(size);
