@@ -117,6 +117,13 @@ export class TsFrameEncoder implements FrameEncoder {
     return taken;
   }
 
+  rewind(): void {
+    if (this._end === this._start) {
+      this._start = 0;
+      this._end = 0;
+    }
+  }
+
   /** Move the pending bytes to a slab with room for `need` more (doubling, so appends stay O(n)). */
   private _grow(need: number): void {
     const pending = this._end - this._start;
