@@ -132,7 +132,10 @@ export function createFrameParser(opts: FrameParserOptions = {}): FrameParser {
  * 125 B 7.2/1.3/6.5, 4 KiB 0.15/0.37/0.36, 64 KiB 0.036/0.022/0.066.
  */
 export function createFrameEncoder(role: 'client' | 'server', initialCapacity = 16 * 1024): FrameEncoder {
-  return new TsFrameEncoder(role === 'client' ? 0 : 1, initialCapacity, mask);
+  // Below the native cut-off the encoder masks in place itself (no per-call views).
+  return nat !== null
+    ? new TsFrameEncoder(role === 'client' ? 0 : 1, initialCapacity, natMask, MASK_NATIVE_MIN_BYTES)
+    : new TsFrameEncoder(role === 'client' ? 0 : 1, initialCapacity, tsMask, Number.POSITIVE_INFINITY);
 }
 
 /** Write one v2 envelope into `out` at `offset`; returns the end offset. */

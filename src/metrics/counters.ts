@@ -37,10 +37,36 @@ export class ProxyCounters {
   readonly closes: Record<string, number> = {};
   shardRestarts = 0;
 
-  /** Count one forwarded message (hot path: integer work only). */
+  /** Count one forwarded message of any kind (control frames; keyed access, not for data). */
   message(direction: Direction, kind: FrameKind, bytes: number): void {
     this.frames[direction][kind]++;
     this.frameBytes[direction] += bytes;
+    this.bytes(bytes);
+  }
+
+  /**
+   * Count one data message client → upstream. The data paths use these four methods with
+   * fixed property names: `frames[direction][kind]` with variable keys made V8's keyed
+   * loads megamorphic (perf on the 64 B echo: KeyedLoad/StoreIC_Megamorphic ~1.6 %).
+   */
+  dataIn(binary: boolean, bytes: number): void {
+    const f = this.frames.in;
+    if (binary) f.binary++;
+    else f.text++;
+    this.frameBytes.in += bytes;
+    this.bytes(bytes);
+  }
+
+  /** Count one data message upstream → client. */
+  dataOut(binary: boolean, bytes: number): void {
+    const f = this.frames.out;
+    if (binary) f.binary++;
+    else f.text++;
+    this.frameBytes.out += bytes;
+    this.bytes(bytes);
+  }
+
+  private bytes(bytes: number): void {
     this.frameBytesSum += bytes;
     this.frameBytesCount++;
     let i = 0;

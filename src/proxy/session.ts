@@ -283,7 +283,7 @@ export class Session {
     }
     this.msgsOut++;
     this.bytesOut += payload.length;
-    this.host.counters.message('out', text ? 'text' : 'binary', payload.length);
+    this.host.counters.dataOut(!text, payload.length);
     if (this.ws!.send(payload, !text, this.route.compression) === 2) {
       // uWS dropped it: its maxBackpressure is set above what pausing allows, so this
       // means a bug or a misconfiguration; count it rather than lose it silently.
@@ -380,7 +380,7 @@ export class Session {
     }
     this.msgsIn++;
     this.bytesIn += len;
-    this.host.counters.message('in', isBinary ? 'binary' : 'text', len);
+    this.host.counters.dataIn(isBinary, len);
     this.encoder.frame(isBinary ? Opcode.Binary : Opcode.Text, new Uint8Array(data), true, false);
     if (!this.dirty) this.host.markDirty(this);
   }
