@@ -8,7 +8,8 @@
  * ```
  */
 export { createProxy, Proxy, UpstreamError } from './proxy/index.js';
-export type { ProxyStats, CloseOptions } from './proxy/index.js';
+export type { ProxyStats, CloseOptions, ProxyHooks } from './proxy/index.js';
+export { createShardedProxy, ShardedProxy, shardCount } from './shard/index.js';
 export { parseConfig, loadConfig } from './config/index.js';
 export type { ProxyConfig, ProxyConfigInput, RouteConfig, RouteConfigInput, UpstreamConfig } from './config/index.js';
 export { SluiceError, ConfigError, isSluiceError } from './errors.js';

@@ -26,10 +26,13 @@ t.test('an empty config is the built-in default: /echo on 127.0.0.1:8080', async
   t.same(c.routes, [{
     path: '/echo', mode: 'transparent', balance: 'round_robin', backpressure: 'close', compression: false,
     health: { intervalMs: 0, timeoutMs: 2000, coolOffMs: 5000 }, upstreams: [{ url: 'builtin:echo', weight: 1 }],
+    maxConnections: 0,
   }]);
   t.same(c.limits, {
     maxFrameBytes: 1048576, maxConnections: 10000, channelCapacity: 100, channelBytes: 4194304,
     upstreamTimeoutMs: 10000, highWaterMark: 1048576,
+    connectionRatePerIp: 0, connectionBurstPerIp: 0, messagesPerSecond: 0, bytesPerSecond: 0,
+    handshakeTimeoutMs: 10000, maxHeaderBytes: 16384, maxHeaderCount: 100,
   });
   t.same(c.heartbeat, { pingIntervalSeconds: 30, pongTimeoutSeconds: 90 });
   t.same(c.drain, { timeoutMs: 10000 });
@@ -276,4 +279,66 @@ t.test('a library caller’s object that is not plain data is a ConfigError, not
   const input = { limits: { channelCapacity: 5 } };
   parseConfig(input, { env: { AGENT_WS_CHANNEL_CAPACITY: '9' } });
   t.same(input, { limits: { channelCapacity: 5 } }, 'the caller’s object is not changed by overrides');
+});
+
+t.test('routes[].auth: jwt needs exactly one key source; defaults follow it', async (t) => {
+  const secret = 's'.repeat(32);
+  t.same(parseConfig({ routes: [route({ auth: { jwt: { secret } } })] }).routes[0].auth, {
+    jwt: {
+      secret, algorithms: ['HS256'], clockToleranceSeconds: 30, from: 'header', queryParam: 'access_token',
+      protocolPrefix: 'bearer.', closeOnExpiry: true,
+    },
+  }, 'the simplest form: HS256 in Authorization: Bearer');
+  t.same(parseConfig({ routes: [route({ auth: { jwt: { jwksFile: 'keys.json' } } })] }).routes[0].auth!.jwt!.algorithms,
+    ['RS256', 'ES256'], 'keys: RS256 and ES256, never HS256');
+  t.same(problems({ routes: [route({ auth: { jwt: { secret, publicKeyFile: 'k.pem' } } })] }),
+    ['routes[0].auth.jwt: expected exactly one of secret, publicKeyFile, jwksFile, got ["secret","publicKeyFile"]']);
+  t.same(problems({ routes: [route({ auth: { jwt: { issuer: 'x' } } })] }),
+    ['routes[0].auth.jwt: expected exactly one of secret, publicKeyFile, jwksFile, got []']);
+  t.same(problems({ routes: [route({ auth: { jwt: { secret: 'short-secret' } } })] }),
+    ['routes[0].auth.jwt.secret: expected at least 32 bytes (RFC 7518 §3.2; the value is not shown), got "12 bytes"'],
+    'a short secret is refused without being echoed');
+  t.same(problems({ routes: [route({ auth: { jwt: { secret, algorithms: ['RS256'] } } })] }),
+    ['routes[0].auth.jwt.algorithms: expected only HS256 with a secret, got ["RS256"]']);
+  t.same(problems({ routes: [route({ auth: { jwt: { publicKeyFile: 'k.pem', algorithms: ['HS256', 'PS256'] } } })] }),
+    ['routes[0].auth.jwt.algorithms[1]: expected one of HS256|RS256|ES256, got "PS256"']);
+  t.same(problems({ routes: [route({ auth: { jwt: { secret, from: 'cookie', clockToleranceSeconds: -1, protocolPrefix: 'has space' } } })] }), [
+    'routes[0].auth.jwt.clockToleranceSeconds: expected an integer >= 0, got -1',
+    'routes[0].auth.jwt.from: expected one of header|protocol|query, got "cookie"',
+    'routes[0].auth.jwt.protocolPrefix: expected subprotocol token characters (letters, digits, !#$%&\'*+.^_`|~-), got "has space"',
+  ]);
+  t.same(problems({ routes: [route({ auth: {} })] }), ['routes[0].auth: expected jwt, apiKeys or both, got {}']);
+  t.same(problems({ routes: [route({ auth: { jwt: { secret }, basic: true } })] }), ['routes[0].auth.basic: unknown key']);
+});
+
+t.test('routes[].auth.apiKeys: SHA-256 digests, header or query', async (t) => {
+  const digest = 'AB'.repeat(32);
+  t.same(parseConfig({ routes: [route({ auth: { apiKeys: { sha256: [digest], header: 'X-Tenant-Key' } } })] }).routes[0].auth, {
+    apiKeys: { sha256: ['ab'.repeat(32)], from: 'header', header: 'x-tenant-key', queryParam: 'api_key' },
+  }, 'digests and header names are lower-cased');
+  t.same(problems({ routes: [route({ auth: { apiKeys: { sha256: ['plaintext-key'] } } })] }),
+    ['routes[0].auth.apiKeys.sha256[0]: expected a SHA-256 digest (64 hex digits), got "plaintext-key"']);
+  t.same(problems({ routes: [route({ auth: { apiKeys: { sha256: [] } } })] }),
+    ['routes[0].auth.apiKeys.sha256: expected at least one key digest, got []']);
+  t.same(problems({ routes: [route({ auth: { apiKeys: { sha256: [digest], from: 'body', header: 'bad header' } } })] }), [
+    'routes[0].auth.apiKeys.from: expected one of header|query, got "body"',
+    'routes[0].auth.apiKeys.header: expected an HTTP header name, got "bad header"',
+  ]);
+});
+
+t.test('connection and message limits', async (t) => {
+  const c = parseConfig({
+    limits: { connectionRatePerIp: 20, connectionBurstPerIp: 40, messagesPerSecond: 1000, bytesPerSecond: 1 << 20, handshakeTimeoutMs: 2000, maxHeaderBytes: 8192, maxHeaderCount: 50 },
+    routes: [route({ maxConnections: 5 })],
+  });
+  t.equal(c.routes[0].maxConnections, 5);
+  t.match(c.limits, { connectionRatePerIp: 20, connectionBurstPerIp: 40, messagesPerSecond: 1000, bytesPerSecond: 1048576, handshakeTimeoutMs: 2000, maxHeaderBytes: 8192, maxHeaderCount: 50 });
+  t.same(problems({ limits: { connectionRatePerIp: -1, messagesPerSecond: 0.5, handshakeTimeoutMs: 0, maxHeaderBytes: 0, maxHeaderCount: 'many' }, routes: [route({ maxConnections: -2 })] }), [
+    'limits.connectionRatePerIp: expected an integer >= 0, got -1',
+    'limits.messagesPerSecond: expected an integer >= 0, got 0.5',
+    'limits.handshakeTimeoutMs: expected a positive integer, got 0',
+    'limits.maxHeaderBytes: expected a positive integer, got 0',
+    'limits.maxHeaderCount: expected a positive integer, got "many"',
+    'routes[0].maxConnections: expected an integer >= 0, got -2',
+  ]);
 });

@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 import type {
-  BackpressurePolicy, BalanceStrategy, ProxyConfig, RouteConfig, RouteMode,
+  ApiKeyAuthConfig, BackpressurePolicy, BalanceStrategy, JwtAlgorithm, JwtAuthConfig, ProxyConfig, RouteConfig, RouteMode,
 } from './types.js';
 
 /** The upstream URL that stands for the echo backend the data plane starts itself. */
@@ -23,9 +23,29 @@ export const DEFAULTS = {
     channelBytes: 4 * 1_048_576,
     upstreamTimeoutMs: 10_000,
     highWaterMark: 1_048_576,
+    /**
+     * Per-IP connection rate: off. Behind a load balancer or a NAT every client shares one
+     * address, so any default rate would refuse legitimate clients; a limit is a decision
+     * about the deployment, not something a proxy can guess.
+     */
+    connectionRatePerIp: 0,
+    connectionBurstPerIp: 0,
+    /** Per-connection message and byte rates: off (the application's traffic shape is unknown; maxFrameBytes and backpressure already bound memory). */
+    messagesPerSecond: 0,
+    bytesPerSecond: 0,
+    handshakeTimeoutMs: 10_000,
+    /** 16 KiB and 100 lines: what common servers accept for a request head, and far above what a browser's upgrade needs. */
+    maxHeaderBytes: 16_384,
+    maxHeaderCount: 100,
   },
   heartbeat: { pingIntervalSeconds: 30, pongTimeoutSeconds: 90 },
   drain: { timeoutMs: 10_000 },
+  /**
+   * Shards (worker threads). 1: these machines have 2 cores shared with the load generator
+   * and the backend, and a library embedding sluice should not get threads it did not ask
+   * for; 0 asks for one per core.
+   */
+  workers: 1,
   route: {
     mode: 'transparent' as RouteMode,
     balance: 'round_robin' as BalanceStrategy,
@@ -34,6 +54,18 @@ export const DEFAULTS = {
     compression: false,
     health: { intervalMs: 0, timeoutMs: 2000, coolOffMs: 5000 },
     upstreamWeight: 1,
+    /** 0: no per-route limit (limits.maxConnections still applies). */
+    maxConnections: 0,
+  },
+  auth: {
+    jwt: {
+      clockToleranceSeconds: 30,
+      from: 'header' as const,
+      queryParam: 'access_token',
+      protocolPrefix: 'bearer.',
+      closeOnExpiry: true,
+    },
+    apiKeys: { from: 'header' as const, header: 'x-api-key', queryParam: 'api_key' },
   },
   admin: { host: '127.0.0.1', port: 9090 },
   log: { level: 'info' as const },
@@ -101,6 +133,9 @@ export function isBalance(value: string): value is BalanceStrategy {
 const POSITIVE_INT = 'expected a positive integer';
 const NON_NEGATIVE_INT = 'expected an integer >= 0';
 const PORT = 'expected a port number 0..65535';
+/** More shards than this is a typo, not a machine (each is a thread with its own uWS app). */
+const MAX_WORKERS = 1024;
+const WORKERS = `expected an integer 0..${MAX_WORKERS} (0 = one per core)`;
 
 function positiveInt() {
   return z.number({ error: POSITIVE_INT }).int({ error: POSITIVE_INT }).min(1, { error: POSITIVE_INT })
@@ -129,6 +164,77 @@ function section<S extends z.core.$ZodLooseShape>(shape: S) {
 }
 
 // ---- the schema -----------------------------------------------------------------------------
+
+/** RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits). */
+const MIN_HS256_SECRET_BYTES = 32;
+const JWT_ALGORITHMS = ['HS256', 'RS256', 'ES256'] as const;
+const JWT_KEY_SOURCES = ['secret', 'publicKeyFile', 'jwksFile'] as const;
+const SHA256_EXPECTED = 'expected a SHA-256 digest (64 hex digits)';
+const HEADER_NAME_EXPECTED = 'expected an HTTP header name';
+const PROTOCOL_PREFIX_EXPECTED = 'expected subprotocol token characters (letters, digits, !#$%&\'*+.^_`|~-)';
+
+const jwtSchema = section({
+  // Its length is checked below, where the problem can be reported without echoing the secret.
+  secret: z.string({ error: `expected a string of at least ${MIN_HS256_SECRET_BYTES} bytes` }).optional(),
+  publicKeyFile: nonEmptyString('a file path').optional(),
+  jwksFile: nonEmptyString('a file path').optional(),
+  algorithms: z.array(oneOf(JWT_ALGORITHMS), { error: `expected a list of ${JWT_ALGORITHMS.join('|')}` })
+    .min(1, { error: 'expected at least one algorithm' }).optional(),
+  issuer: nonEmptyString().optional(),
+  audience: nonEmptyString().optional(),
+  clockToleranceSeconds: nonNegativeInt().default(DEFAULTS.auth.jwt.clockToleranceSeconds),
+  from: oneOf(['header', 'protocol', 'query']).default(DEFAULTS.auth.jwt.from),
+  queryParam: nonEmptyString('a query parameter name').default(DEFAULTS.auth.jwt.queryParam),
+  protocolPrefix: z.string({ error: PROTOCOL_PREFIX_EXPECTED }).regex(HEADER_TOKEN, { error: PROTOCOL_PREFIX_EXPECTED })
+    .default(DEFAULTS.auth.jwt.protocolPrefix),
+  closeOnExpiry: bool().default(DEFAULTS.auth.jwt.closeOnExpiry),
+}).superRefine((jwt, ctx) => {
+  // Problems here name keys and sizes, never the secret itself (config errors end up in logs).
+  const sources = JWT_KEY_SOURCES.filter((k) => jwt[k] !== undefined);
+  if (sources.length !== 1) {
+    ctx.addIssue({ code: 'custom', path: [], message: `expected exactly one of ${JWT_KEY_SOURCES.join(', ')}`, input: sources });
+    return;
+  }
+  if (jwt.secret !== undefined && Buffer.byteLength(jwt.secret) < MIN_HS256_SECRET_BYTES) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['secret'],
+      message: `expected at least ${MIN_HS256_SECRET_BYTES} bytes (RFC 7518 §3.2; the value is not shown)`,
+      input: `${Buffer.byteLength(jwt.secret)} bytes`,
+    });
+  }
+  const hmac = jwt.secret !== undefined;
+  const wrong = (jwt.algorithms ?? []).filter((a) => (a === 'HS256') !== hmac);
+  if (wrong.length > 0) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['algorithms'],
+      message: hmac ? 'expected only HS256 with a secret' : 'expected only RS256 or ES256 with a public key or JWKS',
+      input: jwt.algorithms,
+    });
+  }
+}).transform((jwt) => ({
+  ...jwt,
+  // Default algorithms follow the key source, so a secret never verifies an RS256 token and
+  // a public key is never used as an HMAC secret (the classic algorithm-confusion attack).
+  algorithms: jwt.algorithms ?? (jwt.secret !== undefined ? ['HS256'] : ['RS256', 'ES256']) as JwtAlgorithm[],
+}));
+
+const apiKeysSchema = section({
+  sha256: z.array(
+    z.string({ error: SHA256_EXPECTED }).regex(/^[0-9a-fA-F]{64}$/, { error: SHA256_EXPECTED }).transform((v) => v.toLowerCase()),
+    { error: 'expected a list of SHA-256 digests' },
+  ).min(1, { error: 'expected at least one key digest' }),
+  from: oneOf(['header', 'query']).default(DEFAULTS.auth.apiKeys.from),
+  header: z.string({ error: HEADER_NAME_EXPECTED }).regex(HEADER_TOKEN, { error: HEADER_NAME_EXPECTED })
+    .default(DEFAULTS.auth.apiKeys.header).transform((v) => v.toLowerCase()),
+  queryParam: nonEmptyString('a query parameter name').default(DEFAULTS.auth.apiKeys.queryParam),
+});
+
+const authSchema = section({
+  jwt: jwtSchema.optional(),
+  apiKeys: apiKeysSchema.optional(),
+}).refine((a) => a.jwt !== undefined || a.apiKeys !== undefined, { error: 'expected jwt, apiKeys or both' });
 
 const upstreamSchema = section({
   url: z.string({ error: UPSTREAM_URL_EXPECTED }).refine(isUpstreamUrl, { error: UPSTREAM_URL_EXPECTED }),
@@ -159,6 +265,8 @@ const routeSchema = section({
     rejectUnauthorized: bool().default(true),
     servername: nonEmptyString('a server name').optional(),
   }).optional(),
+  auth: authSchema.optional(),
+  maxConnections: nonNegativeInt().default(DEFAULTS.route.maxConnections),
 });
 
 /** The schema of a whole config; its output is exactly {@link ProxyConfig}. */
@@ -178,6 +286,13 @@ export const proxyConfigSchema = section({
     channelBytes: positiveInt().default(DEFAULTS.limits.channelBytes),
     upstreamTimeoutMs: positiveInt().default(DEFAULTS.limits.upstreamTimeoutMs),
     highWaterMark: positiveInt().default(DEFAULTS.limits.highWaterMark),
+    connectionRatePerIp: nonNegativeInt().default(DEFAULTS.limits.connectionRatePerIp),
+    connectionBurstPerIp: nonNegativeInt().default(DEFAULTS.limits.connectionBurstPerIp),
+    messagesPerSecond: nonNegativeInt().default(DEFAULTS.limits.messagesPerSecond),
+    bytesPerSecond: nonNegativeInt().default(DEFAULTS.limits.bytesPerSecond),
+    handshakeTimeoutMs: positiveInt().default(DEFAULTS.limits.handshakeTimeoutMs),
+    maxHeaderBytes: positiveInt().default(DEFAULTS.limits.maxHeaderBytes),
+    maxHeaderCount: positiveInt().default(DEFAULTS.limits.maxHeaderCount),
   }).prefault({}),
   heartbeat: section({
     pingIntervalSeconds: positiveInt().default(DEFAULTS.heartbeat.pingIntervalSeconds),
@@ -194,6 +309,8 @@ export const proxyConfigSchema = section({
   drain: section({
     timeoutMs: nonNegativeInt().default(DEFAULTS.drain.timeoutMs),
   }).prefault({}),
+  workers: z.number({ error: WORKERS }).int({ error: WORKERS }).min(0, { error: WORKERS }).max(MAX_WORKERS, { error: WORKERS })
+    .default(DEFAULTS.workers),
   admin: section({
     host: nonEmptyString('a host name or IP address').default(DEFAULTS.admin.host),
     port: port().default(DEFAULTS.admin.port),
@@ -241,6 +358,7 @@ export interface ProxyConfigInput {
   routes?: RouteConfigInput[];
   protocol?: ProxyConfig['protocol'];
   drain?: Partial<ProxyConfig['drain']>;
+  workers?: number;
   admin?: { host?: string; port?: number; token?: string };
   log?: Partial<ProxyConfig['log']>;
 }
@@ -256,6 +374,14 @@ export interface RouteConfigInput {
   compression?: boolean;
   health?: Partial<RouteConfig['health']>;
   tls?: { caFile?: string; rejectUnauthorized?: boolean; servername?: string };
+  auth?: RouteAuthInput;
+  maxConnections?: number;
+}
+
+/** `routes[].auth` as written in a config: see `RouteAuthConfig` in types.ts. */
+export interface RouteAuthInput {
+  jwt?: Partial<JwtAuthConfig>;
+  apiKeys?: Partial<ApiKeyAuthConfig> & { sha256: string[] };
 }
 
 // Compile-time proof that the schema produces exactly ProxyConfig and accepts ProxyConfigInput.

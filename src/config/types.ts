@@ -21,6 +21,50 @@ export interface HealthCheckConfig {
   coolOffMs: number;
 }
 
+/** JWT algorithms sluice verifies: HMAC with a shared secret, RSA and P-256 ECDSA with public keys. */
+export type JwtAlgorithm = 'HS256' | 'RS256' | 'ES256';
+
+/** JWT checks of a route (`routes[].auth.jwt`). Exactly one of secret, publicKeyFile, jwksFile. */
+export interface JwtAuthConfig {
+  /** Shared HMAC secret (HS256). */
+  secret?: string;
+  /** PEM public key or certificate (SPKI/X.509), RSA (RS256) or P-256 (ES256). */
+  publicKeyFile?: string;
+  /** A JSON Web Key Set file; the token's `kid` picks the key. */
+  jwksFile?: string;
+  /** Accepted `alg` values; default HS256 with a secret, RS256 and ES256 with keys. */
+  algorithms: JwtAlgorithm[];
+  /** Required `iss`. */
+  issuer?: string;
+  /** Required `aud` (one of the token's audiences). */
+  audience?: string;
+  /** Skew allowed on exp and nbf, in seconds. */
+  clockToleranceSeconds: number;
+  /** Where the token is: `Authorization: Bearer`, a subprotocol entry, or a query parameter. */
+  from: 'header' | 'protocol' | 'query';
+  queryParam: string;
+  /** A subprotocol entry `<prefix><token>` carries the token; it is not forwarded upstream. */
+  protocolPrefix: string;
+  /** Close the session with 1008 when the token expires. */
+  closeOnExpiry: boolean;
+}
+
+/** API keys of a route (`routes[].auth.apiKeys`): only their SHA-256 digests are stored. */
+export interface ApiKeyAuthConfig {
+  /** Lower-case hex SHA-256 digests of the accepted keys. */
+  sha256: string[];
+  from: 'header' | 'query';
+  /** Header name (lower case). */
+  header: string;
+  queryParam: string;
+}
+
+/** Per-route access control: a client passes with a valid JWT or a valid API key (either, when both are configured). */
+export interface RouteAuthConfig {
+  jwt?: JwtAuthConfig;
+  apiKeys?: ApiKeyAuthConfig;
+}
+
 export interface RouteConfig {
   /** Exact path, or a prefix ending in "/*". */
   path: string;
@@ -35,6 +79,10 @@ export interface RouteConfig {
   health: HealthCheckConfig;
   /** Upstream TLS for wss:// upstreams. */
   tls?: { caFile?: string; rejectUnauthorized: boolean; servername?: string };
+  /** Credentials a client needs (401 before any upstream is dialled). */
+  auth?: RouteAuthConfig;
+  /** Sessions at most on this route (503 past it); 0 = no per-route limit. */
+  maxConnections: number;
 }
 
 export interface ProxyConfig {
@@ -50,6 +98,20 @@ export interface ProxyConfig {
     upstreamTimeoutMs: number;
     /** uWS buffered amount above which the upstream socket is paused. */
     highWaterMark: number;
+    /** New connections per second per client IP (token bucket; 429 past it); 0 = off. */
+    connectionRatePerIp: number;
+    /** Bucket size of the per-IP connection rate; 0 = one second's worth. */
+    connectionBurstPerIp: number;
+    /** Client messages per second per connection (1008 past it); 0 = off. */
+    messagesPerSecond: number;
+    /** Client bytes per second per connection (1008 past it); 0 = off. */
+    bytesPerSecond: number;
+    /** A client's upgrade request must be complete and answered within this (else the socket is closed). */
+    handshakeTimeoutMs: number;
+    /** Largest upgrade request head (request line + headers), in bytes. */
+    maxHeaderBytes: number;
+    /** Most header lines in an upgrade request. */
+    maxHeaderCount: number;
   };
   heartbeat: { pingIntervalSeconds: number; pongTimeoutSeconds: number };
   /** Empty or ["*"]: all origins; else exact "scheme://host[:port]". */
@@ -58,6 +120,11 @@ export interface ProxyConfig {
   /** Envelope protocol version allowed on envelope routes (PIPEOPS_WS_PROTOCOL). */
   protocol: 'v1' | 'v2';
   drain: { timeoutMs: number };
+  /**
+   * Shards: worker threads each running the proxy on the same port (SO_REUSEPORT); 0 = one
+   * per core. `createProxy()` ignores it (in-process); `createShardedProxy()` and the CLI use it.
+   */
+  workers: number;
   admin?: { host: string; port: number; token?: string };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
 }

@@ -28,6 +28,8 @@ export class ProxyCounters {
   /** dropped[reason] */
   readonly dropped: Record<string, number> = { backpressure: 0, too_big: 0 };
   backpressureEvents = 0;
+  /** Error frames received from envelope clients. */
+  envelopeErrors = 0;
   readonly sessionSecondsBuckets: Float64Array = new Float64Array(SESSION_SECONDS_BUCKETS.length + 1);
   sessionSecondsSum = 0;
   sessionSecondsCount = 0;

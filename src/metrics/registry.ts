@@ -28,7 +28,7 @@ import {
  */
 export type CounterSnapshot = Pick<ProxyCounters,
   | 'frames' | 'frameBytes' | 'frameBytesBuckets' | 'frameBytesSum' | 'frameBytesCount' | 'dropped'
-  | 'backpressureEvents' | 'sessionSecondsBuckets' | 'sessionSecondsSum' | 'sessionSecondsCount'
+  | 'backpressureEvents' | 'envelopeErrors' | 'sessionSecondsBuckets' | 'sessionSecondsSum' | 'sessionSecondsCount'
   | 'activeSessions' | 'sessionsTotal' | 'closes' | 'shardRestarts'>;
 
 /** One proxy's counters, or a function returning every shard's (sync or async). */
@@ -53,6 +53,7 @@ export function sumCounters(list: readonly CounterSnapshot[]): CounterSnapshot {
     frameBytesCount: 0,
     dropped: { backpressure: 0, too_big: 0 },
     backpressureEvents: 0,
+    envelopeErrors: 0,
     sessionSecondsBuckets: new Float64Array(SESSION_SECONDS_BUCKETS.length + 1),
     sessionSecondsSum: 0,
     sessionSecondsCount: 0,
@@ -71,6 +72,7 @@ export function sumCounters(list: readonly CounterSnapshot[]): CounterSnapshot {
     total.frameBytesCount += c.frameBytesCount;
     for (const [reason, n] of Object.entries(c.dropped)) total.dropped[reason] = (total.dropped[reason] ?? 0) + n;
     total.backpressureEvents += c.backpressureEvents;
+    total.envelopeErrors += c.envelopeErrors ?? 0;
     addInto(total.sessionSecondsBuckets, c.sessionSecondsBuckets);
     total.sessionSecondsSum += c.sessionSecondsSum;
     total.sessionSecondsCount += c.sessionSecondsCount;
@@ -174,6 +176,16 @@ export function createMetricsRegistry(counters: CounterSource, opts: MetricsRegi
       const c = await snapshot();
       this.reset();
       this.inc(c.backpressureEvents);
+    },
+  });
+  new Counter({
+    name: 'agent_websocket_envelope_errors_total',
+    help: 'Error frames received from envelope clients.',
+    registers,
+    async collect() {
+      const c = await snapshot();
+      this.reset();
+      this.inc(c.envelopeErrors);
     },
   });
   new Gauge({

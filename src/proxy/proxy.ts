@@ -20,6 +20,8 @@ import { startEchoServer, type EchoServer } from './echo.js';
 import { dial, UpstreamError, type DialResult } from './handshake.js';
 import { compileRoutes, mapTarget, matchRoute, type RouteMatcher } from './router.js';
 import { Session, type ClientData, type SessionHost } from './session.js';
+import { negotiateEnvelope, type EnvelopeVersion } from '../protocol/index.js';
+import { AccessPolicy, ConnectionRateLimiter, MessageRateLimiter, type AccessDecision } from '../policy/index.js';
 
 const BUILTIN_ECHO = 'builtin:echo';
 /** Upstreams tried for one client before it gets 502 (the pick and up to two more). */
@@ -35,6 +37,16 @@ const HOP_HEADERS = new Set([
 const chOpen = dc.channel('sluice:session:open');
 const chClose = dc.channel('sluice:session:close');
 const chHealth = dc.channel('sluice:upstream:health');
+const chControl = dc.channel('sluice:envelope:control');
+
+/** What an embedding app can hook into. */
+export interface ProxyHooks {
+  /**
+   * An envelope client sent a control frame (its JSON, parsed). `session` identifies the
+   * sender: its id, route path, remote address and envelope version.
+   */
+  onControl?(session: { id: number; route: string; remoteAddress: string; version: string }, payload: unknown): void;
+}
 
 /** A route as the running proxy holds it. */
 export interface RouteRuntime {
@@ -43,6 +55,10 @@ export interface RouteRuntime {
   balancer: Balancer;
   sessions: number;
   healthTimer: NodeJS.Timeout | null;
+  /** Credentials check, when the route has `auth`. */
+  access: AccessPolicy | null;
+  /** Envelope sessions by version (envelope routes). */
+  versions: { v1: number; v2: number };
 }
 
 /** JSON-able statistics of a running proxy (`/stats`). */
@@ -56,6 +72,7 @@ export interface ProxyStats {
     host: string | null;
     mode: string;
     sessions: number;
+    envelope: { v1: number; v2: number } | null;
     upstreams: Array<{ url: string; sessions: number; healthy: boolean; lastError: string }>;
   }>;
   pool: ReturnType<typeof poolStats>;
@@ -105,8 +122,11 @@ export class Proxy implements SessionHost {
   private admin: AdminServer | null = null;
   draining = false;
   private closing: Promise<void> | null = null;
+  private readonly hooks: ProxyHooks;
+  private connectionRate: ConnectionRateLimiter | null = null;
 
-  constructor(input: unknown) {
+  constructor(input: unknown, hooks: ProxyHooks = {}) {
+    this.hooks = hooks;
     this.config = parseConfig(input);
     this.logger = createLogger(this.config.log.level);
     const { uws, build } = loadUws();
@@ -148,7 +168,10 @@ export class Proxy implements SessionHost {
   sessionEnded(s: Session): void {
     this.sessions.delete(s);
     const route = this.routes.find((r) => r.key === s.routeKey);
-    if (route) route.sessions--;
+    if (route) {
+      route.sessions--;
+      if (s.envelope !== null) route.versions[s.envelope as EnvelopeVersion]--;
+    }
     const seconds = (Date.now() - s.startedAt) / 1000;
     this.counters.sessionClosed(s.clientCloseCode, seconds);
     const info = {
@@ -166,6 +189,7 @@ export class Proxy implements SessionHost {
       upstreamCode: s.upstreamCloseCode,
       upstreamReason: s.upstreamCloseReason,
       closedFirst: s.closedFirst,
+      envelope: s.envelope,
     };
     this.logger.info(info, 'session closed');
     if (chClose.hasSubscribers) chClose.publish(info);
@@ -177,6 +201,21 @@ export class Proxy implements SessionHost {
       event: 'backpressure', session: s.id, route: s.route.path, fillPercent: Math.round(fill * 100),
       queuedMessages: s.queued, queuedBytes: s.socket.writableLength, capacity: this.config.limits.channelCapacity,
     }, 'sustained backpressure towards the upstream');
+  }
+
+  controlFrame(s: Session, payload: unknown): void {
+    const who = { id: s.id, route: s.route.path, remoteAddress: s.remoteAddress, version: s.envelope ?? '' };
+    if (chControl.hasSubscribers) chControl.publish({ session: who, payload });
+    try {
+      this.hooks.onControl?.(who, payload);
+    } catch (err) {
+      this.logger.error({ event: 'control_hook_failed', session: s.id, err }, 'onControl hook threw');
+    }
+  }
+
+  errorFrame(s: Session, reason: string): void {
+    this.counters.envelopeErrors++;
+    this.logger.warn({ event: 'envelope_error', session: s.id, route: s.route.path, reason: reason.slice(0, 200) }, 'client sent an error frame');
   }
 
   // ------------------------------------------------------------------ lifecycle
@@ -289,7 +328,6 @@ export class Proxy implements SessionHost {
       this.echo = await startEchoServer(config.limits.maxFrameBytes);
       this.echoUrl = `ws://127.0.0.1:${this.echo.port}/`;
     }
-    this.stopRoutes();
     const runtimes: RouteRuntime[] = config.routes.map((rc) => {
       const ups = rc.upstreams.map((u) => {
         const href = u.url === BUILTIN_ECHO ? this.echoUrl : u.url;
@@ -303,8 +341,16 @@ export class Proxy implements SessionHost {
       });
       const key = routeKey(rc);
       const previous = this.routes.find((r) => r.key === key);
-      return { key, config: rc, balancer: new Balancer(ups, rc.balance), sessions: previous?.sessions ?? 0, healthTimer: null };
+      return {
+        key, config: rc, balancer: new Balancer(ups, rc.balance), sessions: previous?.sessions ?? 0, healthTimer: null,
+        access: null, versions: previous?.versions ?? { v1: 0, v2: 0 },
+      };
     });
+    // Key files are read here, before anything changes: a bad one fails the reload whole.
+    for (const r of runtimes) if (r.config.auth) r.access = await AccessPolicy.create(r.config.auth, r.config.path);
+    const l = config.limits;
+    this.connectionRate = l.connectionRatePerIp > 0 ? new ConnectionRateLimiter(l.connectionRatePerIp, l.connectionBurstPerIp) : null;
+    this.stopRoutes();
     this.routes = runtimes;
     this.matchers = compileRoutes(runtimes.map((r) => ({ route: r, config: r.config })));
     for (const r of runtimes) this.startHealthChecks(r);
@@ -353,6 +399,12 @@ export class Proxy implements SessionHost {
     const timeoutMs = this.config.heartbeat.pongTimeoutSeconds * 1000;
     for (const s of this.sessions) {
       if (!s.clientOpen) continue;
+      if (s.expiresAt !== 0 && now >= s.expiresAt) {
+        if (s.closedFirst === '') s.closedFirst = 'proxy';
+        s.closeClient(1008, 'credentials expired');
+        s.sendUpstreamClose(1001, 'client credentials expired');
+        continue;
+      }
       if (now - s.clientSeen > timeoutMs) {
         s.abortClient('client heartbeat timeout');
         continue;
@@ -419,8 +471,14 @@ export class Proxy implements SessionHost {
     const origin = req.getHeader('origin');
     const forwardedFor = req.getHeader('x-forwarded-for');
     const headers: Array<[string, string]> = [];
+    const headerMap = new Map<string, string>();
     let connectionTokens = '';
+    let headerCount = 0;
+    let headerBytes = 0;
     req.forEach((name, value) => {
+      headerCount++;
+      headerBytes += name.length + value.length + 4;
+      headerMap.set(name, value);
       if (name === 'connection') connectionTokens = value.toLowerCase();
       if (!HOP_HEADERS.has(name)) headers.push([name, value]);
     });
@@ -437,6 +495,10 @@ export class Proxy implements SessionHost {
     if (this.sessions.size + this.pendingUpgrades >= this.config.limits.maxConnections) {
       return refuse('503 Service Unavailable', 'sluice: at max connections');
     }
+    const limits = this.config.limits;
+    if (headerCount > limits.maxHeaderCount || headerBytes > limits.maxHeaderBytes) {
+      return refuse('431 Request Header Fields Too Large', 'sluice: too many or too large request headers');
+    }
     if (key.length !== 24 || version !== '13') return refuse('400 Bad Request', 'sluice: bad WebSocket upgrade');
     const host = hostHeader.replace(/:\d+$/, '').toLowerCase();
     const matched = matchRoute(this.matchers, host, path);
@@ -446,6 +508,12 @@ export class Proxy implements SessionHost {
       return refuse('403 Forbidden', 'sluice: origin not allowed');
     }
     const route = matched.route;
+    if (this.connectionRate !== null && !this.connectionRate.allow(remote, started)) {
+      return refuse('429 Too Many Requests', 'sluice: connection rate limit');
+    }
+    if (route.config.maxConnections > 0 && route.sessions >= route.config.maxConnections) {
+      return refuse('503 Service Unavailable', 'sluice: route at max connections');
+    }
     // Connection-listed headers are hop-by-hop too (RFC 9110 §7.6.1).
     const extraHop = connectionTokens.split(',').map((t) => t.trim()).filter((t) => t !== '' && t !== 'upgrade');
     const fwd = extraHop.length > 0 ? headers.filter(([n]) => !extraHop.includes(n)) : headers;
@@ -455,43 +523,80 @@ export class Proxy implements SessionHost {
       ['X-Forwarded-Host', hostHeader],
       ['X-Real-IP', remote],
     );
-    const protocols = offered.split(',').map((p) => p.trim()).filter((p) => p !== '');
+    const offeredList = offered.split(',').map((p) => p.trim()).filter((p) => p !== '');
+    // Envelope routes: the client's sluice.v1/v2 offer is ours to answer; the rest goes on.
+    let envelope: EnvelopeVersion | null = null;
+    let clientProtocol: string | null = null;
+    let protocols = offeredList;
+    if (route.config.mode === 'envelope') {
+      const n = negotiateEnvelope(offeredList, this.config.protocol);
+      envelope = n.version;
+      clientProtocol = n.protocol;
+      protocols = offeredList.filter((p) => p !== 'sluice.v1' && p !== 'sluice.v2');
+    }
     const hashHeader = route.balancer.hashHeader;
-    const hashValue = hashHeader ? (headers.find(([n]) => n === hashHeader)?.[1] ?? '') : '';
+    const hashValue = hashHeader ? (headerMap.get(hashHeader) ?? '') : '';
 
     let aborted = false;
     res.onAborted(() => {
       aborted = true;
     });
     this.pendingUpgrades++;
-    const candidates = route.balancer.order(remote, hashValue, Date.now(), MAX_DIAL_TRIES);
-    void this.dialFirst(route, candidates, matched, path, query, fwd, protocols).then(
-      ({ upstream, result }) => {
+    const finish = (decision: AccessDecision | null) => {
+      if (decision !== null && !decision.ok) {
         this.pendingUpgrades--;
-        if (aborted || this.draining) {
-          result.socket.destroy();
-          if (!aborted) refuse('503 Service Unavailable', 'sluice: draining');
-          return;
-        }
-        this.startSession(res, context, route, upstream, result, {
-          key, protocol: result.protocol, extensions: route.config.compression ? extensions : '',
-          remote, origin, started,
-        });
-      },
-      (err: UpstreamError) => {
-        this.pendingUpgrades--;
-        this.logger.warn({ event: 'upstream_refused', route: route.config.path, code: err.code, status: err.status }, err.message);
-        if (aborted) return;
-        if (err.body !== undefined) {
+        this.logger.info({ event: 'auth_refused', route: route.config.path, remote, reason: decision.reason }, 'credentials refused');
+        if (!aborted) {
           res.cork(() => {
-            res.writeStatus(`${err.status} ${err.statusText}`.trim()).writeHeader('Connection', 'close').end(err.body, true);
+            res.writeStatus('401 Unauthorized').writeHeader('WWW-Authenticate', 'Bearer realm="sluice"')
+              .writeHeader('Content-Type', 'text/plain').writeHeader('Connection', 'close').end(`sluice: ${decision.reason}\n`, true);
           });
-        } else {
-          const text = err.status === 504 ? '504 Gateway Timeout' : '502 Bad Gateway';
-          refuse(text, `sluice: ${err.message}`);
         }
-      },
-    );
+        return;
+      }
+      if (aborted) {
+        this.pendingUpgrades--;
+        return;
+      }
+      const consumed = decision?.consumedProtocol;
+      const upstreamProtocols = consumed ? protocols.filter((p) => p !== consumed) : protocols;
+      const candidates = route.balancer.order(remote, hashValue, Date.now(), MAX_DIAL_TRIES);
+      void this.dialFirst(route, candidates, matched, path, query, fwd, upstreamProtocols).then(
+        ({ upstream, result }) => {
+          this.pendingUpgrades--;
+          if (aborted || this.draining) {
+            result.socket.destroy();
+            if (!aborted) refuse('503 Service Unavailable', 'sluice: draining');
+            return;
+          }
+          this.startSession(res, context, route, upstream, result, {
+            key, protocol: clientProtocol ?? result.protocol, extensions: route.config.compression ? extensions : '',
+            remote, origin, started, envelope, expiresAt: decision?.ok ? (decision.expiresAt ?? 0) : 0,
+          });
+        },
+        (err: UpstreamError) => {
+          this.pendingUpgrades--;
+          this.logger.warn({ event: 'upstream_refused', route: route.config.path, code: err.code, status: err.status }, err.message);
+          if (aborted) return;
+          if (err.body !== undefined) {
+            res.cork(() => {
+              res.writeStatus(`${err.status} ${err.statusText}`.trim()).writeHeader('Connection', 'close').end(err.body, true);
+            });
+          } else {
+            const text = err.status === 504 ? '504 Gateway Timeout' : '502 Bad Gateway';
+            refuse(text, `sluice: ${err.message}`);
+          }
+        },
+      );
+    };
+    if (route.access === null) {
+      finish(null);
+      return;
+    }
+    // Credentials are checked before any upstream is dialled.
+    route.access.check({ headers: headerMap, query, protocols: offeredList, remoteAddress: remote }).then(finish, (err: Error) => {
+      finish({ ok: false, status: 401, reason: `credentials could not be checked: ${err.message}` });
+    });
   }
 
   private async dialFirst(
@@ -527,15 +632,22 @@ export class Proxy implements SessionHost {
   }
 
   private startSession(
-    res: UWS.HttpResponse, context: UWS.us_socket_context_t, route: RouteRuntime, upstream: Upstream, dialed: DialResult, m: { key: string; protocol: string; extensions: string; remote: string; origin: string; started: number },
+    res: UWS.HttpResponse, context: UWS.us_socket_context_t, route: RouteRuntime, upstream: Upstream, dialed: DialResult, m: {
+      key: string; protocol: string; extensions: string; remote: string; origin: string; started: number;
+      envelope: EnvelopeVersion | null; expiresAt: number;
+    },
   ): void {
     const handshakeMs = Date.now() - m.started;
     const s = new Session(this.nextId++, this, route.config, route.key, upstream, dialed.socket, dialed.setDataHandler, {
-      remoteAddress: m.remote, origin: m.origin, protocol: m.protocol, handshakeMs,
+      remoteAddress: m.remote, origin: m.origin, protocol: m.protocol, handshakeMs, envelope: m.envelope, expiresAt: m.expiresAt,
+      rateLimiter: this.config.limits.messagesPerSecond > 0 || this.config.limits.bytesPerSecond > 0
+        ? new MessageRateLimiter(this.config.limits.messagesPerSecond, this.config.limits.bytesPerSecond)
+        : null,
     });
     this.sessions.add(s);
     route.sessions++;
     this.counters.sessionOpened();
+    if (m.envelope !== null) route.versions[m.envelope]++;
     pendingHead.set(s, dialed.head);
     const userData: ClientData = { session: s };
     res.cork(() => {
@@ -543,7 +655,7 @@ export class Proxy implements SessionHost {
     });
     const info = {
       event: 'session_open', session: s.id, route: route.config.path, upstream: upstream.href, remote: m.remote,
-      origin: m.origin, subprotocol: m.protocol, handshakeMs,
+      origin: m.origin, subprotocol: m.protocol, handshakeMs, envelope: m.envelope,
     };
     this.logger.info(info, 'session opened');
     if (chOpen.hasSubscribers) chOpen.publish(info);
@@ -561,6 +673,7 @@ export class Proxy implements SessionHost {
         host: r.config.host ?? null,
         mode: r.config.mode,
         sessions: r.sessions,
+        envelope: r.config.mode === 'envelope' ? { ...r.versions } : null,
         upstreams: r.balancer.upstreams.map((u) => ({ url: u.href, sessions: u.sessions, healthy: u.healthy(now), lastError: u.lastError })),
       })),
       pool: poolStats(),

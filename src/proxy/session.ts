@@ -23,6 +23,15 @@ import {
   type FrameParser,
 } from '../codec/index.js';
 import type { ProxyCounters } from '../metrics/counters.js';
+import {
+  closePayload as envelopeClosePayload,
+  decodeEnvelope,
+  encodeEnvelope,
+  parseClosePayload,
+  type EnvelopeVersion,
+} from '../protocol/index.js';
+import { EnvelopeFlag, EnvelopeType } from '../codec/types.js';
+import type { MessageRateLimiter } from '../policy/index.js';
 import type { RouteConfig, ProxyConfig } from '../config/types.js';
 import type { UWS } from '../uws.js';
 import type { Upstream } from './balancer.js';
@@ -44,6 +53,10 @@ export interface SessionHost {
   sessionEnded(s: Session): void;
   /** Sustained backpressure started (logged and counted by the host). */
   backpressureEvent(s: Session, fill: number): void;
+  /** An envelope control frame from the client (JSON already parsed). */
+  controlFrame(s: Session, payload: unknown): void;
+  /** An envelope error frame from the client. */
+  errorFrame(s: Session, reason: string): void;
 }
 
 /** Which side ended the session first. */
@@ -81,6 +94,12 @@ export class Session {
   readonly protocol: string;
   readonly startedAt: number;
   readonly handshakeMs: number;
+  /** Envelope version spoken with the client, or null on a transparent route. */
+  readonly envelope: EnvelopeVersion | null;
+  /** Per-connection message and byte rate (null when not configured). */
+  readonly rateLimiter: MessageRateLimiter | null;
+  /** When the client's credentials expire (ms epoch), 0 when they do not. */
+  readonly expiresAt: number;
   ws: UWS.WebSocket<ClientData> | null = null;
 
   // Lifecycle.
@@ -130,7 +149,10 @@ export class Session {
     upstream: Upstream,
     socket: net.Socket,
     setDataHandler: (fn: (chunk: Buffer) => void) => void,
-    meta: { remoteAddress: string; origin: string; protocol: string; handshakeMs: number },
+    meta: {
+      remoteAddress: string; origin: string; protocol: string; handshakeMs: number;
+      envelope: EnvelopeVersion | null; rateLimiter: MessageRateLimiter | null; expiresAt: number;
+    },
   ) {
     this.id = id;
     this.host = host;
@@ -151,6 +173,9 @@ export class Session {
     this.origin = meta.origin;
     this.protocol = meta.protocol;
     this.handshakeMs = meta.handshakeMs;
+    this.envelope = meta.envelope;
+    this.rateLimiter = meta.rateLimiter;
+    this.expiresAt = meta.expiresAt;
     this.startedAt = Date.now();
     this.clientSeen = host.clock;
     this.upstreamSeen = host.clock;
@@ -284,6 +309,11 @@ export class Session {
     this.msgsOut++;
     this.bytesOut += payload.length;
     this.host.counters.dataOut(!text, payload.length);
+    if (this.envelope !== null) {
+      // Envelope routes: the upstream's message becomes one data frame for the client.
+      this.sendEnvelope(EnvelopeType.Data, EnvelopeFlag.Final, payload);
+      return;
+    }
     if (this.ws!.send(payload, !text, this.route.compression) === 2) {
       // uWS dropped it: its maxBackpressure is set above what pausing allows, so this
       // means a bug or a misconfiguration; count it rather than lose it silently.
@@ -355,12 +385,87 @@ export class Session {
 
   /** A message from the client (uWS `message`); `data` is valid only during this call. */
   fromClient(data: ArrayBuffer, isBinary: boolean): void {
-    const len = data.byteLength;
     this.clientSeen = this.host.clock;
+    if (this.envelope !== null) {
+      this.fromEnvelopeClient(data, isBinary);
+      return;
+    }
+    const len = data.byteLength;
     const limits = this.host.config.limits;
     if (len > limits.maxFrameBytes) {
       this.host.counters.dropped.too_big++;
       this.fail('client', 1009, `message over ${limits.maxFrameBytes} bytes`, 1009, 'client message over the size limit');
+      return;
+    }
+    this.toUpstream(new Uint8Array(data), isBinary);
+  }
+
+  /** One envelope frame from the client (validated before anything is allocated for it). */
+  private fromEnvelopeClient(data: ArrayBuffer, isBinary: boolean): void {
+    const limits = this.host.config.limits;
+    const f = decodeEnvelope(this.envelope!, new Uint8Array(data), isBinary, { maxPayloadBytes: limits.maxFrameBytes });
+    if (typeof f === 'number') {
+      if (f === 1009) {
+        this.host.counters.dropped.too_big++;
+        this.fail('client', 1009, `envelope payload over ${limits.maxFrameBytes} bytes`, 1009, 'client message over the size limit');
+      } else {
+        this.fail('client', f, f === 1007 ? 'invalid envelope payload' : 'malformed envelope', 1001, 'client sent a malformed envelope');
+      }
+      return;
+    }
+    switch (f.type) {
+      case EnvelopeType.Data:
+        this.toUpstream(f.payload, true);
+        return;
+      case EnvelopeType.Ping:
+        this.host.counters.message('in', 'ping', f.payload.length);
+        this.sendEnvelope(EnvelopeType.Pong, 0, f.payload);
+        return;
+      case EnvelopeType.Pong:
+        this.host.counters.message('in', 'pong', f.payload.length);
+        return;
+      case EnvelopeType.Close: {
+        const c = parseClosePayload(f.payload);
+        if (c === null || !isValidWireCloseCode(c.code)) {
+          this.fail('client', 1002, 'malformed envelope close', 1001, 'client sent a malformed envelope');
+          return;
+        }
+        this.host.counters.message('in', 'close', f.payload.length);
+        if (this.closedFirst === '') this.closedFirst = 'client';
+        this.sendUpstreamClose(c.code, c.reason);
+        this.closeClient(c.code, c.reason);
+        return;
+      }
+      case EnvelopeType.Error:
+        this.host.errorFrame(this, f.payload.toString('utf8'));
+        return;
+      case EnvelopeType.Control: {
+        let json: unknown;
+        try {
+          json = JSON.parse(f.payload.toString('utf8'));
+        } catch {
+          this.fail('client', 1007, 'control frame is not JSON', 1001, 'client sent a malformed envelope');
+          return;
+        }
+        this.host.controlFrame(this, json);
+        return;
+      }
+    }
+  }
+
+  /** Send one envelope frame to the client (envelope routes only). */
+  sendEnvelope(type: number, flags: number, payload: Uint8Array): void {
+    if (!this.clientOpen || this.envelope === null) return;
+    const m = encodeEnvelope(this.envelope, type, flags, payload);
+    if (this.ws!.send(m.data, m.binary, this.route.compression) === 2) this.host.counters.dropped.backpressure++;
+  }
+
+  /** Forward one client message's payload to the upstream (size already checked). */
+  private toUpstream(payload: Uint8Array, isBinary: boolean): void {
+    const len = payload.length;
+    const limits = this.host.config.limits;
+    if (this.rateLimiter !== null && !this.rateLimiter.allow(len, Date.now())) {
+      this.fail('client', 1008, 'message rate limit', 1001, 'client closed: over its message rate');
       return;
     }
     if (!this.upstreamOpen) return;
@@ -381,7 +486,7 @@ export class Session {
     this.msgsIn++;
     this.bytesIn += len;
     this.host.counters.dataIn(isBinary, len);
-    this.encoder.frame(isBinary ? Opcode.Binary : Opcode.Text, new Uint8Array(data), true, false);
+    this.encoder.frame(isBinary ? Opcode.Binary : Opcode.Text, payload, true, false);
     if (!this.dirty) this.host.markDirty(this);
   }
 
@@ -411,8 +516,12 @@ export class Session {
       else if (!this.bpReported && now - this.bpSince >= 2000) {
         this.bpReported = true;
         this.host.backpressureEvent(this, fill);
+        // Envelope clients get the explicit signal: a control frame with the flag up.
+        this.sendEnvelope(EnvelopeType.Control, EnvelopeFlag.Backpressure,
+          Buffer.from(`{"backpressure":true,"fill":${Math.round(fill * 100) / 100}}`));
       }
     } else if (this.bpSince !== 0) {
+      if (this.bpReported) this.sendEnvelope(EnvelopeType.Control, 0, Buffer.from('{"backpressure":false}'));
       this.bpSince = 0;
       this.bpReported = false;
     }
@@ -469,6 +578,12 @@ export class Session {
     const ws = this.ws!;
     this.ws = null;
     this.host.counters.message('out', 'close', code === 0 ? 0 : 2 + Buffer.byteLength(reason));
+    if (this.envelope !== null && code !== 0) {
+      // The envelope's own close frame first, so an envelope client sees code and reason
+      // in its protocol too; then the WebSocket close with the same code.
+      const m = encodeEnvelope(this.envelope, EnvelopeType.Close, 0, envelopeClosePayload(code, reason));
+      ws.send(m.data, m.binary);
+    }
     if (code === 0) ws.end();
     else ws.end(code, reason.length > 123 ? reason.slice(0, 123) : reason);
     this.maybeEnd();
