@@ -540,10 +540,19 @@ export class Proxy implements SessionHost {
     let aborted = false;
     res.onAborted(() => {
       aborted = true;
+      clearTimeout(deadline);
     });
     this.pendingUpgrades++;
+    // uWS itself drops a request whose head is not complete within ~10 s; from here on
+    // (credentials, dial, upstream handshake) the rest of limits.handshakeTimeoutMs applies.
+    const deadline = setTimeout(() => {
+      if (aborted) return;
+      aborted = true; // whatever finishes later is dropped
+      refuse('504 Gateway Timeout', 'sluice: handshake not completed in time');
+    }, Math.max(0, limits.handshakeTimeoutMs - (Date.now() - started)));
     const finish = (decision: AccessDecision | null) => {
       if (decision !== null && !decision.ok) {
+        clearTimeout(deadline);
         this.pendingUpgrades--;
         this.logger.info({ event: 'auth_refused', route: route.config.path, remote, reason: decision.reason }, 'credentials refused');
         if (!aborted) {
@@ -556,6 +565,7 @@ export class Proxy implements SessionHost {
       }
       if (aborted) {
         this.pendingUpgrades--;
+        clearTimeout(deadline);
         return;
       }
       const consumed = decision?.consumedProtocol;
@@ -564,6 +574,7 @@ export class Proxy implements SessionHost {
       void this.dialFirst(route, candidates, matched, path, query, fwd, upstreamProtocols).then(
         ({ upstream, result }) => {
           this.pendingUpgrades--;
+          clearTimeout(deadline);
           if (aborted || this.draining) {
             result.socket.destroy();
             if (!aborted) refuse('503 Service Unavailable', 'sluice: draining');
@@ -576,6 +587,7 @@ export class Proxy implements SessionHost {
         },
         (err: UpstreamError) => {
           this.pendingUpgrades--;
+          clearTimeout(deadline);
           this.logger.warn({ event: 'upstream_refused', route: route.config.path, code: err.code, status: err.status }, err.message);
           if (aborted) return;
           if (err.body !== undefined) {
