@@ -34,6 +34,8 @@ Options:
       --host ADDR       listen address (default 127.0.0.1; 0.0.0.0 for every interface)
   -u, --upstream URL    ws:// or wss:// upstream for one route "/*" (repeat for several upstreams)
       --admin-port N    serve /metrics /healthz /readyz /stats /reload on 127.0.0.1:N
+      --workers N       shards: worker threads sharing the port (0 = one per core; default 1,
+                        which runs on the main thread)
   -h, --help            this text
   -v, --version         the version
 
@@ -52,8 +54,8 @@ when the new one has problems).
 Exit codes: 0 ok, 1 startup failure (SLUICE_ERR_* code), 2 bad config or flag.
 `;
 
-/** The running proxy as the CLI uses it (the data plane's `Proxy`). */
-type RunningProxy = Awaited<ReturnType<typeof import('./proxy/index.js')['createProxy']>>;
+/** The running proxy as the CLI uses it: the in-process `Proxy`, or shards in worker threads. */
+type RunningProxy = import('./proxy/index.js').Proxy | import('./shard/index.js').ShardedProxy;
 
 function version(): string {
   // dist/cli.js and src/cli.ts both sit one folder below package.json.
@@ -78,7 +80,7 @@ function failStartup(err: unknown): never {
 
 /** Turns flag values into config values, checking each and naming the flag when it is wrong. */
 function flagValues(values: {
-  port?: string; host?: string; upstream?: string[]; 'admin-port'?: string;
+  port?: string; host?: string; upstream?: string[]; 'admin-port'?: string; workers?: string;
 }): { cli: CliValue[]; problems: string[] } {
   const cli: CliValue[] = [];
   const problems: string[] = [];
@@ -101,6 +103,11 @@ function flagValues(values: {
   if (values['admin-port'] !== undefined) {
     const n = port('--admin-port', values['admin-port']);
     if (n !== undefined) cli.push({ path: ['admin', 'port'], value: n, flag: '--admin-port' });
+  }
+  if (values.workers !== undefined) {
+    const n = Number(values.workers);
+    if (!/^[0-9]+$/.test(values.workers)) problems.push(`--workers: expected an integer >= 0 (0 = one per core), got ${JSON.stringify(values.workers)}`);
+    else cli.push({ path: ['workers'], value: n, flag: '--workers' });
   }
   if (values.upstream !== undefined && values.upstream.length > 0) {
     const bad = values.upstream.filter((u) => !isUpstreamUrl(u) || u === BUILTIN_ECHO_URL);
@@ -142,6 +149,7 @@ async function main(argv: string[]): Promise<void> {
         host: { type: 'string' },
         upstream: { type: 'string', short: 'u', multiple: true },
         'admin-port': { type: 'string' },
+        workers: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -190,8 +198,15 @@ async function run(resolved: ResolvedConfig, load: () => ResolvedConfig, cli: re
   let admin: AdminServer | null = null;
   try {
     // Loaded only now, so --help, --version and --check work without the native parts.
-    const { createProxy } = await import('./proxy/index.js');
-    proxy = createProxy(dataPlaneConfig(config));
+    // One shard runs on the main thread (nothing to spread, no thread hop for /stats); more
+    // run in worker threads sharing the port. Loaded only now, like the data plane.
+    const shard = await import('./shard/index.js');
+    if (shard.shardCount(config.workers) > 1) {
+      proxy = shard.createShardedProxy(dataPlaneConfig(config));
+    } else {
+      const { createProxy } = await import('./proxy/index.js');
+      proxy = createProxy(dataPlaneConfig(config));
+    }
     await proxy.listen();
   } catch (err) {
     failStartup(err);
@@ -203,6 +218,9 @@ async function run(resolved: ResolvedConfig, load: () => ResolvedConfig, cli: re
     const attempt = reloading.then(async () => {
       const next = load();
       await proxy.reload(dataPlaneConfig(next.config));
+      if (next.config.workers !== config.workers) {
+        logger.warn({ event: 'reload' }, 'workers applies after a restart');
+      }
       if (JSON.stringify(next.config.admin) !== JSON.stringify(config.admin)) {
         logger.warn({ event: 'reload' }, 'admin server settings changed; they apply after a restart');
       }

@@ -27,4 +27,5 @@ export const PEERS = [
   nodeHttpProxy,
   sluicePeer({ name: 'sluice', describe: 'sluice, native codec' }),
   sluicePeer({ name: 'sluice-ts', describe: 'sluice, SLUICE_NO_NATIVE=1', env: { SLUICE_NO_NATIVE: '1' } }),
+  sluicePeer({ name: 'sluice-2shards', describe: 'sluice, workers: 2 (two worker-thread shards)', template: 'sluice-2shards.yaml.template' }),
 ];

@@ -1,0 +1,161 @@
+/**
+ * One shard: the piscina task that runs a whole {@link Proxy} in a worker thread (its own
+ * uWS app on the port every shard shares through SO_REUSEPORT, its own instance of the
+ * codec addon) until it is told to stop, or until it crashes.
+ *
+ * A shard owns its end. uWS.js 20.30 aborts the whole process (exit 134, "uv_loop_close()
+ * while having open handles") when a thread ends while uWS still holds sockets, and it
+ * keeps a WebSocket whose close handshake is under way (`ws.end()`) in its loop until the
+ * peer answers. Measured here: ending the thread one turn after `ws.end()` aborts the
+ * process when a client does not answer the close frame; closing the app
+ * (`app.close()`, which cuts every socket it still has) first makes every end clean. So:
+ *
+ * - stop (a message): drain like `Proxy.close()` (1001), close the app, post the final
+ *   counters, resolve the task; the thread then idles until the pool ends it;
+ * - crash (an uncaught exception anywhere in the thread): stop accepting (the kernel
+ *   sends new connections to the other shards), end every session with 1012, drain
+ *   briefly, close the app, post the final counters, then `process.exit(1)` ends this
+ *   thread only: piscina sees the exit and starts a fresh thread for the replacement.
+ *
+ * The pool never terminates a shard that still holds uWS handles: no idle timeout, no
+ * abort signals, and `close()` only after every task has returned.
+ */
+import { threadId } from 'node:worker_threads';
+import { createProxy, type Proxy } from '../proxy/index.js';
+import { loadUws, type UWS } from '../uws.js';
+import {
+  errorData, type ControlMessage, type ControlRequest, type QueryRequest, type QueryReply,
+  type ShardTask, type ShardTaskResult,
+} from './messages.js';
+
+/** How long a crashed shard's sessions get to finish their close handshakes (1012). */
+const CRASH_DRAIN_MS = 1000;
+
+/**
+ * The parts of a Proxy a shard must reach that Proxy keeps private: its uWS app (to cut
+ * half-closed sockets before the thread ends) and its listen socket (to stop accepting
+ * at once when crashing). Requested in src/proxy: `Proxy.close()` ending with
+ * `app.close()`, and a `stopAccepting()` method; until then, read at run time.
+ */
+interface ProxyInternals {
+  /** uWS 20.30's `TemplatedApp.close()` (cuts every socket of the app) is missing from its typings. */
+  app: { close(): void } | null;
+  listenSocket: UWS.us_listen_socket | null;
+}
+
+/** The piscina task: runs one shard until it is stopped (resolves) or crashes (the thread exits). */
+export default async function runShard(task: ShardTask): Promise<ShardTaskResult> {
+  const { id, control, query, signal } = task;
+  const post = (m: ControlMessage) => control.postMessage(m);
+  const proxy: Proxy = createProxy(task.config);
+  const internals = proxy as unknown as ProxyInternals;
+  const { uws } = loadUws();
+
+  let listening: Promise<unknown> = Promise.resolve();
+  let ending: Promise<void> | null = null;
+  let crashed = false;
+  let finish!: (r: ShardTaskResult) => void;
+  const finished = new Promise<ShardTaskResult>((resolve) => { finish = resolve; });
+
+  /** Tells a main thread blocked on a query (or about to post one) that none will be answered. */
+  const answerNoMore = () => {
+    Atomics.store(signal, 1, 1);
+    Atomics.notify(signal, 0);
+  };
+
+  /** Closes everything this shard holds, posts its final counters, and lets go of the ports. */
+  const end = (drainMs: number): Promise<void> => {
+    ending ??= (async () => {
+      // After a failed listen, Proxy.listen() has already released what it had started.
+      const listened = await listening.then(() => true, () => false);
+      if (listened) {
+        try {
+          await proxy.close({ drainMs });
+        } catch (err) {
+          proxy.logger.error({ event: 'shard_close_error', shard: id, err }, 'error while closing the shard');
+        }
+      }
+      // Cuts the sockets still closing (a client that never answers the close frame).
+      internals.app?.close();
+      internals.app = null;
+      post({ op: 'final', counters: proxy.counters });
+      answerNoMore();
+      query.removeAllListeners('message');
+      control.removeAllListeners('message');
+      query.close();
+      control.close();
+    })();
+    return ending;
+  };
+
+  const onFatal = (err: unknown) => {
+    if (crashed) return; // a second error while closing: the first one is being handled
+    crashed = true;
+    post({ op: 'fatal', error: errorData(err) });
+    proxy.logger.fatal({ event: 'shard_crash', shard: id, err }, 'shard crashed; closing its sessions with 1012');
+    if (internals.listenSocket !== null) {
+      uws.us_listen_socket_close(internals.listenSocket);
+      internals.listenSocket = null;
+    }
+    for (const s of proxy.sessions) {
+      if (s.closedFirst === '') s.closedFirst = 'proxy';
+      s.closeClient(1012, 'shard restart');
+      s.sendUpstreamClose(1001, 'shard restart');
+    }
+    void end(Math.min(CRASH_DRAIN_MS, proxy.config.drain.timeoutMs)).finally(() => {
+      // One more turn so uWS finishes what app.close() started; then only this thread ends.
+      setImmediate(() => process.exit(1));
+    });
+  };
+  process.on('uncaughtException', onFatal);
+
+  control.on('message', (m: ControlRequest) => {
+    switch (m.op) {
+      case 'reload':
+        proxy.reload(m.config).then(
+          () => post({ op: 'reply', seq: m.seq, ok: true }),
+          (err: unknown) => post({ op: 'reply', seq: m.seq, ok: false, error: errorData(err) }),
+        );
+        return;
+      case 'counters':
+        post({ op: 'reply', seq: m.seq, ok: true, value: proxy.counters });
+        return;
+      case 'stop':
+        // A crashed shard is already ending, and ends its thread rather than its task.
+        if (!crashed) void end(m.drainMs).then(() => finish({ reason: 'stopped' }));
+        return;
+      case 'crash':
+        setImmediate(() => {
+          throw new Error(`shard ${id}: crash drill`);
+        });
+        return;
+    }
+  });
+  query.on('message', (m: QueryRequest) => {
+    const reply: QueryReply = { seq: m.seq, stats: proxy.stats(), ready: proxy.ready };
+    query.postMessage(reply);
+    // The reply is queued on the main thread's port before the flag says so.
+    Atomics.store(signal, 0, 1);
+    Atomics.notify(signal, 0);
+  });
+  post({ op: 'started', threadId });
+
+  try {
+    const p = proxy.listen();
+    listening = p;
+    const { port } = await p;
+    post({ op: 'listening', port });
+  } catch (err) {
+    // Proxy.listen() has released what it started (routes, echo backend); the app has no socket.
+    post({ op: 'listen-failed', error: errorData(err) });
+    internals.app?.close();
+    answerNoMore();
+    query.close();
+    control.close();
+    process.off('uncaughtException', onFatal);
+    return { reason: 'listen-failed' };
+  }
+  const result = await finished;
+  process.off('uncaughtException', onFatal);
+  return result;
+}
