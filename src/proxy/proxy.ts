@@ -85,6 +85,9 @@ export interface ProxyStats {
 export interface CloseOptions {
   /** How long sessions get to finish their close handshakes before they are cut (default config.drain.timeoutMs). */
   drainMs?: number;
+  /** Close code the clients get (default 1001, going away; a shard restart uses 1012). */
+  code?: number;
+  reason?: string;
 }
 
 function routeKey(r: RouteConfig): string {
@@ -238,6 +241,9 @@ export class Proxy implements SessionHost {
     if (!listenSocket) {
       this.stopRoutes();
       this.echo?.close();
+      this.echo = null;
+      (app as unknown as { close?: () => void }).close?.();
+      this.app = null;
       throw new SluiceError('SLUICE_ERR_LISTEN', `cannot listen on ${listen.host}:${listen.port} (in use, or not an address of this machine)`);
     }
     this.listenSocket = listenSocket;
@@ -256,16 +262,24 @@ export class Proxy implements SessionHost {
    */
   close(opts: CloseOptions = {}): Promise<void> {
     if (this.closing) return this.closing;
-    this.closing = this.drainAndStop(opts.drainMs ?? this.config.drain.timeoutMs);
+    this.closing = this.drainAndStop(opts.drainMs ?? this.config.drain.timeoutMs, opts.code ?? 1001, opts.reason ?? 'proxy shutting down');
     return this.closing;
   }
 
-  private async drainAndStop(drainMs: number): Promise<void> {
+  /** Close the listen socket now: new connections are refused by the kernel (sessions go on). */
+  stopAccepting(): void {
+    if (this.listenSocket !== null) {
+      this.uws.us_listen_socket_close(this.listenSocket);
+      this.listenSocket = null;
+    }
+  }
+
+  private async drainAndStop(drainMs: number, code: number, reason: string): Promise<void> {
     this.draining = true;
     for (const s of this.sessions) {
       if (s.closedFirst === '') s.closedFirst = 'proxy';
-      s.closeClient(1001, 'proxy shutting down');
-      s.sendUpstreamClose(1001, 'proxy shutting down');
+      s.closeClient(code, reason);
+      s.sendUpstreamClose(1001, reason);
     }
     const deadline = Date.now() + drainMs;
     while ((this.sessions.size > 0 || this.pendingUpgrades > 0) && Date.now() < deadline) {
@@ -275,10 +289,7 @@ export class Proxy implements SessionHost {
       s.socket.destroy();
       if (s.ws !== null) s.ws.close();
     }
-    if (this.listenSocket !== null) {
-      this.uws.us_listen_socket_close(this.listenSocket);
-      this.listenSocket = null;
-    }
+    this.stopAccepting();
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
     this.sweepTimer = null;
     this.stopRoutes();
@@ -286,6 +297,10 @@ export class Proxy implements SessionHost {
     this.echo = null;
     await this.admin?.close();
     this.admin = null;
+    // Cut what uWS still holds (a client that never answered our close frame): a worker
+    // thread that ends with uWS handles open aborts the whole process (DESIGN).
+    (this.app as unknown as { close?: () => void } | null)?.close?.();
+    this.app = null;
     // Let uWS finish the sockets it is closing before the caller ends the thread.
     await new Promise((r) => setImmediate(r));
   }

@@ -22,7 +22,6 @@
  */
 import { threadId } from 'node:worker_threads';
 import { createProxy, type Proxy } from '../proxy/index.js';
-import { loadUws, type UWS } from '../uws.js';
 import {
   errorData, type ControlMessage, type ControlRequest, type QueryRequest, type QueryReply,
   type ShardTask, type ShardTaskResult,
@@ -31,25 +30,11 @@ import {
 /** How long a crashed shard's sessions get to finish their close handshakes (1012). */
 const CRASH_DRAIN_MS = 1000;
 
-/**
- * The parts of a Proxy a shard must reach that Proxy keeps private: its uWS app (to cut
- * half-closed sockets before the thread ends) and its listen socket (to stop accepting
- * at once when crashing). Requested in src/proxy: `Proxy.close()` ending with
- * `app.close()`, and a `stopAccepting()` method; until then, read at run time.
- */
-interface ProxyInternals {
-  /** uWS 20.30's `TemplatedApp.close()` (cuts every socket of the app) is missing from its typings. */
-  app: { close(): void } | null;
-  listenSocket: UWS.us_listen_socket | null;
-}
-
 /** The piscina task: runs one shard until it is stopped (resolves) or crashes (the thread exits). */
 export default async function runShard(task: ShardTask): Promise<ShardTaskResult> {
   const { id, control, query, signal } = task;
   const post = (m: ControlMessage) => control.postMessage(m);
   const proxy: Proxy = createProxy(task.config);
-  const internals = proxy as unknown as ProxyInternals;
-  const { uws } = loadUws();
 
   let listening: Promise<unknown> = Promise.resolve();
   let ending: Promise<void> | null = null;
@@ -64,20 +49,18 @@ export default async function runShard(task: ShardTask): Promise<ShardTaskResult
   };
 
   /** Closes everything this shard holds, posts its final counters, and lets go of the ports. */
-  const end = (drainMs: number): Promise<void> => {
+  const end = (drainMs: number, code = 1001, reason = 'proxy shutting down'): Promise<void> => {
     ending ??= (async () => {
       // After a failed listen, Proxy.listen() has already released what it had started.
       const listened = await listening.then(() => true, () => false);
       if (listened) {
         try {
-          await proxy.close({ drainMs });
+          // Ends with uWS's app.close(): no socket outlives it.
+          await proxy.close({ drainMs, code, reason });
         } catch (err) {
           proxy.logger.error({ event: 'shard_close_error', shard: id, err }, 'error while closing the shard');
         }
       }
-      // Cuts the sockets still closing (a client that never answers the close frame).
-      internals.app?.close();
-      internals.app = null;
       post({ op: 'final', counters: proxy.counters });
       answerNoMore();
       query.removeAllListeners('message');
@@ -93,16 +76,8 @@ export default async function runShard(task: ShardTask): Promise<ShardTaskResult
     crashed = true;
     post({ op: 'fatal', error: errorData(err) });
     proxy.logger.fatal({ event: 'shard_crash', shard: id, err }, 'shard crashed; closing its sessions with 1012');
-    if (internals.listenSocket !== null) {
-      uws.us_listen_socket_close(internals.listenSocket);
-      internals.listenSocket = null;
-    }
-    for (const s of proxy.sessions) {
-      if (s.closedFirst === '') s.closedFirst = 'proxy';
-      s.closeClient(1012, 'shard restart');
-      s.sendUpstreamClose(1001, 'shard restart');
-    }
-    void end(Math.min(CRASH_DRAIN_MS, proxy.config.drain.timeoutMs)).finally(() => {
+    proxy.stopAccepting();
+    void end(Math.min(CRASH_DRAIN_MS, proxy.config.drain.timeoutMs), 1012, 'shard restart').finally(() => {
       // One more turn so uWS finishes what app.close() started; then only this thread ends.
       setImmediate(() => process.exit(1));
     });
@@ -148,7 +123,6 @@ export default async function runShard(task: ShardTask): Promise<ShardTaskResult
   } catch (err) {
     // Proxy.listen() has released what it started (routes, echo backend); the app has no socket.
     post({ op: 'listen-failed', error: errorData(err) });
-    internals.app?.close();
     answerNoMore();
     query.close();
     control.close();
