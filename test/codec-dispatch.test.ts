@@ -18,7 +18,7 @@ const builtAddon = path.join(root, 'build/Release/sluice.node');
 /** Import the codec in a fresh process with `env` and print codecInfo as JSON. */
 function loadWith(env: Record<string, string>): { status: number | null; stdout: string; stderr: string } {
   const clean: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('SLUICE_')) clean[k] = v;
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('SLUICE_') && k !== 'PREBUILDS_ONLY') clean[k] = v;
   const r = spawnSync(process.execPath, [...process.execArgv, '--input-type=module', '-e',
     `const c = await import(${JSON.stringify(indexUrl)}); console.log(JSON.stringify(c.codecInfo));`],
   { env: { ...clean, ...env }, encoding: 'utf8', timeout: 60_000 });
