@@ -59,6 +59,8 @@ export interface RouteRuntime {
   access: AccessPolicy | null;
   /** Envelope sessions by version (envelope routes). */
   versions: { v1: number; v2: number };
+  /** Upgrades accepted for this route and not yet a session or refused (for maxConnections). */
+  pending: number;
 }
 
 /** JSON-able statistics of a running proxy (`/stats`). */
@@ -358,7 +360,8 @@ export class Proxy implements SessionHost {
       const previous = this.routes.find((r) => r.key === key);
       return {
         key, config: rc, balancer: new Balancer(ups, rc.balance), sessions: previous?.sessions ?? 0, healthTimer: null,
-        access: null, versions: previous?.versions ?? { v1: 0, v2: 0 },
+        // pending is not carried: in-flight upgrades settle on the runtime they started on.
+        access: null, versions: previous?.versions ?? { v1: 0, v2: 0 }, pending: 0,
       };
     });
     // Key files are read here, before anything changes: a bad one fails the reload whole.
@@ -526,7 +529,7 @@ export class Proxy implements SessionHost {
     if (this.connectionRate !== null && !this.connectionRate.allow(remote, started)) {
       return refuse('429 Too Many Requests', 'sluice: connection rate limit');
     }
-    if (route.config.maxConnections > 0 && route.sessions >= route.config.maxConnections) {
+    if (route.config.maxConnections > 0 && route.sessions + route.pending >= route.config.maxConnections) {
       return refuse('503 Service Unavailable', 'sluice: route at max connections');
     }
     // Connection-listed headers are hop-by-hop too (RFC 9110 §7.6.1).
@@ -558,6 +561,7 @@ export class Proxy implements SessionHost {
       clearTimeout(deadline);
     });
     this.pendingUpgrades++;
+    route.pending++;
     // uWS itself drops a request whose head is not complete within ~10 s; from here on
     // (credentials, dial, upstream handshake) the rest of limits.handshakeTimeoutMs applies.
     const deadline = setTimeout(() => {
@@ -569,6 +573,7 @@ export class Proxy implements SessionHost {
       if (decision !== null && !decision.ok) {
         clearTimeout(deadline);
         this.pendingUpgrades--;
+        route.pending--;
         this.logger.info({ event: 'auth_refused', route: route.config.path, remote, reason: decision.reason }, 'credentials refused');
         if (!aborted) {
           res.cork(() => {
@@ -580,6 +585,7 @@ export class Proxy implements SessionHost {
       }
       if (aborted) {
         this.pendingUpgrades--;
+        route.pending--;
         clearTimeout(deadline);
         return;
       }
@@ -589,6 +595,7 @@ export class Proxy implements SessionHost {
       void this.dialFirst(route, candidates, matched, path, query, fwd, upstreamProtocols).then(
         ({ upstream, result }) => {
           this.pendingUpgrades--;
+          route.pending--;
           clearTimeout(deadline);
           if (aborted || this.draining) {
             result.socket.destroy();
@@ -602,6 +609,7 @@ export class Proxy implements SessionHost {
         },
         (err: UpstreamError) => {
           this.pendingUpgrades--;
+          route.pending--;
           clearTimeout(deadline);
           this.logger.warn({ event: 'upstream_refused', route: route.config.path, code: err.code, status: err.status }, err.message);
           if (aborted) return;
@@ -672,9 +680,12 @@ export class Proxy implements SessionHost {
         : null,
     });
     this.sessions.add(s);
-    route.sessions++;
+    // Counted on the route's current runtime (a reload may have replaced it during the dial),
+    // the one sessionEnded() will find by key.
+    const current = this.routes.find((r) => r.key === route.key) ?? route;
+    current.sessions++;
     this.counters.sessionOpened();
-    if (m.envelope !== null) route.versions[m.envelope]++;
+    if (m.envelope !== null) current.versions[m.envelope]++;
     pendingHead.set(s, dialed.head);
     const userData: ClientData = { session: s };
     res.cork(() => {

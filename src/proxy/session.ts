@@ -538,6 +538,11 @@ export class Session {
   onClientPing(bytes: number): void {
     this.clientSeen = this.host.clock;
     this.host.counters.message('in', 'ping', bytes);
+    // uWS answers pings itself; they still count against the message and byte rate, or a
+    // ping flood would cost us (and the client's pongs) for free.
+    if (this.rateLimiter !== null && !this.rateLimiter.allow(bytes, Date.now())) {
+      this.fail('client', 1008, 'message rate limit', 1001, 'client closed: over its message rate');
+    }
   }
 
   onClientPong(bytes: number): void {
