@@ -167,12 +167,13 @@ export function parseConfigText(text: string, format: 'json' | 'yaml', name = 'c
 
 /**
  * The effective config as `key = value  # source` lines, for `sluice --check`.
- * The admin token is masked.
+ * The admin token and JWT secrets are masked.
  */
 export function describeConfig(resolved: ResolvedConfig): string[] {
   const rows = [...leaves(resolved.config, [])].map(([path, value]) => {
     const key = formatPath(path);
-    const shown = key === 'admin.token' ? '"***"' : JSON.stringify(value);
+    const secret = key === 'admin.token' || /^routes\[\d+\]\.auth\.jwt\.secret$/.test(key);
+    const shown = secret ? '"***"' : JSON.stringify(value);
     const src = resolved.sources.get(key) ?? { source: 'default' as const };
     return { left: `${key} = ${shown}`, right: `# ${src.source}${src.origin ? ` ${src.origin}` : ''}` };
   });
@@ -263,6 +264,10 @@ function fileKeys(input: Record<string, unknown>): Array<[parent: Record<string,
   if (Array.isArray(input.routes)) {
     input.routes.forEach((r, i) => {
       if (isMapping(r) && isMapping(r.tls)) out.push([r.tls, 'caFile', ['routes', i, 'tls', 'caFile']]);
+      if (isMapping(r) && isMapping(r.auth) && isMapping(r.auth.jwt)) {
+        const jwt = r.auth.jwt;
+        out.push([jwt, 'publicKeyFile', ['routes', i, 'auth', 'jwt', 'publicKeyFile']], [jwt, 'jwksFile', ['routes', i, 'auth', 'jwt', 'jwksFile']]);
+      }
     });
   }
   return out;

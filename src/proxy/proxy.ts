@@ -554,6 +554,8 @@ export class Proxy implements SessionHost {
     }
     const hashHeader = route.balancer.hashHeader;
     const hashValue = hashHeader ? (headerMap.get(hashHeader) ?? '') : '';
+    // Credentials carried in the query string are ours: they do not travel upstream.
+    const upstreamQuery = stripCredentialParams(query, route.config);
 
     let aborted = false;
     res.onAborted(() => {
@@ -592,7 +594,7 @@ export class Proxy implements SessionHost {
       const consumed = decision?.consumedProtocol;
       const upstreamProtocols = consumed ? protocols.filter((p) => p !== consumed) : protocols;
       const candidates = route.balancer.order(remote, hashValue, Date.now(), MAX_DIAL_TRIES);
-      void this.dialFirst(route, candidates, matched, path, query, fwd, upstreamProtocols).then(
+      void this.dialFirst(route, candidates, matched, path, upstreamQuery, fwd, upstreamProtocols).then(
         ({ upstream, result }) => {
           this.pendingUpgrades--;
           route.pending--;
@@ -603,7 +605,10 @@ export class Proxy implements SessionHost {
             return;
           }
           this.startSession(res, context, route, upstream, result, {
-            key, protocol: clientProtocol ?? result.protocol, extensions: route.config.compression ? extensions : '',
+            // A token carried as a subprotocol entry is answered back when the upstream picks
+            // none: a browser that offered subprotocols fails a handshake that picks none.
+            key, protocol: clientProtocol ?? (result.protocol || consumed || ''),
+            extensions: route.config.compression ? extensions : '',
             remote, origin, started, envelope, expiresAt: decision?.ok ? (decision.expiresAt ?? 0) : 0,
           });
         },
@@ -720,6 +725,18 @@ export class Proxy implements SessionHost {
       shards: [{ id: 0, sessions: this.sessions.size, restarts: 0 }],
     };
   }
+}
+
+/** The query string without the parameters that carry this route's credentials. */
+function stripCredentialParams(query: string, route: RouteConfig): string {
+  if (query === '' || !route.auth) return query;
+  const names: string[] = [];
+  if (route.auth.jwt?.from === 'query') names.push(route.auth.jwt.queryParam);
+  if (route.auth.apiKeys?.from === 'query') names.push(route.auth.apiKeys.queryParam);
+  if (names.length === 0) return query;
+  const params = new URLSearchParams(query);
+  for (const n of names) params.delete(n);
+  return params.toString();
 }
 
 /** Bytes that arrived with the upstream's 101, kept until uWS opens the client socket. */
