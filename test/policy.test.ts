@@ -182,7 +182,7 @@ t.test('key files that cannot be used are config errors naming the route and key
       t.match((err as Error).message, pattern, what);
     }
   };
-  await fail({ jwt: { publicKeyFile: join(dir, 'missing.pem') } }, /^route \/secure: auth\.jwt\.publicKeyFile: expected a readable file, got ".*missing\.pem" \(no such file\)$/, 'missing PEM');
+  await fail({ jwt: { publicKeyFile: join(dir, 'missing.pem') } }, /^routes\[0\]\.auth\.jwt\.publicKeyFile: expected a readable file, got ".*missing\.pem" \(no such file\)$/, 'missing PEM');
   writeFileSync(join(dir, 'junk.pem'), 'not a key');
   await fail({ jwt: { publicKeyFile: join(dir, 'junk.pem') } }, /auth\.jwt\.publicKeyFile: expected a PEM public key or certificate/, 'junk PEM');
   const p384 = await generateKeyPair('ES384');
