@@ -214,12 +214,17 @@ t.test('an upstream that vanishes mid-session → 1014; invalid frames → 1014'
   backendWs!.terminate();
   t.equal((await seen).code, 1014);
 
-  // Raw upstream that completes the handshake then sends a reserved opcode.
-  const raw = await startRawWsUpstream((s) => setTimeout(() => s.write(Buffer.from([0x83, 0x00])), 50));
+  // Raw upstream that completes the handshake, then sends a good frame and a reserved
+  // opcode in one packet: the good one is still delivered, then the session ends.
+  const raw = await startRawWsUpstream((s) =>
+    setTimeout(() => s.write(Buffer.concat([Buffer.from([0x81, 0x05]), Buffer.from('hello'), Buffer.from([0x83, 0x00])])), 50));
   t.teardown(raw.close);
   const { base: base2 } = await proxyFor(t, { routes: [{ path: '/*', upstreams: [{ url: raw.url }] }] });
   const ws2 = await connect(`${base2}/g`);
+  const got: string[] = [];
+  ws2.on('message', (d) => got.push(d.toString()));
   t.equal((await closed(ws2)).code, 1014, 'garbage from the upstream → 1014');
+  t.same(got, ['hello'], 'the frame before the bad one is delivered');
 });
 
 t.test('messages over maxFrameBytes → 1009 to the sender, both directions', async (t) => {
@@ -318,21 +323,25 @@ t.test('backpressure upstream → client: a client that does not read pauses the
   (ws as unknown as { _socket: net.Socket })._socket.pause(); // the client stops reading
   await until(() => backendWs !== undefined);
   const chunk = Buffer.alloc(64 * 1024, 1);
+  const rss = process.memoryUsage().rss;
   // Flood until the backend's own socket buffers (TCP backpressure reached it).
+  let sent = 0;
   for (let i = 0; i < 2000 && backendWs!.bufferedAmount < 4 * 1024 * 1024; i++) {
     backendWs!.send(chunk);
+    sent += chunk.length;
     if (i % 16 === 0) await new Promise((r) => setTimeout(r, 5));
   }
   t.ok(backendWs!.bufferedAmount >= 4 * 1024 * 1024, 'backend sees backpressure (its buffer fills)');
   const session = [...proxy.sessions][0];
   t.ok(session.pausedForClient, 'the upstream socket is paused');
-  const rss = process.memoryUsage().rss;
-  // Resume the client: everything arrives, nothing lost.
+  // What sluice holds for this client stays near the high-water mark, not what was sent.
+  t.ok(session.ws!.getBufferedAmount() < 256 * 1024 + 2 * chunk.length, `uWS holds ${session.ws!.getBufferedAmount()} B for the client`);
+  // Resume the client: every byte sent arrives, in order, nothing lost.
   let bytes = 0;
-  const target = backendWs!.bufferedAmount; // lower bound of what is still to come
   ws.on('message', (d) => (bytes += (d as Buffer).length));
   (ws as unknown as { _socket: net.Socket })._socket.resume();
-  await until(() => bytes >= target && backendWs!.bufferedAmount === 0, 15000, 'drain');
+  await until(() => bytes === sent, 20000, 'every byte delivered');
+  t.equal(bytes, sent, `all ${sent} bytes delivered`);
   t.ok(process.memoryUsage().rss - rss < 256 * 1024 * 1024, 'memory stayed bounded');
   ws.close();
   await closed(ws);
@@ -437,17 +446,19 @@ t.test('least_conn prefers the upstream with fewer live sessions', async (t) => 
   const b = await startWsBackend();
   t.teardown(a.close);
   t.teardown(b.close);
-  const { base } = await proxyFor(t, { routes: [{ path: '/lc', balance: 'least_conn', upstreams: [{ url: a.url }, { url: b.url }] }] });
+  const { base, proxy } = await proxyFor(t, { routes: [{ path: '/lc', balance: 'least_conn', upstreams: [{ url: a.url }, { url: b.url }] }] });
   const first = await connect(`${base}/lc`); // → a (tie → first)
   const second = await connect(`${base}/lc`); // → b
   t.same([a.requests.length, b.requests.length], [1, 1]);
-  first.close();
-  await closed(first);
-  await until(() => a.sockets.size === 0);
-  await new Promise((r) => setTimeout(r, 50));
-  const third = await connect(`${base}/lc`); // a has 0, b has 1 → a
-  t.same([a.requests.length, b.requests.length], [2, 1]);
-  second.terminate();
+  // b's session ends: b has 0, a has 1, so the next one must go to b. (Closing a's would
+  // prove nothing: a tie also goes to a.)
+  second.close();
+  await closed(second);
+  await until(() => proxy.stats().routes[0].upstreams[1].sessions === 0, 3000, 'b released');
+  t.same(proxy.stats().routes[0].upstreams.map((u) => u.sessions), [1, 0]);
+  const third = await connect(`${base}/lc`);
+  t.same([a.requests.length, b.requests.length], [1, 2], 'the least loaded upstream gets it');
+  first.terminate();
   third.terminate();
 });
 

@@ -152,16 +152,18 @@ export function dial(opts: DialOptions): Promise<DialResult> {
       for (const [name, value] of opts.headers) req += `${name}: ${value}\r\n`;
       socket.write(req + '\r\n');
     });
-    socket.on('error', (err: NodeJS.ErrnoException) => {
+    const onError = (err: NodeJS.ErrnoException) => {
       fail(new UpstreamError('SLUICE_ERR_UPSTREAM_UNREACHABLE', 502, `upstream ${opts.url.host}: ${err.code ?? err.message}`));
-    });
-    socket.on('close', () => {
+    };
+    const onClose = () => {
       if (refusal) {
         finishRefusal();
         return;
       }
       fail(new UpstreamError('SLUICE_ERR_UPSTREAM_BAD_HANDSHAKE', 502, `upstream ${opts.url.host} closed during the handshake`));
-    });
+    };
+    socket.on('error', onError);
+    socket.on('close', onClose);
 
     const finishRefusal = () => {
       const r = refusal!;
@@ -221,8 +223,9 @@ export function dial(opts: DialOptions): Promise<DialResult> {
       if (headers.has('sec-websocket-extensions')) return bad('negotiated an extension that was not offered');
       settled = true;
       clearTimeout(timer);
-      socket.removeAllListeners('close');
-      socket.removeAllListeners('error');
+      // Only ours: a TLSSocket has internal 'close' listeners (freeing its SSL state).
+      socket.off('close', onClose);
+      socket.off('error', onError);
       socket.pause();
       route.fn = () => {};
       resolve({

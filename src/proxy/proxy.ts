@@ -19,7 +19,7 @@ import { Balancer, Upstream } from './balancer.js';
 import { startEchoServer, type EchoServer } from './echo.js';
 import { dial, UpstreamError, type DialResult } from './handshake.js';
 import { compileRoutes, mapTarget, matchRoute, type RouteMatcher } from './router.js';
-import { Session, type ClientData, type SessionHost } from './session.js';
+import { Session, isValidWireCloseCode, type ClientData, type SessionHost } from './session.js';
 import { negotiateEnvelope, type EnvelopeVersion } from '../protocol/index.js';
 import { AccessPolicy, ConnectionRateLimiter, MessageRateLimiter, type AccessDecision } from '../policy/index.js';
 
@@ -53,14 +53,20 @@ export interface RouteRuntime {
   key: string;
   config: RouteConfig;
   balancer: Balancer;
-  sessions: number;
   healthTimer: NodeJS.Timeout | null;
   /** Credentials check, when the route has `auth`. */
   access: AccessPolicy | null;
-  /** Envelope sessions by version (envelope routes). */
-  versions: { v1: number; v2: number };
+  /** Live counts, kept per route key across reloads (a route removed and re-added keeps them). */
+  counts: RouteCounts;
+}
+
+/** Sessions and upgrades in flight of one route key. */
+export interface RouteCounts {
+  sessions: number;
   /** Upgrades accepted for this route and not yet a session or refused (for maxConnections). */
   pending: number;
+  /** Envelope sessions by version (envelope routes). */
+  versions: { v1: number; v2: number };
 }
 
 /** JSON-able statistics of a running proxy (`/stats`). */
@@ -115,12 +121,15 @@ export class Proxy implements SessionHost {
   private echoUrl = '';
   private routes: RouteRuntime[] = [];
   private matchers: Array<RouteMatcher<RouteRuntime>> = [];
+  /** Per route key, kept across reloads. */
+  private readonly routeCounts = new Map<string, RouteCounts>();
   /** Upstreams by URL, kept across reloads so least_conn counts and health survive. */
   private readonly upstreamsByUrl = new Map<string, Upstream>();
   readonly sessions = new Set<Session>();
   private pendingUpgrades = 0;
   private nextId = 1;
   private dirty: Session[] = [];
+  private spare: Session[] = [];
   private flushScheduled = false;
   private readonly flushAll: () => void;
   private sweepTimer: NodeJS.Timeout | null = null;
@@ -140,9 +149,12 @@ export class Proxy implements SessionHost {
     this.registry = createMetricsRegistry(this.counters);
     this.flushAll = () => {
       this.flushScheduled = false;
+      // Two arrays swapped turn by turn: no allocation per flush.
       const list = this.dirty;
-      this.dirty = [];
+      this.dirty = this.spare;
       for (let i = 0; i < list.length; i++) list[i].flush();
+      list.length = 0;
+      this.spare = list;
     };
   }
 
@@ -172,10 +184,10 @@ export class Proxy implements SessionHost {
 
   sessionEnded(s: Session): void {
     this.sessions.delete(s);
-    const route = this.routes.find((r) => r.key === s.routeKey);
-    if (route) {
-      route.sessions--;
-      if (s.envelope !== null) route.versions[s.envelope as EnvelopeVersion]--;
+    const counts = this.routeCounts.get(s.routeKey);
+    if (counts) {
+      counts.sessions--;
+      if (s.envelope !== null) counts.versions[s.envelope]--;
     }
     const seconds = (Date.now() - s.startedAt) / 1000;
     this.counters.sessionClosed(s.clientCloseCode, seconds);
@@ -264,7 +276,8 @@ export class Proxy implements SessionHost {
    */
   close(opts: CloseOptions = {}): Promise<void> {
     if (this.closing) return this.closing;
-    this.closing = this.drainAndStop(opts.drainMs ?? this.config.drain.timeoutMs, opts.code ?? 1001, opts.reason ?? 'proxy shutting down');
+    const code = opts.code !== undefined && isValidWireCloseCode(opts.code) ? opts.code : 1001;
+    this.closing = this.drainAndStop(opts.drainMs ?? this.config.drain.timeoutMs, code, opts.reason ?? 'proxy shutting down');
     return this.closing;
   }
 
@@ -291,6 +304,10 @@ export class Proxy implements SessionHost {
       s.socket.destroy();
       if (s.ws !== null) s.ws.close();
     }
+    // Destroyed sockets report 'close' on a later turn: wait (briefly) so that every
+    // session has ended, been counted and logged when close() resolves.
+    const cutoff = Date.now() + 1000;
+    while (this.sessions.size > 0 && Date.now() < cutoff) await new Promise((r) => setTimeout(r, 5));
     this.stopAccepting();
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
     this.sweepTimer = null;
@@ -313,6 +330,7 @@ export class Proxy implements SessionHost {
    * 1012 after a jittered delay within the drain timeout.
    */
   async reload(input: unknown): Promise<void> {
+    if (this.closing) throw new SluiceError('SLUICE_ERR_CLOSED', 'the proxy is closed (or closing); it takes no reload');
     const next = parseConfig(input);
     const prev = this.config;
     if (JSON.stringify(next.listen) !== JSON.stringify(prev.listen) || next.limits.maxFrameBytes !== prev.limits.maxFrameBytes ||
@@ -357,12 +375,12 @@ export class Proxy implements SessionHost {
         return up;
       });
       const key = routeKey(rc);
-      const previous = this.routes.find((r) => r.key === key);
-      return {
-        key, config: rc, balancer: new Balancer(ups, rc.balance), sessions: previous?.sessions ?? 0, healthTimer: null,
-        // pending is not carried: in-flight upgrades settle on the runtime they started on.
-        access: null, versions: previous?.versions ?? { v1: 0, v2: 0 }, pending: 0,
-      };
+      let counts = this.routeCounts.get(key);
+      if (!counts) {
+        counts = { sessions: 0, pending: 0, versions: { v1: 0, v2: 0 } };
+        this.routeCounts.set(key, counts);
+      }
+      return { key, config: rc, balancer: new Balancer(ups, rc.balance), healthTimer: null, access: null, counts };
     });
     // Key files are read here, before anything changes: a bad one fails the reload whole.
     for (const r of runtimes) if (r.config.auth) r.access = await AccessPolicy.create(r.config.auth, r.config.path);
@@ -427,8 +445,12 @@ export class Proxy implements SessionHost {
         s.abortClient('client heartbeat timeout');
         continue;
       }
+      // While the upstream is paused for a slow client nothing is read from it, so its
+      // silence says nothing: it is not judged then.
+      if (s.pausedForClient) s.upstreamSeen = now;
       if (now - s.upstreamSeen > timeoutMs && s.upstreamOpen) {
         if (s.closedFirst === '') s.closedFirst = 'proxy';
+        s.upstreamCloseCode = 1006;
         s.upstreamCloseReason = 'upstream heartbeat timeout';
         s.socket.destroy();
         s.upstreamOpen = false;
@@ -529,7 +551,7 @@ export class Proxy implements SessionHost {
     if (this.connectionRate !== null && !this.connectionRate.allow(remote, started)) {
       return refuse('429 Too Many Requests', 'sluice: connection rate limit');
     }
-    if (route.config.maxConnections > 0 && route.sessions + route.pending >= route.config.maxConnections) {
+    if (route.config.maxConnections > 0 && route.counts.sessions + route.counts.pending >= route.config.maxConnections) {
       return refuse('503 Service Unavailable', 'sluice: route at max connections');
     }
     // Connection-listed headers are hop-by-hop too (RFC 9110 §7.6.1).
@@ -563,7 +585,7 @@ export class Proxy implements SessionHost {
       clearTimeout(deadline);
     });
     this.pendingUpgrades++;
-    route.pending++;
+    route.counts.pending++;
     // uWS itself drops a request whose head is not complete within ~10 s; from here on
     // (credentials, dial, upstream handshake) the rest of limits.handshakeTimeoutMs applies.
     const deadline = setTimeout(() => {
@@ -575,7 +597,7 @@ export class Proxy implements SessionHost {
       if (decision !== null && !decision.ok) {
         clearTimeout(deadline);
         this.pendingUpgrades--;
-        route.pending--;
+        route.counts.pending--;
         this.logger.info({ event: 'auth_refused', route: route.config.path, remote, reason: decision.reason }, 'credentials refused');
         if (!aborted) {
           res.cork(() => {
@@ -587,7 +609,7 @@ export class Proxy implements SessionHost {
       }
       if (aborted) {
         this.pendingUpgrades--;
-        route.pending--;
+        route.counts.pending--;
         clearTimeout(deadline);
         return;
       }
@@ -597,11 +619,14 @@ export class Proxy implements SessionHost {
       void this.dialFirst(route, candidates, matched, path, upstreamQuery, fwd, upstreamProtocols).then(
         ({ upstream, result }) => {
           this.pendingUpgrades--;
-          route.pending--;
+          route.counts.pending--;
           clearTimeout(deadline);
-          if (aborted || this.draining) {
+          // A reload that removed this route while we dialled: its sessions got 1012 already.
+          const removed = !this.routes.some((r) => r.key === route.key);
+          if (aborted || this.draining || removed) {
+            upstream.sessions--;
             result.socket.destroy();
-            if (!aborted) refuse('503 Service Unavailable', 'sluice: draining');
+            if (!aborted) refuse('503 Service Unavailable', removed ? 'sluice: route removed' : 'sluice: draining');
             return;
           }
           this.startSession(res, context, route, upstream, result, {
@@ -610,11 +635,12 @@ export class Proxy implements SessionHost {
             key, protocol: clientProtocol ?? (result.protocol || consumed || ''),
             extensions: route.config.compression ? extensions : '',
             remote, origin, started, envelope, expiresAt: decision?.ok ? (decision.expiresAt ?? 0) : 0,
+            tokenProtocol: clientProtocol === null && result.protocol === '' && consumed !== undefined,
           });
         },
         (err: UpstreamError) => {
           this.pendingUpgrades--;
-          route.pending--;
+          route.counts.pending--;
           clearTimeout(deadline);
           this.logger.warn({ event: 'upstream_refused', route: route.config.path, code: err.code, status: err.status }, err.message);
           if (aborted) return;
@@ -645,6 +671,9 @@ export class Proxy implements SessionHost {
   ): Promise<{ upstream: Upstream; result: Awaited<ReturnType<typeof dial>> }> {
     let last: UpstreamError | undefined;
     for (const upstream of candidates) {
+      // Counted from the dial on, so least_conn sees a burst of upgrades in flight; the
+      // session takes the count over, every other ending gives it back.
+      upstream.sessions++;
       try {
         const result = await dial({
           url: upstream.url,
@@ -657,6 +686,7 @@ export class Proxy implements SessionHost {
         upstream.failures = 0;
         return { upstream, result };
       } catch (err) {
+        upstream.sessions--;
         last = err as UpstreamError;
         // A refusal with the upstream's own status is an answer, not a failure to retry.
         if (last.body !== undefined) throw last;
@@ -674,7 +704,7 @@ export class Proxy implements SessionHost {
   private startSession(
     res: UWS.HttpResponse, context: UWS.us_socket_context_t, route: RouteRuntime, upstream: Upstream, dialed: DialResult, m: {
       key: string; protocol: string; extensions: string; remote: string; origin: string; started: number;
-      envelope: EnvelopeVersion | null; expiresAt: number;
+      envelope: EnvelopeVersion | null; expiresAt: number; tokenProtocol: boolean;
     },
   ): void {
     const handshakeMs = Date.now() - m.started;
@@ -685,12 +715,9 @@ export class Proxy implements SessionHost {
         : null,
     });
     this.sessions.add(s);
-    // Counted on the route's current runtime (a reload may have replaced it during the dial),
-    // the one sessionEnded() will find by key.
-    const current = this.routes.find((r) => r.key === route.key) ?? route;
-    current.sessions++;
+    route.counts.sessions++;
     this.counters.sessionOpened();
-    if (m.envelope !== null) current.versions[m.envelope]++;
+    if (m.envelope !== null) route.counts.versions[m.envelope]++;
     pendingHead.set(s, dialed.head);
     const userData: ClientData = { session: s };
     res.cork(() => {
@@ -698,7 +725,8 @@ export class Proxy implements SessionHost {
     });
     const info = {
       event: 'session_open', session: s.id, route: route.config.path, upstream: upstream.href, remote: m.remote,
-      origin: m.origin, subprotocol: m.protocol, handshakeMs, envelope: m.envelope,
+      // A token answered back as the subprotocol is a credential: never logged.
+      origin: m.origin, subprotocol: m.tokenProtocol ? '[credential]' : m.protocol, handshakeMs, envelope: m.envelope,
     };
     this.logger.info(info, 'session opened');
     if (chOpen.hasSubscribers) chOpen.publish(info);
@@ -715,8 +743,8 @@ export class Proxy implements SessionHost {
         path: r.config.path,
         host: r.config.host ?? null,
         mode: r.config.mode,
-        sessions: r.sessions,
-        envelope: r.config.mode === 'envelope' ? { ...r.versions } : null,
+        sessions: r.counts.sessions,
+        envelope: r.config.mode === 'envelope' ? { ...r.counts.versions } : null,
         upstreams: r.balancer.upstreams.map((u) => ({ url: u.href, sessions: u.sessions, healthy: u.healthy(now), lastError: u.lastError })),
       })),
       pool: poolStats(),
@@ -734,9 +762,18 @@ function stripCredentialParams(query: string, route: RouteConfig): string {
   if (route.auth.jwt?.from === 'query') names.push(route.auth.jwt.queryParam);
   if (route.auth.apiKeys?.from === 'query') names.push(route.auth.apiKeys.queryParam);
   if (names.length === 0) return query;
-  const params = new URLSearchParams(query);
-  for (const n of names) params.delete(n);
-  return params.toString();
+  // Only the matching name=value pieces go; the rest stays byte for byte.
+  return query.split('&').filter((part) => {
+    const eq = part.indexOf('=');
+    const raw = (eq < 0 ? part : part.slice(0, eq)).replace(/\+/g, ' ');
+    let name = raw;
+    try {
+      name = decodeURIComponent(raw);
+    } catch {
+      // malformed %-escape: not one of our names; keep it as it is
+    }
+    return !names.includes(name);
+  }).join('&');
 }
 
 /** Bytes that arrived with the upstream's 101, kept until uWS opens the client socket. */

@@ -12,6 +12,7 @@ export interface RouteMatcher<R> {
   base: string;
   prefix: boolean;
   host: string;
+  /** Position in the config (the last tie-breaker). */
   rank: number;
 }
 
@@ -20,11 +21,14 @@ export function compileRoutes<R>(routes: Array<{ route: R; config: RouteConfig }
   const out = routes.map(({ route, config }, i) => {
     const prefix = config.path.endsWith('/*');
     const base = prefix ? config.path.slice(0, -2) : config.path;
-    // rank: host routes first, then exact, then longer prefixes; config order breaks ties.
-    const rank = (config.host ? 0 : 1) * 1e9 + (prefix ? 1e6 - base.length : 0) * 1e2 + i;
-    return { route, config, base, prefix, host: (config.host ?? '').toLowerCase(), rank };
+    return { route, config, base, prefix, host: (config.host ?? '').toLowerCase(), rank: i };
   });
-  out.sort((a, b) => a.rank - b.rank);
+  // Host routes first, then exact paths, then longer prefixes; config order breaks ties.
+  out.sort((a, b) =>
+    (a.host === '' ? 1 : 0) - (b.host === '' ? 1 : 0) ||
+    (a.prefix ? 1 : 0) - (b.prefix ? 1 : 0) ||
+    (a.prefix ? b.base.length - a.base.length : 0) ||
+    a.rank - b.rank);
   return out;
 }
 

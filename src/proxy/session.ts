@@ -73,11 +73,13 @@ export function isValidWireCloseCode(code: number): boolean {
 
 function closePayload(code: number, reason: string): Buffer {
   if (code === 0) return EMPTY;
-  const r = Buffer.from(reason.length > 123 ? reason.slice(0, 123) : reason, 'utf8');
-  const b = Buffer.allocUnsafe(2 + Math.min(r.length, 123));
-  b.writeUInt16BE(code, 0);
-  r.copy(b, 2, 0, b.length - 2);
-  return b;
+  return envelopeClosePayload(code, reason); // reason cut to 123 bytes on a character boundary
+}
+
+/** `reason` cut to at most 123 UTF-8 bytes without splitting a character (RFC 6455 §5.5). */
+export function closeReason(reason: string): string {
+  if (Buffer.byteLength(reason) <= 123) return reason;
+  return envelopeClosePayload(1000, reason).subarray(2).toString('utf8');
 }
 
 export class Session {
@@ -100,6 +102,8 @@ export class Session {
   readonly rateLimiter: MessageRateLimiter | null;
   /** When the client's credentials expire (ms epoch), 0 when they do not. */
   readonly expiresAt: number;
+  /** The message limit this session was opened with (a reload does not change it mid-session). */
+  readonly maxFrameBytes: number;
   ws: UWS.WebSocket<ClientData> | null = null;
 
   // Lifecycle.
@@ -176,12 +180,15 @@ export class Session {
     this.envelope = meta.envelope;
     this.rateLimiter = meta.rateLimiter;
     this.expiresAt = meta.expiresAt;
+    this.maxFrameBytes = limits.maxFrameBytes;
     this.startedAt = Date.now();
-    this.clientSeen = host.clock;
-    this.upstreamSeen = host.clock;
-    this.lastPing = host.clock;
+    // Exact time here: the coarse clock may be up to a second old, which would make the
+    // first heartbeat timeout fire early.
+    this.clientSeen = this.startedAt;
+    this.upstreamSeen = this.startedAt;
+    this.lastPing = this.startedAt;
     this.deliverCorked = () => this.deliver();
-    upstream.sessions++;
+    // upstream.sessions was counted when the dial started (least_conn sees dials in flight).
 
     // Nothing is read until the client's socket is open (attach); the 'data' listener
     // below must not switch the stream to flowing before that.
@@ -225,17 +232,20 @@ export class Session {
     const d = parser.descriptors;
     let offset = 0;
     for (;;) {
-      const n = parser.parse(chunk, offset);
-      if (n < 0) {
-        this.upstreamProtocolError(-n);
-        break;
-      }
+      let n = parser.parse(chunk, offset);
+      // On an error the frames before the bad one are still valid (state[0]): deliver them.
+      const errno = n < 0 ? -n : 0;
+      if (errno !== 0) n = parser.state[0];
       for (let i = 0; i < n && this.socketAlive; i++) {
         const base = i * DESCRIPTOR_WORDS;
         const info = d[base];
         const src = (info & Desc.CARRY) !== 0 ? parser.carry : chunk;
         const start = d[base + 1];
         this.onUpstreamFrame(info, src.subarray(start, start + d[base + 2]));
+      }
+      if (errno !== 0) {
+        if (this.socketAlive) this.upstreamProtocolError(errno);
+        break;
       }
       const resume = parser.state[1];
       if (resume < 0 || !this.socketAlive) break;
@@ -386,15 +396,20 @@ export class Session {
   /** A message from the client (uWS `message`); `data` is valid only during this call. */
   fromClient(data: ArrayBuffer, isBinary: boolean): void {
     this.clientSeen = this.host.clock;
+    // Every client message counts against the rate, whatever it carries (data, or an
+    // envelope ping, error or control frame).
+    if (this.rateLimiter !== null && !this.rateLimiter.allow(data.byteLength, Date.now())) {
+      this.fail('client', 1008, 'message rate limit', 1001, 'client closed: over its message rate');
+      return;
+    }
     if (this.envelope !== null) {
       this.fromEnvelopeClient(data, isBinary);
       return;
     }
     const len = data.byteLength;
-    const limits = this.host.config.limits;
-    if (len > limits.maxFrameBytes) {
+    if (len > this.maxFrameBytes) {
       this.host.counters.dropped.too_big++;
-      this.fail('client', 1009, `message over ${limits.maxFrameBytes} bytes`, 1009, 'client message over the size limit');
+      this.fail('client', 1009, `message over ${this.maxFrameBytes} bytes`, 1009, 'client message over the size limit');
       return;
     }
     this.toUpstream(new Uint8Array(data), isBinary);
@@ -402,12 +417,11 @@ export class Session {
 
   /** One envelope frame from the client (validated before anything is allocated for it). */
   private fromEnvelopeClient(data: ArrayBuffer, isBinary: boolean): void {
-    const limits = this.host.config.limits;
-    const f = decodeEnvelope(this.envelope!, new Uint8Array(data), isBinary, { maxPayloadBytes: limits.maxFrameBytes });
+    const f = decodeEnvelope(this.envelope!, new Uint8Array(data), isBinary, { maxPayloadBytes: this.maxFrameBytes });
     if (typeof f === 'number') {
       if (f === 1009) {
         this.host.counters.dropped.too_big++;
-        this.fail('client', 1009, `envelope payload over ${limits.maxFrameBytes} bytes`, 1009, 'client message over the size limit');
+        this.fail('client', 1009, `envelope payload over ${this.maxFrameBytes} bytes`, 1009, 'client message over the size limit');
       } else {
         this.fail('client', f, f === 1007 ? 'invalid envelope payload' : 'malformed envelope', 1001, 'client sent a malformed envelope');
       }
@@ -464,10 +478,6 @@ export class Session {
   private toUpstream(payload: Uint8Array, isBinary: boolean): void {
     const len = payload.length;
     const limits = this.host.config.limits;
-    if (this.rateLimiter !== null && !this.rateLimiter.allow(len, Date.now())) {
-      this.fail('client', 1008, 'message rate limit', 1001, 'client closed: over its message rate');
-      return;
-    }
     if (!this.upstreamOpen) return;
     if (this.socket.writableNeedDrain) {
       // The channel towards the upstream is filling: apply the route's policy past capacity.
@@ -582,7 +592,8 @@ export class Session {
     this.clientCloseReason = reason;
     const ws = this.ws!;
     this.ws = null;
-    this.host.counters.message('out', 'close', code === 0 ? 0 : 2 + Buffer.byteLength(reason));
+    // Not counted in frames_total: a close the upstream sent was counted when it arrived,
+    // and one sluice makes is not a forwarded message.
     if (this.envelope !== null && code !== 0) {
       // The envelope's own close frame first, so an envelope client sees code and reason
       // in its protocol too; then the WebSocket close with the same code.
@@ -590,7 +601,7 @@ export class Session {
       ws.send(m.data, m.binary);
     }
     if (code === 0) ws.end();
-    else ws.end(code, reason.length > 123 ? reason.slice(0, 123) : reason);
+    else ws.end(code, closeReason(reason));
     this.maybeEnd();
   }
 
@@ -617,10 +628,15 @@ export class Session {
   abortClient(why: string): void {
     if (!this.clientOpen) return;
     if (this.closedFirst === '') this.closedFirst = 'proxy';
-    this.clientCloseReason = why;
     this.sendUpstreamClose(1001, why);
     const ws = this.ws!;
-    ws.close(); // uWS calls onClientClosed(1006) synchronously
+    // Recorded here and closed before uWS's close callback runs, so that callback does not
+    // count a close frame the client never sent.
+    this.clientOpen = false;
+    this.ws = null;
+    this.clientCloseCode = 1006;
+    this.clientCloseReason = why;
+    ws.close(); // uWS calls onClientClosed synchronously; it finds the client already closed
   }
 
   private onSocketClosed(): void {
