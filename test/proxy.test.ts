@@ -311,7 +311,7 @@ t.test('heartbeat: a silent upstream is closed after the pong timeout, the clien
   const seen = await closed(ws, 8000);
   t.equal(seen.code, 1014);
   t.match(seen.reason, /heartbeat/);
-  t.ok(Date.now() - t0 >= 1500, 'not before the timeout');
+  t.ok(Date.now() - t0 >= 1950, `not before the timeout (${Date.now() - t0} ms)`);
 });
 
 t.test('backpressure upstream → client: a client that does not read pauses the upstream', async (t) => {
@@ -361,11 +361,11 @@ t.test('backpressure client → upstream: close policy answers 1013, drop policy
   const payload = Buffer.alloc(64 * 1024, 3);
   const ws = await connect(`${base}/close`);
   const seen = closed(ws, 15000);
-  const flood = setInterval(() => {
-    if (ws.readyState === WebSocket.OPEN) for (let i = 0; i < 16; i++) ws.send(payload);
-  }, 5);
+  // One bounded burst (8 MiB, well past capacity), then silence: a client still flooding
+  // when the proxy closes makes the kernel reset the connection (unread data), and the
+  // close frame can be lost to the reset; that is TCP, not the policy under test.
+  for (let i = 0; i < 128; i++) ws.send(payload);
   t.equal((await seen).code, 1013, 'slow upstream under the close policy → 1013');
-  clearInterval(flood);
 
   const ws2 = await connect(`${base}/drop`);
   const flood2 = setInterval(() => {

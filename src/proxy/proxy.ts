@@ -441,14 +441,16 @@ export class Proxy implements SessionHost {
         s.sendUpstreamClose(1001, 'client credentials expired');
         continue;
       }
-      if (now - s.clientSeen > timeoutMs) {
+      // `seen` times come from the coarse clock (up to one sweep old): one sweep of slack, so
+      // a side is never judged early; it may be judged up to a sweep late.
+      if (now - s.clientSeen > timeoutMs + 1000) {
         s.abortClient('client heartbeat timeout');
         continue;
       }
       // While the upstream is paused for a slow client nothing is read from it, so its
       // silence says nothing: it is not judged then.
       if (s.pausedForClient) s.upstreamSeen = now;
-      if (now - s.upstreamSeen > timeoutMs && s.upstreamOpen) {
+      if (now - s.upstreamSeen > timeoutMs + 1000 && s.upstreamOpen) {
         if (s.closedFirst === '') s.closedFirst = 'proxy';
         s.upstreamCloseCode = 1006;
         s.upstreamCloseReason = 'upstream heartbeat timeout';
