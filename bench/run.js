@@ -349,7 +349,7 @@ async function measureTraffic(state, inst, w, round, rate) {
     }
     rssMax = Math.max(rssMax, kib * 1024);
   };
-  const result = await runLoadgen(trafficArgs(w, inst.port, { duration, rate }), {
+  const result = await runLoadgen([...trafficArgs(w, inst.port, { duration, rate }), ...(state.peer.loadgenArgs ?? [])], {
     timeoutMs: (PLAN.warmup + duration + 30) * 1000,
     onEvent: (ev) => {
       if (ev.event === 'measure-start') {
@@ -415,7 +415,8 @@ async function measureIdle(state, inst, w, round) {
   const base = inst.pid ? treeRssBytes(inst.pid) : null;
   let held = null;
   const result = await runLoadgen(
-    ['--port', String(inst.port), '--mode', 'idle', '--connections', String(PLAN.idleConns), '--size', String(w.size), '--connect-timeout', '30'],
+    ['--port', String(inst.port), '--mode', 'idle', '--connections', String(PLAN.idleConns), '--size', String(w.size), '--connect-timeout', '30',
+      ...(state.peer.loadgenArgs ?? [])],
     {
       stdinPipe: true,
       timeoutMs: 120000,

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 namespace loadgen {
 
@@ -45,6 +46,35 @@ inline void sha1(const uint8_t* data, size_t len, uint8_t out[20]) {
     out[4 * i + 2] = uint8_t(h[i] >> 8);
     out[4 * i + 3] = uint8_t(h[i]);
   }
+}
+
+/** Decode standard base64 (with padding); false on anything else. */
+inline bool base64_decode(const uint8_t* in, size_t len, std::vector<uint8_t>& out) {
+  auto val = [](uint8_t ch) -> int {
+    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
+    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
+    if (ch == '+') return 62;
+    if (ch == '/') return 63;
+    return -1;
+  };
+  if (len % 4 != 0) return false;
+  out.clear();
+  for (size_t i = 0; i < len; i += 4) {
+    int v[4];
+    int pad = 0;
+    for (int k = 0; k < 4; k++) {
+      if (in[i + k] == '=' && i + 4 == len && k >= 2) { v[k] = 0; pad++; continue; }
+      if (pad) return false;
+      v[k] = val(in[i + k]);
+      if (v[k] < 0) return false;
+    }
+    uint32_t w = (uint32_t(v[0]) << 18) | (uint32_t(v[1]) << 12) | (uint32_t(v[2]) << 6) | uint32_t(v[3]);
+    out.push_back(uint8_t(w >> 16));
+    if (pad < 2) out.push_back(uint8_t(w >> 8));
+    if (pad < 1) out.push_back(uint8_t(w));
+  }
+  return true;
 }
 
 /** Standard base64 with padding (RFC 4648 §4). */

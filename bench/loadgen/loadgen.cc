@@ -63,6 +63,7 @@ struct Options {
   int threads = 1;
   std::string origin;
   std::string protocols;      // comma list for Sec-WebSocket-Protocol
+  std::string envelope;       // "", "v1" or "v2": speak sluice's envelope (DESIGN "Protocols")
   std::string authorization;
   std::vector<std::string> headers;  // extra "Name: value" lines
 };
@@ -138,8 +139,11 @@ struct Conn {
   std::string protocol;
   uint8_t mask[4] = {0, 0, 0, 0};
   std::vector<uint8_t> frame;  // masked frame template
-  size_t payload_off = 0;      // where the payload starts inside `frame`
-  std::vector<uint8_t> ref;    // unmasked payload the echo must equal (header area excluded)
+  size_t payload_off = 0;      // where the message starts inside `frame`
+  std::vector<uint8_t> ref;    // unmasked message the echo must equal (variable area excluded)
+  std::vector<uint8_t> pay;    // the payload inside the message (the envelope's data)
+  size_t var_off = 0;          // the per-message area (sequence, timestamp) inside the message
+  size_t var_len = 0;
   uint64_t send_seq = 0, recv_seq = 0;
   int64_t outstanding = 0;
   std::vector<uint8_t> out;
@@ -203,21 +207,50 @@ class Worker {
 
   size_t header_chars() const { return o_.mode == Mode::Open ? kSeqChars + kTsChars : kSeqChars; }
 
+  /** Bytes of the payload that carry the per-message header (v1: whole base64 groups). */
+  size_t header_bytes() const {
+    size_t hn = std::min(header_chars(), o_.size);
+    return o_.envelope == "v1" ? std::min(o_.size, (hn + 2) / 3 * 3) : hn;
+  }
+
   void build_conn(Conn& c, int salt) {
     c.id = salt;
     uint32_t m = uint32_t(rng_());
     memcpy(c.mask, &m, 4);
     size_t n = o_.size;
-    c.ref.resize(n);
+    c.pay.resize(n);
     for (size_t i = 0; i < n; i++) {
       // A pattern that differs per connection and per position, so a message
       // delivered to the wrong connection or shifted by a byte does not match.
-      c.ref[i] = o_.text ? uint8_t('A' + (salt + i * 7 + (i >> 6)) % 58)
+      c.pay[i] = o_.text ? uint8_t('A' + (salt + i * 7 + (i >> 6)) % 58)
                          : uint8_t((salt * 131) + i * 251 + (i >> 8));
     }
-    for (size_t i = 0; i < header_chars() && i < n; i++) c.ref[i] = '0';
+    for (size_t i = 0; i < header_chars() && i < n; i++) c.pay[i] = '0';
+    // The message: the payload itself, or wrapped in sluice's envelope. The echo through
+    // an envelope route comes back byte for byte: sluice unwraps the data frame, the
+    // backend echoes the payload, sluice wraps it the same way (flags: final).
+    if (o_.envelope == "v2") {
+      c.ref = {0x02, 0x01, 0x04, 0x00, uint8_t(n >> 24), uint8_t(n >> 16), uint8_t(n >> 8), uint8_t(n)};
+      c.ref.insert(c.ref.end(), c.pay.begin(), c.pay.end());
+      c.var_off = 8;
+      c.var_len = header_bytes();
+    } else if (o_.envelope == "v1") {
+      const std::string pre = "{\"type\":\"data\",\"data\":\"";
+      const std::string post = "\",\"flags\":[\"final\"]}";
+      std::string b64 = base64(c.pay.data(), n);
+      c.ref.assign(pre.begin(), pre.end());
+      c.ref.insert(c.ref.end(), b64.begin(), b64.end());
+      c.ref.insert(c.ref.end(), post.begin(), post.end());
+      c.var_off = pre.size();
+      c.var_len = header_bytes() / 3 * 4;
+    } else {
+      c.ref = c.pay;
+      c.var_off = 0;
+      c.var_len = header_bytes();
+    }
+    n = c.ref.size();
     c.frame.clear();
-    c.frame.push_back(uint8_t(0x80 | (o_.text ? 1 : 2)));
+    c.frame.push_back(uint8_t(0x80 | (message_opcode())));
     if (n < 126) {
       c.frame.push_back(uint8_t(0x80 | n));
     } else if (n < 65536) {
@@ -344,15 +377,32 @@ class Worker {
     if (o_.mode == Mode::Churn) send_message(c, now_);
   }
 
+  int message_opcode() const { return o_.envelope == "v2" ? 2 : o_.envelope == "v1" ? 1 : (o_.text ? 1 : 2); }
+
+  /** The per-message area of the message: hex sequence (+ timestamp), base64'd for v1. */
+  size_t variable_area(const Conn& c, uint64_t seq, int64_t intended, uint8_t* out) const {
+    uint8_t raw[kSeqChars + kTsChars + 3];
+    size_t hb = header_bytes();
+    size_t hn = std::min(header_chars(), o_.size);
+    put_hex(raw, seq);
+    if (o_.mode == Mode::Open) put_hex(raw + kSeqChars, uint64_t(intended));
+    for (size_t j = hn; j < hb; j++) raw[j] = c.pay[j];
+    if (o_.envelope != "v1") {
+      memcpy(out, raw, hn);
+      return hn;
+    }
+    std::string b = base64(raw, hb);
+    memcpy(out, b.data(), b.size());
+    return b.size();
+  }
+
   void send_message(Conn& c, int64_t intended) {
     size_t off = c.out.size();
     c.out.insert(c.out.end(), c.frame.begin(), c.frame.end());
-    uint8_t hdr[kSeqChars + kTsChars];
-    put_hex(hdr, c.send_seq);
-    size_t hn = std::min(header_chars(), o_.size);
-    if (o_.mode == Mode::Open) put_hex(hdr + kSeqChars, uint64_t(intended));
-    uint8_t* p = c.out.data() + off + c.payload_off;
-    for (size_t j = 0; j < hn; j++) p[j] = hdr[j] ^ c.mask[j & 3];
+    uint8_t var[64];
+    size_t vn = variable_area(c, c.send_seq, intended, var);
+    uint8_t* p = c.out.data() + off + c.payload_off + c.var_off;
+    for (size_t j = 0; j < vn; j++) p[j] = var[j] ^ c.mask[(c.var_off + j) & 3];
     c.send_seq++;
     c.outstanding++;
     stats.sent++;
@@ -374,17 +424,33 @@ class Worker {
     bool ok = true;
     uint64_t seq = 0;
     size_t hn = std::min(header_chars(), o_.size);
-    if (op != (o_.text ? 1 : 2)) { ok = false; stats.note("message type changed to opcode " + std::to_string(op)); }
-    else if (len != o_.size) { ok = false; stats.note("echo of " + std::to_string(len) + " bytes, sent " + std::to_string(o_.size)); }
+    uint8_t hdr[kSeqChars + kTsChars + 3] = {0};
+    if (op != message_opcode()) { ok = false; stats.note("message type changed to opcode " + std::to_string(op)); }
+    else if (len != c.ref.size()) { ok = false; stats.note("echo of " + std::to_string(len) + " bytes, sent " + std::to_string(c.ref.size())); }
     else {
-      if (hn >= kSeqChars && (!get_hex(p, &seq) || seq != c.recv_seq)) {
+      // The per-message header, as bytes (base64-decoded for v1, whose padding-free groups
+      // also carry a few pattern bytes, checked too).
+      if (o_.envelope == "v1") {
+        std::vector<uint8_t> raw;
+        if (!base64_decode(p + c.var_off, c.var_len, raw) || raw.size() != header_bytes() ||
+            memcmp(raw.data() + hn, c.pay.data() + hn, raw.size() - hn) != 0) {
+          ok = false;
+          stats.note("connection " + std::to_string(c.id) + ": envelope data of message #" + std::to_string(c.recv_seq) + " corrupted");
+        } else {
+          memcpy(hdr, raw.data(), hn);
+        }
+      } else {
+        memcpy(hdr, p + c.var_off, hn);
+      }
+      if (ok && hn >= kSeqChars && (!get_hex(hdr, &seq) || seq != c.recv_seq)) {
         ok = false;
         stats.note("connection " + std::to_string(c.id) + ": expected message #" + std::to_string(c.recv_seq) + ", got another");
         // Resynchronise on a readable sequence number, so one lost or duplicated
         // message counts once and not for every message after it.
-        if (get_hex(p, &seq) && seq < c.send_seq) c.recv_seq = seq;
+        if (get_hex(hdr, &seq) && seq < c.send_seq) c.recv_seq = seq;
       }
-      if (ok && memcmp(p + hn, c.ref.data() + hn, len - hn) != 0) {
+      size_t vend = c.var_off + c.var_len;
+      if (ok && (memcmp(p, c.ref.data(), c.var_off) != 0 || memcmp(p + vend, c.ref.data() + vend, len - vend) != 0)) {
         ok = false;
         stats.note("connection " + std::to_string(c.id) + ": payload of message #" + std::to_string(c.recv_seq) + " corrupted");
       }
@@ -395,7 +461,7 @@ class Worker {
     if (in_window) { stats.window_msgs++; stats.window_bytes += len; }
     if (o_.mode == Mode::Open && ok) {
       uint64_t intended = 0;
-      get_hex(p + kSeqChars, &intended);
+      get_hex(hdr + kSeqChars, &intended);
       int64_t it = int64_t(intended);
       if (it >= sh_.t_measure.load() && it < sh_.t_end.load()) stats.latencies.push_back(t - it);
     } else if (o_.mode == Mode::Closed) {
@@ -429,7 +495,7 @@ class Worker {
   }
 
   void process_frames(Conn& c) {
-    const size_t max_len = std::max<size_t>(o_.size, 125);
+    const size_t max_len = std::max<size_t>(c.ref.size(), 125);
     while (c.st == State::Open || c.st == State::Closing) {
       size_t avail = c.iend - c.ibeg;
       if (avail < 2) break;
@@ -464,7 +530,7 @@ class Worker {
         case 0x0:
           if (c.frag_op == -1) { fail(c, "continuation without a message"); return; }
           c.frag.insert(c.frag.end(), p, p + len);
-          if (c.frag.size() > o_.size) { fail(c, "fragmented message larger than sent"); return; }
+          if (c.frag.size() > c.ref.size()) { fail(c, "fragmented message larger than sent"); return; }
           if (fin) { int fop = c.frag_op; c.frag_op = -1; on_message(c, fop, c.frag.data(), c.frag.size()); }
           break;
         case 0x8: on_close_frame(c, len >= 2 ? (p[0] << 8) | p[1] : 1005); break;
@@ -734,6 +800,10 @@ static Options parse(int argc, char** argv) {
     else if (a == "--protocol") o.protocols = val();
     else if (a == "--authorization") o.authorization = val();
     else if (a == "--header") o.headers.push_back(val());
+    else if (a == "--envelope") {
+      o.envelope = val();
+      if (o.envelope != "v1" && o.envelope != "v2") usage("--envelope is v1 or v2");
+    }
     else if (a == "--help" || a == "-h") usage("usage");
     else usage(("unknown flag " + a).c_str());
   }
@@ -743,6 +813,12 @@ static Options parse(int argc, char** argv) {
   size_t min_size = o.mode == Mode::Open ? kSeqChars + kTsChars : kSeqChars;
   if (o.size < min_size) usage(("--size must be at least " + std::to_string(min_size) + " (the sequence header)").c_str());
   if (o.mode == Mode::Open && o.rate <= 0) usage("--rate is required in open mode");
+  if (!o.envelope.empty()) {
+    // v1 is JSON text, v2 binary; offer the matching subprotocol unless told otherwise.
+    o.text = o.envelope == "v1";
+    if (o.protocols.empty()) o.protocols = "sluice." + o.envelope;
+    if (o.envelope == "v1" && o.size < (min_size + 2) / 3 * 3) usage("--envelope v1 needs --size of at least a whole base64 group past the header");
+  }
   if (o.path.empty() || o.path[0] != '/') usage("--path must start with /");
   return o;
 }

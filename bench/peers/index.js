@@ -28,4 +28,8 @@ export const PEERS = [
   sluicePeer({ name: 'sluice', describe: 'sluice, native codec' }),
   sluicePeer({ name: 'sluice-ts', describe: 'sluice, SLUICE_NO_NATIVE=1', env: { SLUICE_NO_NATIVE: '1' } }),
   sluicePeer({ name: 'sluice-2shards', describe: 'sluice, workers: 2 (two worker-thread shards)', template: 'sluice-2shards.yaml.template' }),
+  // Envelope routes: the client speaks v2 (binary) or v1 (JSON + base64), the backend plain
+  // WebSocket; the load generator wraps its payload and checks the wrapped echo.
+  sluicePeer({ name: 'sluice-env-v2', describe: 'sluice, envelope route, client speaks v2', template: 'sluice-envelope.yaml.template', loadgenArgs: ['--envelope', 'v2'] }),
+  sluicePeer({ name: 'sluice-env-v1', describe: 'sluice, envelope route, client speaks v1', template: 'sluice-envelope.yaml.template', loadgenArgs: ['--envelope', 'v1'] }),
 ];

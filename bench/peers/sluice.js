@@ -10,10 +10,12 @@ const root = path.resolve(here, '..', '..');
 const cli = path.join(root, 'dist', 'cli.js');
 
 /** A sluice peer; `env` is added to its environment (e.g. SLUICE_NO_NATIVE=1). */
-export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.template' }) {
+export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.template', loadgenArgs = [] }) {
   return {
     name,
     describe,
+    /** Extra load generator flags for this peer (the envelope routes speak v1/v2). */
+    loadgenArgs,
     check() {
       return fs.existsSync(cli) ? null : 'dist/cli.js not built: run npm run build';
     },
