@@ -225,3 +225,39 @@ t.test('handshake headers are sent as asked; open loop reports percentiles', asy
   t.ok(r.latency && r.latency.count > 100, 'latency samples from the measured window');
   t.ok(r.latency && r.latency.p99Ms >= r.latency.p50Ms);
 });
+
+t.test('--envelope v1|v2: valid through a real sluice envelope route, invalid when the envelope is corrupted', async (t) => {
+  ensureBuilt();
+  const { createProxy } = await import('../src/index.js');
+  const backend = await startEcho();
+  t.teardown(() => backend.close());
+  const proxy = createProxy({
+    listen: { host: '127.0.0.1', port: 0 }, log: { level: 'silent' }, protocol: 'v2',
+    routes: [{ path: '/*', mode: 'envelope', upstreams: [{ url: `ws://127.0.0.1:${backend.port}/` }] }],
+  });
+  const { port } = await proxy.listen();
+  t.teardown(() => proxy.close({ drainMs: 100 }));
+  for (const v of ['v2', 'v1']) {
+    for (const size of ['64', '5000']) {
+      const r = await run(['--port', String(port), '--envelope', v, '--size', size, '--connections', '4', '--inflight', '4', '--warmup', '0.2', '--duration', '0.5']);
+      t.equal(r.valid, true, `${v}, ${size} B: every wrapped echo checked (${r.errorMessages.join('; ')})`);
+      t.equal(r.protocol, `sluice.${v}`, `${v}: the subprotocol is offered and picked`);
+      t.ok(r.received > 0);
+    }
+  }
+  // A backend that flips a byte (its 3rd echo; a fresh one per version, since it counts
+  // every message it echoes): through the envelope route the wrapped echo differs → invalid.
+  for (const v of ['v2', 'v1']) {
+    const bad = await startEcho({ corruptMessage: 3 });
+    t.teardown(() => bad.close());
+    const proxy2 = createProxy({
+      listen: { host: '127.0.0.1', port: 0 }, log: { level: 'silent' }, protocol: 'v2',
+      routes: [{ path: '/*', mode: 'envelope', upstreams: [{ url: `ws://127.0.0.1:${bad.port}/` }] }],
+    });
+    const { port: port2 } = await proxy2.listen();
+    t.teardown(() => proxy2.close({ drainMs: 100 }));
+    const r = await run(['--port', String(port2), '--envelope', v, '--size', '64', '--connections', '1', '--inflight', '1', '--warmup', '0', '--duration', '0.3']);
+    t.equal(r.valid, false, `${v}: a corrupted payload inside the envelope makes the run invalid`);
+    t.ok(r.mismatches >= 1, `${v}: counted as a mismatch`);
+  }
+});
