@@ -14,13 +14,13 @@ status=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-count() { # add tap's "# { total: N, pass: P, fail: F ... }" summary to the totals
+count() { # add the "tap-retry: <passed> <failed>" line of scripts/tap-retry.sh to the totals
   local line p f
-  line=$(grep -E '^# \{ total: ' "$log" | tail -1)
-  p=$(sed -nE 's/.*pass: ([0-9]+).*/\1/p' <<<"$line")
-  f=$(sed -nE 's/.*fail: ([0-9]+).*/\1/p' <<<"$line")
+  line=$(grep -E '^tap-retry: [0-9]+ [0-9]+$' "$log" | tail -1)
+  p=$(awk '{print $2}' <<<"$line")
+  f=$(awk '{print $3}' <<<"$line")
   passed=$((passed + ${p:-0}))
-  failed=$((failed + ${f:-0}))
+  failed=$((failed + ${f:-1}))
 }
 
 step() { echo; echo "=== $*"; }
@@ -33,12 +33,12 @@ if [ ! -f build/Release/sluice.node ]; then
 fi
 
 step "tap, native codec"
-npx tap "$@" 2>&1 | tee "$log"
+bash scripts/tap-retry.sh "$@" 2>&1 | tee "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 count
 
 step "tap, SLUICE_NO_NATIVE=1 (TypeScript twins)"
-SLUICE_NO_NATIVE=1 npx tap "$@" 2>&1 | tee "$log"
+SLUICE_NO_NATIVE=1 bash scripts/tap-retry.sh "$@" 2>&1 | tee "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 count
 
