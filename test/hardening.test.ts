@@ -11,7 +11,7 @@ import { SignJWT } from 'jose';
 import { WebSocket } from 'ws';
 import { createProxy, type Proxy } from '../src/index.js';
 import type { ProxyConfigInput } from '../src/config/index.js';
-import { closed, connect, deadPort, nextMessage, startRawServer, startRawWsUpstream, startWsBackend, until } from './fixtures/peers.js';
+import { closed, connect, deadPort, nextMessage, startRawServer, startRawWsUpstream, startWsBackend, until, upgradeStatus } from './fixtures/peers.js';
 import { clientFrame, rawConnect } from './fixtures/raw-client.js';
 
 async function proxyFor(t: Test, config: ProxyConfigInput): Promise<{ proxy: Proxy; port: number; base: string }> {
@@ -21,16 +21,7 @@ async function proxyFor(t: Test, config: ProxyConfigInput): Promise<{ proxy: Pro
   return { proxy, port, base: `ws://127.0.0.1:${port}` };
 }
 
-/** The HTTP status of a refused upgrade (101 when it was accepted). */
-async function status(p: Promise<WebSocket>): Promise<number> {
-  try {
-    const ws = await p;
-    ws.terminate();
-    return 101;
-  } catch (err) {
-    return (err as { status?: number }).status ?? -1;
-  }
-}
+const status = upgradeStatus;
 
 /** Writes `request` on a raw socket; resolves with the status line (or '' when none) and how long until the socket closed. */
 function rawRequest(port: number, request: string | string[], opts: { gapMs?: number; waitMs?: number } = {}): Promise<{ statusLine: string; closedAfterMs: number }> {

@@ -7,7 +7,7 @@ import net from 'node:net';
 import { WebSocket } from 'ws';
 import { createProxy, type Proxy } from '../src/index.js';
 import type { ProxyConfigInput } from '../src/config/index.js';
-import { closed, connect, deadPort, nextMessage, startRawServer, startRawWsUpstream, startWsBackend, until } from './fixtures/peers.js';
+import { closed, connect, deadPort, nextMessage, startRawServer, startRawWsUpstream, startWsBackend, until, upgradeStatus } from './fixtures/peers.js';
 
 async function proxyFor(t: Test, config: ProxyConfigInput): Promise<{ proxy: Proxy; base: string }> {
   const proxy = createProxy({ listen: { host: '127.0.0.1', port: 0 }, log: { level: 'silent' }, ...config });
@@ -16,16 +16,7 @@ async function proxyFor(t: Test, config: ProxyConfigInput): Promise<{ proxy: Pro
   return { proxy, base: `ws://127.0.0.1:${port}` };
 }
 
-/** The HTTP status a refused upgrade got (fails the test if the upgrade succeeded). */
-async function refusal(p: Promise<WebSocket>): Promise<number> {
-  try {
-    const ws = await p;
-    ws.terminate();
-    return 101;
-  } catch (err) {
-    return (err as { status?: number }).status ?? -1;
-  }
-}
+const refusal = upgradeStatus;
 
 t.test('echo keeps message types, through a ws backend', async (t) => {
   const backend = await startWsBackend();
