@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { takeFrame } from './fixtures/raw-client.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const loadgenDir = path.join(root, 'bench', 'loadgen');
@@ -47,7 +48,7 @@ function startEcho(opts: EchoOptions = {}): Promise<EchoServer> {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => {});
-    let buf = Buffer.alloc(0);
+    let buf: Buffer = Buffer.alloc(0);
     let open = false;
     socket.on('data', (chunk) => {
       buf = Buffer.concat([buf, chunk]);
@@ -75,24 +76,10 @@ function startEcho(opts: EchoOptions = {}): Promise<EchoServer> {
         open = true;
       }
       for (;;) {
-        if (buf.length < 2) return;
-        let len = buf[1] & 0x7f;
-        let off = 2;
-        if (len === 126) {
-          if (buf.length < 4) return;
-          len = buf.readUInt16BE(2);
-          off = 4;
-        } else if (len === 127) {
-          if (buf.length < 10) return;
-          len = Number(buf.readBigUInt64BE(2));
-          off = 10;
-        }
-        if (buf.length < off + 4 + len) return;
-        const mask = buf.subarray(off, off + 4);
-        const payload = Buffer.from(buf.subarray(off + 4, off + 4 + len));
-        for (let i = 0; i < len; i++) payload[i] ^= mask[i & 3];
-        const opcode = buf[0] & 0x0f;
-        buf = buf.subarray(off + 4 + len);
+        const f = takeFrame(buf);
+        if (f === null) return;
+        const { opcode, payload } = f;
+        buf = f.rest;
         if (opcode === 0x8) {
           socket.end(frame(0x8, payload));
           return;
