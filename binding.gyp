@@ -6,6 +6,7 @@
         "native/addon.cc",
         "native/envelope.cc",
         "native/frame.cc",
+        "native/frame_run.cc",
         "native/mask.cc",
         "native/pool.cc",
         "native/utf8.cc"

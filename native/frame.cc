@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "codec_abi.h"
+#include "frame_run.h"
 #include "mask.h"
 
 namespace sluice {
@@ -39,6 +40,9 @@ inline void WriteState(int32_t* state, uint32_t count, int32_t resume, int32_t e
 FrameParserCore::FrameParserCore(const FrameLimits& limits) : limits_(limits) {
   // Descriptor lengths are uint32 words.
   if (limits_.max_frame_bytes > 0xffffffffull) limits_.max_frame_bytes = 0xffffffffull;
+  run_max_len_ = limits_.fast_path ? RunMaxLength(limits_.max_frame_bytes, limits_.max_message_bytes,
+                                                  limits_.max_fragments)
+                                   : -1;
 }
 
 size_t FrameParserCore::HeaderSize(const uint8_t* h) {
@@ -203,9 +207,15 @@ int32_t FrameParserCore::Parse(uint8_t* chunk, size_t len, size_t offset, uint32
     got_ = 0;
   }
 
-  // 2. Whole frames inside the chunk.
+  // 2. Whole frames inside the chunk: runs of common frames take the fast path, anything
+  // else (and the frame that ends a run) one step of the general loop, then back.
   int32_t resume = -1;
   while (pos < len) {
+    if (run_max_len_ >= 0) {
+      pos = DescribeRun(chunk, len, pos, desc, max_frames, &count, limits_.server, in_message_,
+                        static_cast<uint32_t>(run_max_len_));
+      if (pos >= len) break;
+    }
     if (count == max_frames) {
       resume = static_cast<int32_t>(pos);
       break;

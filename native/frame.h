@@ -83,6 +83,9 @@ struct FrameLimits {
   uint64_t max_message_bytes = 1 << 20;
   uint64_t max_fragments = 1024;
   bool allow_rsv1 = false;
+  // Take runs of common frames through frame_run.h (off only to test the general loop
+  // against it: both must describe the same frames).
+  bool fast_path = true;
 };
 
 class FrameParserCore {
@@ -118,6 +121,8 @@ class FrameParserCore {
                CarryStore* store);
 
   FrameLimits limits_;
+  // Longest payload of a fast run (frame_run.h), or -1 when runs are off.
+  int32_t run_max_len_ = -1;
   // Partial header.
   uint8_t hdr_[14];
   size_t hdr_len_ = 0;

@@ -20,7 +20,7 @@ flags=(-std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undef
        -fno-sanitize-recover=undefined -DSLUICE_NO_TARGET_CLONES -Wall -Wextra -I"$root/native")
 
 declare -A sources=(
-  [frame_parser]="native/frame.cc native/mask.cc"
+  [frame_parser]="native/frame.cc native/frame_run.cc native/mask.cc"
   [envelope]="native/envelope.cc"
   [utf8]="native/utf8.cc"
 )

@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import { Opcode, tsCodec, type CodecImplementation } from '../src/codec/index.js';
-import { cut, implementations, parseChunks, prng, summary, type ParseRun } from './codec-impls.js';
+import { cut, parserImplementations, parseChunks, prng, summary, type ParseRun } from './codec-impls.js';
 
 interface Stream {
   wire: Buffer;
@@ -65,7 +65,7 @@ for (let seed = 1; seed <= SEEDS; seed++) {
     if (stream.wire.length <= 40_000) cuttings.push(['1-byte', cut(stream.wire, () => 1)]);
 
     for (const [cutName, chunks] of cuttings) {
-      const runs: Array<[string, ParseRun]> = implementations.map(([name, impl]) => [name, parseChunks(newParser(impl, server, perCall), chunks)]);
+      const runs: Array<[string, ParseRun]> = parserImplementations.map(([name, impl]) => [name, parseChunks(newParser(impl, server, perCall), chunks)]);
       for (const [name, run] of runs) {
         t.equal(run.result, 0, `${name}, ${cutName}: no error`);
         t.same(summary(run.frames), expectedSummary, `${name}, ${cutName}: frames and payloads as sent`);
@@ -79,7 +79,7 @@ for (let seed = 1; seed <= SEEDS; seed++) {
   });
 }
 
-t.test('implementations agree on garbage: errno, errorOffset, frames before the error', async (t) => {
+t.test('parsers agree on garbage: errno, errorOffset, frames before the error', async (t) => {
   const rnd = prng(424242);
   for (let round = 0; round < 400; round++) {
     // Start from a valid stream and corrupt a few bytes, so errors come after valid frames.
@@ -89,7 +89,7 @@ t.test('implementations agree on garbage: errno, errorOffset, frames before the 
     const flips = 1 + Math.floor(rnd() * 3);
     for (let i = 0; i < flips; i++) wire[Math.floor(rnd() * wire.length)] = (rnd() * 256) | 0;
     const chunks = cut(wire, () => 1 + Math.floor(rnd() * 64));
-    const results = implementations.map(([name, impl]) => {
+    const results = parserImplementations.map(([name, impl]) => {
       const run = parseChunks(new impl.FrameParser(server ? 1 : 0, 300, 2000, 4, rnd() < 0.5, 1 + (round % 5)), chunks);
       return [name, [run.result, run.errno, run.errorOffset, run.errorChunk, run.countAtError, run.calls, summary(run.frames, true)]] as const;
     });
@@ -98,4 +98,73 @@ t.test('implementations agree on garbage: errno, errorOffset, frames before the 
       t.same(results[i][1], results[0][1], `round ${round}: ${results[i][0]} = ${results[0][0]}`);
     }
   }
+});
+
+/**
+ * Runs of identical frames (what the fast path and the addon's runner take, the
+ * same-header loop included) broken by frames they must leave to the general loop:
+ * fragments, 64-bit lengths, sizes at the limits, wrong masking. Limits sit at the
+ * boundaries, so some streams fail part-way: every parser must fail the same way.
+ */
+t.test('parsers agree on runs of identical frames, at the limits', async (t) => {
+  const rnd = prng(31337);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)];
+  const sizes = [0, 1, 2, 7, 8, 9, 100, 124, 125, 126, 127, 200, 1000, 4096, 65535, 65536] as const;
+  let errors = 0;
+  let clean = 0;
+  for (let round = 0; round < 160; round++) {
+    const server = round % 2 === 1;
+    const enc = new tsCodec.FrameEncoder(server ? 0 : 1, 4096);
+    let inMessage = false;
+    for (let r = 0; r < 12; r++) {
+      const kind = rnd();
+      const size = pick(sizes);
+      const payload = Buffer.alloc(size, r + 1);
+      const times = 1 + Math.floor(rnd() * 40);
+      for (let i = 0; i < times; i++) {
+        if (kind < 0.2) enc.frame(pick([Opcode.Ping, Opcode.Pong, Opcode.Close]), payload.subarray(0, Math.min(size, 125)));
+        else if (kind < 0.3) {
+          // A fragment: starts a message or continues the open one.
+          enc.frame(inMessage ? Opcode.Continuation : Opcode.Binary, payload, false);
+          inMessage = true;
+        } else if (inMessage) {
+          enc.frame(Opcode.Continuation, payload, true);
+          inMessage = false;
+        } else enc.frame(pick([Opcode.Text, Opcode.Binary]), payload);
+      }
+    }
+    if (inMessage) enc.frame(Opcode.Continuation, Buffer.alloc(3), true);
+    let wire = enc.take()!;
+    if (round % 10 === 9) {
+      // A frame of the other role's masking in the middle.
+      const other = new tsCodec.FrameEncoder(server ? 1 : 0, 64);
+      other.frame(Opcode.Binary, Buffer.alloc(5));
+      const at = Math.floor(rnd() * wire.length);
+      wire = Buffer.concat([wire.subarray(0, at), other.take()!, wire.subarray(at)]);
+    }
+    // Half the streams under roomy limits (they should pass unless masking is wrong), half
+    // at the boundaries of the sizes above.
+    const limits = rnd() < 0.5
+      ? [1 << 20, 1 << 24, 1024] as const
+      : [pick([125, 126, 1000, 65535, 65536, 1 << 20]), pick([100, 125, 70_000, 1 << 24]), pick([0, 1, 3, 1024])] as const;
+    const perCall = pick([1, 3, 7, 1024]);
+    const cuttings: Uint8Array[][] = [[wire], cut(wire, () => 1 + Math.floor(rnd() * 3000)), cut(wire, () => 1 + Math.floor(rnd() * 40))];
+    for (const chunks of cuttings) {
+      const results = parserImplementations.map(([name, impl]) => {
+        const run = parseChunks(new impl.FrameParser(server ? 1 : 0, limits[0], limits[1], limits[2], false, perCall), chunks);
+        return [name, [run.result, run.errno, run.errorOffset, run.errorChunk, run.countAtError, run.calls, summary(run.frames, true),
+          run.frames.map((f) => f.maskKey)]] as const;
+      });
+      if ((results[0][1][0] as number) < 0) errors++;
+      else clean++;
+      for (let i = 1; i < results.length; i++) {
+        if (JSON.stringify(results[i][1]) !== JSON.stringify(results[0][1])) {
+          t.same(results[i][1], results[0][1], `round ${round} (${server ? 'server' : 'client'}, limits ${limits.join('/')}, ${perCall}/call): ${results[i][0]} = ${results[0][0]}`);
+        }
+      }
+    }
+  }
+  // Both outcomes must be exercised, or the limits above are not at the boundaries.
+  t.ok(errors > 50 && clean > 50, `streams that fail (${errors}) and streams that pass (${clean})`);
+  t.pass(`${parserImplementations.map(([n]) => n).join(', ')} agree on 480 runs-heavy streams`);
 });

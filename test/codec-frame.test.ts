@@ -1,6 +1,6 @@
 import t from 'tap';
 import { CodecErrno, Desc, Opcode, type CodecImplementation, type FrameParser } from '../src/codec/index.js';
-import { implementations, parseChunks } from './codec-impls.js';
+import { parserImplementations, parseChunks } from './codec-impls.js';
 
 const hello = Buffer.from('Hello');
 
@@ -27,7 +27,7 @@ function serverEncode(impl: CodecImplementation, frames: Array<[number, Uint8Arr
   return enc.take() ?? Buffer.alloc(0);
 }
 
-for (const [name, impl] of implementations) {
+for (const [name, impl] of parserImplementations) {
   t.test(`${name}: RFC 6455 §5.7 examples`, async (t) => {
     t.same(serverEncode(impl, [[Opcode.Text, hello]]), rfc.text, 'unmasked text encodes byte for byte');
     t.same(serverEncode(impl, [[Opcode.Text, Buffer.from('Hel'), false], [Opcode.Continuation, Buffer.from('lo')]]),

@@ -4,10 +4,35 @@
  */
 import { createHash } from 'node:crypto';
 import { nativeCodec, tsCodec, Desc, DESCRIPTOR_WORDS, type CodecImplementation, type FrameParser } from '../src/codec/index.js';
+import { TsFrameParser } from '../src/codec/frame-parser.js';
 
 /** Every loadable implementation: the TypeScript twins always, the addon when it loads. */
 export const implementations: Array<[name: string, impl: CodecImplementation]> = [['ts', tsCodec]];
 if (nativeCodec !== null) implementations.push(['native', nativeCodec]);
+
+/**
+ * The TypeScript parser with a FrameRunner (the dispatcher's parser when `create` is the
+ * addon's) that runs after every frame (runMinFrames 1), so runs start and stop at every
+ * kind of frame boundary the tests produce.
+ */
+function withRunner(base: CodecImplementation, create: CodecImplementation['createFrameRunner']): CodecImplementation {
+  class RunnerParser extends TsFrameParser {
+    constructor(role: 0 | 1, maxFrameBytes: number, maxMessageBytes: number, maxFragments: number, allowRsv1: boolean, maxFramesPerCall: number) {
+      super(role, maxFrameBytes, maxMessageBytes, maxFragments, allowRsv1, maxFramesPerCall, create, 1);
+    }
+  }
+  return { ...base, FrameParser: RunnerParser };
+}
+
+/**
+ * Every parser there is: the implementations above, the TypeScript parser with the
+ * twin's runner, and (when the addon loads) with the addon's runner: the dispatcher's.
+ */
+export const parserImplementations: Array<[name: string, impl: CodecImplementation]> = [
+  ...implementations,
+  ['ts+ts-runner', withRunner(tsCodec, tsCodec.createFrameRunner)],
+];
+if (nativeCodec !== null) parserImplementations.push(['ts+native-runner', withRunner(tsCodec, nativeCodec.createFrameRunner)]);
 
 export interface ParsedFrame {
   info: number;

@@ -1,11 +1,12 @@
 // libFuzzer target: the incremental frame parser.
 //
 // Input: 6 bytes of configuration (role, limits, descriptor capacity, chunking seed), then
-// the wire bytes. The wire is parsed twice: whole, and cut at pseudo-random boundaries
-// with every chunk in its own exact-size heap block (ASan sees any read past a chunk).
-// Both runs must describe the same frames (payload bytes included, CARRY aside), end
-// with the same errno and hold the same pending bytes; every descriptor must lie inside
-// its chunk or inside the carry memory.
+// the wire bytes. The wire is parsed three times: whole, whole with the fast path
+// (frame_run.h) off, and cut at pseudo-random boundaries with every chunk in its own
+// exact-size heap block (ASan sees any read past a chunk). All runs must describe the
+// same frames (payload bytes included, CARRY aside), end with the same errno and hold the
+// same pending bytes; the two whole runs must also agree on every descriptor word and
+// the error offset; every descriptor must lie inside its chunk or inside the carry memory.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -80,7 +81,9 @@ struct Frame {
 
 struct Run {
   std::vector<Frame> frames;
+  std::vector<uint32_t> words;  // every descriptor word, in order
   int32_t err = 0;
+  int32_t error_offset = -1;
   size_t pending = 0;
 };
 
@@ -125,9 +128,11 @@ bool Feed(FrameParserCore& p, HeapCarry& store, uint8_t* chunk, size_t len, uint
       }
       if (!(d[0] & sluice::desc::kMasked)) CHECK(d[3] == 0);
       run->frames.push_back(std::move(f));
+      run->words.insert(run->words.end(), d, d + sluice::kDescriptorWords);
     }
     if (rc < 0) {
       run->err = -rc;
+      run->error_offset = state[sluice::state::kErrorOffset];
       // Dead: the next call repeats the error.
       int32_t again = p.Parse(chunk, len, 0, desc.data(), max_frames, state, &store);
       CHECK(again == rc && state[sluice::state::kCount] == 0);
@@ -139,6 +144,19 @@ bool Feed(FrameParserCore& p, HeapCarry& store, uint8_t* chunk, size_t len, uint
     CHECK(static_cast<size_t>(resume) > offset && static_cast<size_t>(resume) < len);
     offset = static_cast<size_t>(resume);
   }
+}
+
+// The wire as one chunk (a copy: parsing unmasks in place).
+Run ParseWhole(const FrameLimits& limits, const uint8_t* wire, size_t n, uint32_t max_frames) {
+  Run run;
+  FrameParserCore p(limits);
+  HeapCarry store;
+  uint8_t* copy = static_cast<uint8_t*>(std::malloc(n ? n : 1));
+  if (n) std::memcpy(copy, wire, n);
+  Feed(p, store, copy, n, max_frames, &run);
+  run.pending = p.PendingBytes();
+  std::free(copy);
+  return run;
 }
 
 }  // namespace
@@ -157,16 +175,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const uint8_t* wire = data + 6;
   const size_t n = size - 6;
 
-  Run whole;
-  {
-    FrameParserCore p(limits);
-    HeapCarry store;
-    uint8_t* copy = static_cast<uint8_t*>(std::malloc(n ? n : 1));
-    if (n) std::memcpy(copy, wire, n);
-    Feed(p, store, copy, n, max_frames, &whole);
-    whole.pending = p.PendingBytes();
-    std::free(copy);
-  }
+  Run whole = ParseWhole(limits, wire, n, max_frames);
+  FrameLimits off = limits;
+  off.fast_path = false;
+  Run slow = ParseWhole(off, wire, n, max_frames);
+  CHECK(whole.err == slow.err);
+  CHECK(whole.error_offset == slow.error_offset);
+  CHECK(whole.pending == slow.pending);
+  CHECK(whole.words == slow.words);
+  CHECK(whole.frames.size() == slow.frames.size());
+  for (size_t i = 0; i < whole.frames.size(); i++) CHECK(whole.frames[i] == slow.frames[i]);
 
   Run split;
   {

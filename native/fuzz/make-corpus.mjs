@@ -52,6 +52,12 @@ for (const server of [false, true]) {
   frameSeeds.push(Buffer.concat([base(8, 14), frame(0xa2, Buffer.alloc(2), m)]));
   frameSeeds.push(Buffer.concat([cfg(server, false, 8, 4, 4, 2, 15), frame(0x02, bytes(600), m), frame(0x00, bytes(600), m), frame(0x80, bytes(10), m)]));
   frameSeeds.push(Buffer.concat([cfg(server, false, 8, 4, 6, 2, 16), frame(0x02, bytes(6), m), frame(0x00, bytes(6), m), frame(0x80, bytes(6), m)]));
+  // Runs of identical frames (frame_run.h's same-header loop), 7- and 16-bit lengths, a run
+  // broken by a ping and by a frame one byte longer, and one ending in a partial frame.
+  const run = (count, b0, n, ext) => Array.from({ length: count }, () => frame(b0, bytes(n), m, ext));
+  frameSeeds.push(Buffer.concat([base(8, 17), ...run(12, 0x82, 9), frame(0x89, Buffer.alloc(0), m), ...run(5, 0x82, 9), frame(0x82, bytes(10), m)]));
+  frameSeeds.push(Buffer.concat([base(8, 18), ...run(6, 0x81, 126), ...run(3, 0x8a, 0)]));
+  frameSeeds.push(Buffer.concat([cfg(server, false, 8, 2, 2, 1, 19), ...run(9, 0x82, 125), ...run(4, 0x82, 126, 16), frame(0x82, bytes(40), m).subarray(0, 20)]));
 }
 
 const env = (type, flags, payload, version = 2, reserved = 0, len = payload.length) =>

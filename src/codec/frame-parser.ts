@@ -8,8 +8,12 @@
  * sized to the frame once its header is known, so a big frame that arrives in many chunks
  * costs one copy of its bytes in total.
  */
-import { CodecErrno, Desc, DESCRIPTOR_WORDS, STATE_WORDS, type FrameParser } from './types.js';
+import { CodecErrno, Desc, DESCRIPTOR_WORDS, RunFlag, STATE_WORDS, type CodecImplementation, type FrameParser, type FrameRunner } from './types.js';
 import { wordView, xorInPlace } from './mask.js';
+import { runMaxLength } from './frame-run.js';
+
+/** Makes the FrameRunner (types.ts) the parser hands runs of small frames to. */
+export type CreateFrameRunner = CodecImplementation['createFrameRunner'];
 
 /** Waiting for (the rest of) a frame header. */
 const PHASE_HEADER = 0;
@@ -65,6 +69,11 @@ export class TsFrameParser implements FrameParser {
   /** Word view of the last chunk's ArrayBuffer, kept to unmask many frames of one chunk with one view. */
   private _wordsOf: ArrayBufferLike | null;
   private _words: Int32Array;
+  /** Where runs of small frames go (the addon's FrameRunner), or null. */
+  private readonly _runner: FrameRunner | null;
+  private readonly _runMinFrames: number;
+  private readonly _runMaxLength: number;
+  private readonly _runFlags: number;
 
   constructor(
     role: 0 | 1,
@@ -73,6 +82,15 @@ export class TsFrameParser implements FrameParser {
     maxFragments: number,
     allowRsv1: boolean,
     maxFramesPerCall: number,
+    /**
+     * Hand the rest of a chunk to a FrameRunner (normally the addon's) after a frame when
+     * at least `runMinFrames` more frames of that frame's size would fit in it: one call
+     * then describes a long run of small frames faster than this loop. Anything the run
+     * does not take, this loop parses as before, so the results are the same. The
+     * runner's descriptors become this parser's.
+     */
+    createRunner: CreateFrameRunner | null = null,
+    runMinFrames = 8,
   ) {
     this._server = role === 1;
     this._maxFrameBytes = Math.min(maxFrameBytes, MAX_UINT32);
@@ -80,7 +98,9 @@ export class TsFrameParser implements FrameParser {
     this._maxFragments = maxFragments;
     this._allowRsv1 = allowRsv1;
     this._maxFrames = Math.max(1, maxFramesPerCall | 0);
-    this.descriptors = new Uint32Array(this._maxFrames * DESCRIPTOR_WORDS);
+    this._runMaxLength = runMaxLength(this._maxFrameBytes, maxMessageBytes, maxFragments);
+    this._runner = createRunner !== null && this._runMaxLength >= 0 ? tryRunner(createRunner, this._maxFrames) : null;
+    this.descriptors = this._runner !== null ? this._runner.descriptors : new Uint32Array(this._maxFrames * DESCRIPTOR_WORDS);
     this.state = new Int32Array(STATE_WORDS);
     this._carry = Buffer.allocUnsafeSlow(CARRY_INITIAL_BYTES);
     this._gather = Buffer.allocUnsafeSlow(CARRY_INITIAL_BYTES);
@@ -100,6 +120,12 @@ export class TsFrameParser implements FrameParser {
     this._errorOffset = 0;
     this._wordsOf = null;
     this._words = EMPTY_WORDS;
+    this._runMinFrames = runMinFrames;
+    this._runFlags = this._server ? RunFlag.Server : 0;
+    if (this._runner !== null) {
+      this._runner.args[2] = this._maxFrames;
+      this._runner.args[4] = this._runMaxLength;
+    }
     this.state[1] = -1;
   }
 
@@ -158,6 +184,8 @@ export class TsFrameParser implements FrameParser {
 
     const d = this.descriptors;
     const maxFrames = this._maxFrames;
+    // A runner's positions are int32.
+    let runner = end <= 0x7fffffff ? this._runner : null;
     while (pos < end) {
       if (count === maxFrames) {
         state[0] = count;
@@ -226,6 +254,24 @@ export class TsFrameParser implements FrameParser {
       d[w + 2] = length;
       d[w + 3] = maskKey;
       count++;
+      if (runner !== null) {
+        // Judged once per call (and again only after a long run): the rest of the chunk
+        // must hold runMinFrames frames of this one's size, or the call into the addon
+        // costs more than it saves. A short run says the frames are not uniform enough.
+        const next = at + length;
+        if (end - next >= this._runMinFrames * (next - pos) && count < maxFrames) {
+          const args = runner.args;
+          args[0] = next;
+          args[1] = count;
+          args[3] = this._inMessage ? this._runFlags | RunFlag.InMessage : this._runFlags;
+          const n = runner.run(chunk);
+          if (n - count < this._runMinFrames) runner = null;
+          pos = args[0];
+          count = n;
+          continue;
+        }
+        runner = null;
+      }
       pos = at + length;
     }
     state[0] = count;
@@ -376,6 +422,15 @@ export class TsFrameParser implements FrameParser {
       this._messageFrames = frames;
     }
     return 0;
+  }
+}
+
+/** A runner, or null when the runtime cannot make one (the parser works without). */
+function tryRunner(create: CreateFrameRunner, maxFrames: number): FrameRunner | null {
+  try {
+    return create(maxFrames);
+  } catch {
+    return null;
   }
 }
 

@@ -10,6 +10,7 @@ import { SluiceError } from '../errors.js';
 import { nativeCodec, nativeLoadError, nativePath } from './native.js';
 import { tsCodec } from './twin.js';
 import { TsFrameEncoder } from './frame-encoder.js';
+import { TsFrameParser } from './frame-parser.js';
 import { WORD_LOOP_MIN_BYTES } from './mask.js';
 import {
   CODEC_ERRORS, ENVELOPE_HEADER_BYTES,
@@ -34,23 +35,30 @@ export const codecInfo: { readonly native: boolean; readonly path?: string; read
 // either implementation and move the constants with the figures.
 
 /**
- * mask/unmask: native from this many bytes. Below it the JS loop wins because the call
- * into the addon costs ~80 ns (native mask 11.7 M ops/s at 32 B vs 30.5 M for the twin).
- * Sweep (mask / unmask, M ops/s, ts vs native): 128 B 7.4/6.4, 17.7/13.1; 256 B 9.5/9.7,
- * 17.6/16.3 (a tie); 384 B 6.7/10.6, 14.5/17.0; 512 B 8.4/11.7, 12.8/17.0; 4 KiB 1.0/4.1,
- * 0.95/4.7. So the cut-off sits between the tie and the first native win.
+ * mask (source -> output): native from this many bytes, i.e. wherever the twin would leave
+ * its inlined byte loop. The call into the addon costs ~75 ns; the addon's work then is
+ * near nothing up to a few hundred bytes. Sweep (M ops/s, ts vs native, one run):
+ * 64 B 12.6/13.2, 96 B 12.1/13.2, 125 B 11.6/12.2, 192 B 10.8/13.1, 256 B 10.1/12.4,
+ * 320 B 9.2/13.0. (Before native/mask.cc broadcast its key as one word, every call paid a
+ * store-forwarding stall and the cut-off sat at 320 B.)
  */
-export const MASK_NATIVE_MIN_BYTES = 320;
+export const MASK_NATIVE_MIN_BYTES = 64;
 
 /**
- * Frame parser: the twin, whatever the size. The parser is per connection and keeps
- * state across chunks, so it cannot switch per call; measured, the addon's per-call cost
- * (~100-250 ns) outweighs its per-frame gain except in chunks packed with tiny frames:
- * parse one frame/call (M/s ts vs native): 16 B 41.6/4.0, 125 B 73.8/10.3, 4 KiB 38.1/7.0;
- * parse-batch 64 KiB chunks (M frames/s): 16 B 32.9/60.2, 125 B 83.3/96.2, 4 KiB 61.5/33.5.
- * Flip this when the addon's per-call cost comes down (see bench/codec.js parse rows).
+ * unmask (in place): native from this many bytes. The twin's in-place loop is cheaper than
+ * its copying one, so it holds out longer: 125 B 22.2/19.3, 192 B 20.1/20.7 (a tie),
+ * 256 B 17.8/20.2, 320 B 15.5/19.9.
  */
-export const PARSER_PREFERS_NATIVE = false;
+export const UNMASK_NATIVE_MIN_BYTES = 192;
+
+/**
+ * Frame parser: the twin's state machine, handing runs of small frames to the addon's
+ * FrameRunner once the rest of a chunk holds at least this many frames of the size just
+ * parsed. One frame per call stays in JS (the call into the addon costs ~50-90 ns, the
+ * twin parses a frame in ~15); a 64 KiB read of 125 B frames goes native after the first.
+ * Sweep: see bench/codec.js's parse-batch rows and `--chunk-frames`.
+ */
+export const PARSER_RUN_MIN_FRAMES = 8;
 
 /**
  * isUtf8: the twin at every size. Both are simdutf inside; Node's binding is the cheaper
@@ -96,7 +104,7 @@ export function unmask(buffer: Uint8Array, key: Uint8Array): void {
   const n = buffer.length;
   if (n < WORD_LOOP_MIN_BYTES) {
     for (let i = 0; i < n; i++) buffer[i] ^= key[i & 3];
-  } else if (n >= MASK_NATIVE_MIN_BYTES) {
+  } else if (n >= UNMASK_NATIVE_MIN_BYTES) {
     natUnmask(buffer, key);
   } else {
     tsUnmask(buffer, key);
@@ -109,18 +117,19 @@ export function isUtf8(buf: Uint8Array): boolean {
 }
 
 /**
- * A frame parser for one connection (see FrameParser in types.ts); which implementation
- * is decided by PARSER_PREFERS_NATIVE (measured, see there).
+ * A frame parser for one connection (see FrameParser in types.ts): the twin, with the
+ * addon's FrameRunner for runs of small frames when the addon is loaded (PARSER_RUN_MIN_FRAMES).
  */
 export function createFrameParser(opts: FrameParserOptions = {}): FrameParser {
-  const impl = PARSER_PREFERS_NATIVE && nat !== null ? nat : ts;
-  return new impl.FrameParser(
+  return new TsFrameParser(
     opts.role === 'server' ? 1 : 0,
     opts.maxFrameBytes ?? 1024 * 1024,
     opts.maxMessageBytes ?? 1024 * 1024,
     opts.maxFragments ?? 1024,
     opts.allowRsv1 ?? false,
     opts.maxFramesPerCall ?? 1024,
+    nat !== null ? nat.createFrameRunner : null,
+    PARSER_RUN_MIN_FRAMES,
   );
 }
 

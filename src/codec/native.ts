@@ -34,7 +34,7 @@ const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 
 /** Every export the addon must have to stand in for the twins. */
 const REQUIRED_EXPORTS = [
-  'FrameParser', 'FrameEncoder', 'mask', 'unmask', 'envelopeEncodeInto', 'envelopeDecode',
+  'FrameParser', 'FrameEncoder', 'createFrameRunner', 'mask', 'unmask', 'envelopeEncodeInto', 'envelopeDecode',
   'envelopeDecodeRun', 'acquire', 'release', 'poolStats', 'isUtf8',
 ] as const;
 

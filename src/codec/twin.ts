@@ -5,6 +5,7 @@
 import type { CodecImplementation } from './types.js';
 import { TsFrameParser } from './frame-parser.js';
 import { TsFrameEncoder } from './frame-encoder.js';
+import { createFrameRunner } from './frame-run.js';
 import { mask, unmask } from './mask.js';
 import { envelopeDecode, envelopeDecodeRun, envelopeEncodeInto } from './envelope.js';
 import { acquire, poolStats, release } from './pool.js';
@@ -13,6 +14,7 @@ import { isUtf8 } from './utf8.js';
 /** The pure-TypeScript codec. */
 export const tsCodec: CodecImplementation = {
   FrameParser: TsFrameParser,
+  createFrameRunner,
   FrameEncoder: TsFrameEncoder,
   mask,
   unmask,

@@ -101,6 +101,41 @@ export const Desc = {
  */
 export const STATE_WORDS = 4;
 
+/**
+ * The frame parser's fast path, stateless between calls, used by the TypeScript parser
+ * for long runs of small frames. `run(chunk)` reads `args` = [pos, count, maxFrames,
+ * flags, maxLength], describes into `descriptors` (from frame `count` on, at most
+ * `maxFrames` frames in all) the run of whole frames from `chunk[pos]` on that a parser
+ * with these limits accepts without touching its message state, stopping before the
+ * first frame that is not such a frame; it writes the new pos and count back into
+ * args[0] and args[1] and returns the count.
+ *
+ * Such a frame has FIN and no RSV bit; is text/binary (not when flags has
+ * RunFlag.InMessage) with a 7- or 16-bit length, or close/ping/pong with at most 125
+ * bytes; is masked exactly when the role is server (RunFlag.Server; payloads are unmasked
+ * in place); carries at most `maxLength` bytes (runMaxLength of the parser's limits; -1
+ * takes nothing); and lies wholly inside the chunk. Its descriptor is what the parser's
+ * general loop writes. Out-of-range args throw a RangeError (chunk under 2 GiB, pos in
+ * 0..chunk.length, 0 <= count <= maxFrames <= the runner's maxFrames, flags 0..3,
+ * maxLength -1..65535).
+ */
+export interface FrameRunner {
+  readonly descriptors: Uint32Array;
+  readonly args: Int32Array;
+  run(chunk: Uint8Array): number;
+}
+
+/** Words of a FrameRunner's args: pos, count, maxFrames, flags, maxLength. */
+export const RUN_ARGS = 5;
+
+/** `flags` of a FrameRunner: the parser's role and whether a fragmented message is open. */
+export const RunFlag = {
+  /** Server role: frames must be masked (their payloads are unmasked in place). */
+  Server: 1,
+  /** Inside a fragmented message: only control frames may be taken. */
+  InMessage: 2,
+} as const;
+
 /** Options of a frame parser. Defaults are in brackets. */
 export interface FrameParserOptions {
   /** 'server' expects masked frames (from clients); 'client' expects unmasked ones. ['client'] */
@@ -228,6 +263,11 @@ export interface CodecImplementation {
     allowRsv1: boolean,
     maxFramesPerCall: number,
   ) => FrameParser;
+  /**
+   * The parser's fast path (see FrameRunner), with room for `maxFrames` descriptors.
+   * Throws when the runtime cannot make one (the parser then runs without).
+   */
+  createFrameRunner(maxFrames: number): FrameRunner;
   /** role: 0 client (masks every frame), 1 server (no mask). */
   FrameEncoder: new (role: 0 | 1, initialCapacity: number) => FrameEncoder;
   /**
