@@ -11,6 +11,8 @@
 // implementations being compared see the same machine state. The table also shows each
 // case's CPU time / wall time: well below 1 means the shared machine took the core away.
 // `parse` figures are per call on an unmasked frame: a view, so its bytes/s is notional.
+// parse-batch and parse-mixed figures are per frame; parse-mixed's `size` is the largest
+// payload (sizes are uniform in 0..size), its bytes/s counts `size` per frame (notional).
 //
 // ws rows: ws 8's lib/ (Receiver, Sender.frame, buffer-util) with WS_NO_BUFFER_UTIL=1,
 // i.e. ws as it runs without its optional native helper; the `bufferutil` row is that
@@ -129,6 +131,45 @@ function casesFor(size, wantOp = null, wantImpl = null) {
     add('parse-batch', 'ws', () => { receiver.write(chunk); }, count);
   }
 
+  // parse-mixed: as parse-batch, but payload sizes drawn uniformly from 0..size (a fixed
+  // seed), so consecutive headers differ: the parser's loop for identical headers never
+  // applies, and this row shows the fast path's cost on uneven traffic.
+  if (size <= 4096) {
+    let seed = 12345;
+    const rnd = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 4294967296);
+    const enc = new codec.tsCodec.FrameEncoder(1, 1024);
+    const payload = payloadOf(size);
+    let count = 0;
+    for (let bytes = 0; bytes < BATCH_CHUNK_BYTES - size - 4;) {
+      const n = Math.floor(rnd() * (size + 1));
+      enc.frame(2, payload.subarray(0, n));
+      bytes += n + (n < 126 ? 2 : 4);
+      count++;
+    }
+    const chunk = enc.take();
+    const parsers = {};
+    for (const [name, impl] of Object.entries(impls)) parsers[name] = new impl.FrameParser(0, 1 << 21, 1 << 21, 1024, false, 1024);
+    parsers.dispatch = codec.createFrameParser({ maxFrameBytes: 1 << 21, maxMessageBytes: 1 << 21 });
+    for (const [name, p] of Object.entries(parsers)) {
+      const d = p.descriptors;
+      const state = p.state;
+      add('parse-mixed', name, () => {
+        let offset = 0;
+        for (;;) {
+          const n = p.parse(chunk, offset);
+          let lengths = 0;
+          for (let i = 0, w = 0; i < n; i++, w += 4) lengths += d[w + 2];
+          sink += lengths;
+          if (state[1] < 0) break;
+          offset = state[1];
+        }
+      }, count);
+    }
+    const receiver = new Receiver({ isServer: false, maxPayload: 0 });
+    receiver.on('message', (data) => { sink += data.length; });
+    add('parse-mixed', 'ws', () => { receiver.write(chunk); }, count);
+  }
+
   // encode: one masked frame (client role, the upstream leg) appended and taken per call.
   {
     const payload = payloadOf(size);
@@ -191,7 +232,7 @@ if (caseArg) {
 
 const self = fileURLToPath(import.meta.url);
 const roundsArg = process.argv.find((a) => a.startsWith('--rounds='));
-const rounds = roundsArg ? Number(roundsArg.slice(9)) : quick ? 1 : 2;
+const rounds = roundsArg ? Number(roundsArg.slice(9)) : quick ? 1 : 3;
 const rows = [];
 const started = Date.now();
 for (const size of SIZES) {

@@ -11,6 +11,7 @@ import { nativeCodec, nativeLoadError, nativePath } from './native.js';
 import { tsCodec } from './twin.js';
 import { TsFrameEncoder } from './frame-encoder.js';
 import { TsFrameParser } from './frame-parser.js';
+import { envelopeDecode as tsEnvelopeDecode } from './envelope.js';
 import { WORD_LOOP_MIN_BYTES } from './mask.js';
 import {
   CODEC_ERRORS, ENVELOPE_HEADER_BYTES,
@@ -163,12 +164,10 @@ export function envelopeEncode(type: number, flags: number, payload: Uint8Array)
 
 /**
  * Decode a message that must be exactly one v2 envelope into `out[0..3]` (type, flags,
- * payload offset, payload length); 0 or -errno. Always the twin: it reads 8 bytes
- * whatever the size, so the addon could only add the cost of the call.
+ * payload offset, payload length); 0 or -errno. Always the twin itself (not a wrapper):
+ * it reads 8 bytes whatever the size, so the addon could only add the cost of the call.
  */
-export function envelopeDecode(message: Uint8Array, maxPayload: number, out: Uint32Array): number {
-  return ts.envelopeDecode(message, maxPayload, out);
-}
+export const envelopeDecode: (message: Uint8Array, maxPayload: number, out: Uint32Array) => number = tsEnvelopeDecode;
 
 /** Decode concatenated v2 envelopes filling `buf`; the frame count or -errno. */
 export function envelopeDecodeRun(buf: Uint8Array, maxPayload: number, descriptors: Uint32Array): number {
