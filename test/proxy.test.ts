@@ -121,7 +121,7 @@ t.test('handshake refusals: 403 origin, 502 unreachable, 4xx pass-through, 504 s
   t.teardown(silent.close);
   const backend = await startWsBackend();
   t.teardown(backend.close);
-  const { base } = await proxyFor(t, {
+  const { base, proxy } = await proxyFor(t, {
     origins: ['https://good.example'],
     limits: { upstreamTimeoutMs: 300, maxConnections: 2 },
     routes: [
@@ -145,19 +145,25 @@ t.test('handshake refusals: 403 origin, 502 unreachable, 4xx pass-through, 504 s
   a.close();
   b.close();
   await Promise.all([closed(a), closed(b)]);
-  // A malformed upgrade (bad Sec-WebSocket-Version) → 400.
+  // Malformed upgrades → 400: a bad Sec-WebSocket-Version, and a Connection header without
+  // "upgrade" (RFC 6455 §4.2.1; uWS 20.30 would send 101 to "Connection: close" and then
+  // drop the socket). A Connection header with more tokens than "upgrade" is fine.
   const port = Number(new URL(base).port);
-  const status = await new Promise<string>((resolve) => {
+  const statusLine = (connection: string, version: string) => new Promise<string>((resolve) => {
     const s = net.connect(port, '127.0.0.1', () => {
-      s.write('GET /ok HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nOrigin: https://good.example\r\n' +
-        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n');
+      s.write(`GET /ok HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: ${connection}\r\nOrigin: https://good.example\r\n` +
+        `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: ${version}\r\n\r\n`);
     });
     s.once('data', (d) => {
       resolve(d.toString().split('\r\n')[0]);
       s.destroy();
     });
   });
-  t.match(status, /^HTTP\/1\.1 400/);
+  t.match(await statusLine('Upgrade', '8'), /^HTTP\/1\.1 400/, 'bad version');
+  t.match(await statusLine('close', '13'), /^HTTP\/1\.1 400/, 'Connection: close');
+  t.match(await statusLine('keep-alive', '13'), /^HTTP\/1\.1 400/, 'Connection: keep-alive');
+  await until(() => proxy.stats().sessions === 0); // a and b are gone, so maxConnections allows this one
+  t.match(await statusLine('keep-alive, Upgrade', '13'), /^HTTP\/1\.1 101/, 'Connection: keep-alive, Upgrade');
 });
 
 t.test('close codes and reasons pass both ways unchanged', async (t) => {

@@ -542,6 +542,12 @@ export class Proxy implements SessionHost {
       return refuse('431 Request Header Fields Too Large', 'sluice: too many or too large request headers');
     }
     if (key.length !== 24 || version !== '13') return refuse('400 Bad Request', 'sluice: bad WebSocket upgrade');
+    // RFC 6455 §4.2.1: the Connection header must carry the "upgrade" token. Also a guard:
+    // uWS 20.30 answers an upgrade request with "Connection: close" with 101 and then
+    // closes the socket (its cork() misreads the upgraded socket; README "Known issues").
+    if (!connectionTokens.split(',').some((t) => t.trim() === 'upgrade')) {
+      return refuse('400 Bad Request', 'sluice: the Connection header lacks "upgrade"');
+    }
     const host = hostHeader.replace(/:\d+$/, '').toLowerCase();
     const matched = matchRoute(this.matchers, host, path);
     if (!matched) return refuse('404 Not Found', `sluice: no route for ${path}`);
