@@ -544,7 +544,7 @@ export class Proxy implements SessionHost {
     if (key.length !== 24 || version !== '13') return refuse('400 Bad Request', 'sluice: bad WebSocket upgrade');
     // RFC 6455 §4.2.1: the Connection header must carry the "upgrade" token. Also a guard:
     // uWS 20.30 answers an upgrade request with "Connection: close" with 101 and then
-    // closes the socket (its cork() misreads the upgraded socket; README "Known issues").
+    // closes the socket (its HTTP close gate runs on the 101), whether upgraded corked or not.
     if (!connectionTokens.split(',').some((t) => t.trim() === 'upgrade')) {
       return refuse('400 Bad Request', 'sluice: the Connection header lacks "upgrade"');
     }
