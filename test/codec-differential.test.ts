@@ -112,7 +112,7 @@ t.test('parsers agree on runs of identical frames, at the limits', async (t) => 
   const sizes = [0, 1, 2, 7, 8, 9, 100, 124, 125, 126, 127, 200, 1000, 4096, 65535, 65536] as const;
   let errors = 0;
   let clean = 0;
-  for (let round = 0; round < 160; round++) {
+  for (let round = 0; round < 120; round++) {
     const server = round % 2 === 1;
     const enc = new tsCodec.FrameEncoder(server ? 0 : 1, 4096);
     let inMessage = false;
@@ -120,7 +120,9 @@ t.test('parsers agree on runs of identical frames, at the limits', async (t) => 
       const kind = rnd();
       const size = pick(sizes);
       const payload = Buffer.alloc(size, r + 1);
-      const times = 1 + Math.floor(rnd() * 40);
+      // Long runs of small frames; short ones of big frames (the codec tests also run
+      // under qemu for the arm64 prebuild, where every megabyte counts).
+      const times = 1 + Math.floor(rnd() * (size >= 4096 ? 3 : 40));
       for (let i = 0; i < times; i++) {
         if (kind < 0.2) enc.frame(pick([Opcode.Ping, Opcode.Pong, Opcode.Close]), payload.subarray(0, Math.min(size, 125)));
         else if (kind < 0.3) {
@@ -165,6 +167,6 @@ t.test('parsers agree on runs of identical frames, at the limits', async (t) => 
     }
   }
   // Both outcomes must be exercised, or the limits above are not at the boundaries.
-  t.ok(errors > 50 && clean > 50, `streams that fail (${errors}) and streams that pass (${clean})`);
-  t.pass(`${parserImplementations.map(([n]) => n).join(', ')} agree on 480 runs-heavy streams`);
+  t.ok(errors > 40 && clean > 40, `streams that fail (${errors}) and streams that pass (${clean})`);
+  t.pass(`${parserImplementations.map(([n]) => n).join(', ')} agree on 360 runs-heavy streams`);
 });
