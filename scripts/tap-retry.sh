@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs tap; when test files fail, runs exactly those files once more and says so.
 #
-# Why: a known intermittent fault (README "Known issues": under heavy connection churn a
-# freshly upgraded client is, rarely, dropped by uWS 20.30) makes end-to-end files fail
-# about once in several full runs on these 2-core machines. A retry keeps CI meaningful
-# while that is being found; every retry is printed as FLAKY with the file, so it is never
-# silent. A file that fails twice fails the run.
+# Why: a known intermittent fault (README "Known issues": a freshly upgraded client was,
+# rarely, dropped by uWS 20.30's res.cork()) made end-to-end files fail about once in
+# several full runs on these 2-core machines. Upgrades now avoid that path (the cork
+# anchor); the retry stays until long runs show no FLAKY line. Every retry is printed as
+# FLAKY with the file, so it is never silent. A file that fails twice fails the run.
 # Output: tap's, then "tap-retry: <passed> <failed>" for scripts/test.sh to add up.
 set -uo pipefail
 log=$(mktemp)

@@ -18,6 +18,30 @@ async function proxyFor(t: Test, config: ProxyConfigInput): Promise<{ proxy: Pro
 
 const refusal = upgradeStatus;
 
+t.test('upgrades are corked on the anchor: it serves, counts as no session, and close() ends it', async (t) => {
+  const backend = await startWsBackend();
+  t.teardown(backend.close);
+  const { base, proxy } = await proxyFor(t, { routes: [{ path: '/echo', upstreams: [{ url: backend.url }] }] });
+  t.equal(proxy.stats().uws.corkAnchor, true, 'the anchor is open');
+  t.equal(proxy.stats().sessions, 0, 'the anchor is not a session');
+  // Bursts after idle periods: the pattern in which res.cork() dropped a fresh client.
+  for (let round = 0; round < 5; round++) {
+    const clients = await Promise.all(Array.from({ length: 20 }, () => connect(`${base}/echo`)));
+    await Promise.all(clients.map(async (ws, i) => {
+      ws.send(`r${round} c${i}`);
+      t.equal((await nextMessage(ws)).data.toString(), `r${round} c${i}`);
+    }));
+    for (const ws of clients) ws.close();
+    await Promise.all(clients.map((ws) => closed(ws)));
+    await until(() => proxy.stats().sessions === 0);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const metrics = await proxy.registry.metrics();
+  t.match(metrics, /agent_websocket_sessions_total 100\n/, 'only the clients were counted');
+  await proxy.close({ drainMs: 100 });
+  t.equal(proxy.stats().uws.corkAnchor, false, 'close() closed the anchor');
+});
+
 t.test('echo keeps message types, through a ws backend', async (t) => {
   const backend = await startWsBackend();
   t.teardown(backend.close);

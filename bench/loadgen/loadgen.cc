@@ -577,7 +577,12 @@ class Worker {
         } else if (c.st == State::Closing) {
           close_conn(c);
         } else {
-          fail(c, "connection closed by peer");
+          // Say where: before or after the 101, how many echoes had come back, whether a
+          // close frame came first (a drop without one is what to look for).
+          fail(c, std::string("connection closed by peer (") +
+                      (c.st == State::Handshake ? "during the handshake" : "after the upgrade") + ", " +
+                      std::to_string(c.recv_seq) + " echoes received, " + std::to_string(c.send_seq) + " sent, " +
+                      (c.got_close ? "after a close frame)" : "no close frame)"));
         }
         return;
       }

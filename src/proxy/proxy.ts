@@ -16,6 +16,7 @@ import { createMetricsRegistry } from '../metrics/index.js';
 import { startAdminServer, type AdminServer } from '../admin/index.js';
 import { loadUws, type UWS, type UwsBuild } from '../uws.js';
 import { Balancer, Upstream } from './balancer.js';
+import { CorkAnchor } from './cork-anchor.js';
 import { startEchoServer, type EchoServer } from './echo.js';
 import { dial, UpstreamError, type DialResult } from './handshake.js';
 import { compileRoutes, mapTarget, matchRoute, type RouteMatcher } from './router.js';
@@ -85,7 +86,8 @@ export interface ProxyStats {
   }>;
   pool: ReturnType<typeof poolStats>;
   native: typeof codecInfo;
-  uws: UwsBuild;
+  /** The uWS build, and whether upgrades are corked on the anchor (cork-anchor.ts). */
+  uws: UwsBuild & { corkAnchor: boolean };
   shards: Array<{ id: number; sessions: number; restarts: number }>;
 }
 
@@ -117,6 +119,8 @@ export class Proxy implements SessionHost {
   readonly uwsBuild: UwsBuild;
   private app: UWS.TemplatedApp | null = null;
   private listenSocket: UWS.us_listen_socket | null = null;
+  /** Where asynchronous upgrades are corked (see cork-anchor.ts); null: res.cork(). */
+  private corkAnchor: CorkAnchor | null = null;
   private echo: EchoServer | null = null;
   private echoUrl = '';
   private routes: RouteRuntime[] = [];
@@ -262,6 +266,7 @@ export class Proxy implements SessionHost {
     }
     this.listenSocket = listenSocket;
     this.port = this.uws.us_socket_local_port(listenSocket);
+    this.corkAnchor = await CorkAnchor.start(this.uws, this.logger);
     this.sweepTimer = setInterval(() => this.sweep(), 1000);
     this.sweepTimer.unref();
     // Library use: the admin server comes with the proxy. (The CLI runs its own, since
@@ -316,6 +321,8 @@ export class Proxy implements SessionHost {
     this.echo = null;
     await this.admin?.close();
     this.admin = null;
+    this.corkAnchor?.close();
+    this.corkAnchor = null;
     // Cut what uWS still holds (a client that never answered our close frame): a worker
     // thread that ends with uWS handles open aborts the whole process (DESIGN).
     (this.app as unknown as { close?: () => void } | null)?.close?.();
@@ -728,9 +735,10 @@ export class Proxy implements SessionHost {
     if (m.envelope !== null) route.counts.versions[m.envelope]++;
     pendingHead.set(s, dialed.head);
     const userData: ClientData = { session: s };
-    res.cork(() => {
-      res.upgrade(userData, m.key, m.protocol, m.extensions, context);
-    });
+    // Inside the anchor's cork, so that uWS 20.30's res.cork() never runs its epilogue on
+    // the upgraded socket (it can close it: cork-anchor.ts); res.cork() when no anchor.
+    const upgrade = () => res.upgrade(userData, m.key, m.protocol, m.extensions, context);
+    if (this.corkAnchor === null || !this.corkAnchor.run(() => res.cork(upgrade))) res.cork(upgrade);
     const info = {
       event: 'session_open', session: s.id, route: route.config.path, upstream: upstream.href, remote: m.remote,
       // A token answered back as the subprotocol is a credential: never logged.
@@ -757,7 +765,7 @@ export class Proxy implements SessionHost {
       })),
       pool: poolStats(),
       native: codecInfo,
-      uws: this.uwsBuild,
+      uws: { ...this.uwsBuild, corkAnchor: this.corkAnchor?.ready ?? false },
       shards: [{ id: 0, sessions: this.sessions.size, restarts: 0 }],
     };
   }

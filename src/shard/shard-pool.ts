@@ -500,7 +500,7 @@ export function mergeShardStats(
     routes,
     pool,
     native: first?.native ?? { native: false, reason: 'no shard answered' },
-    uws: first?.uws ?? { package: 'unknown', version: 'unknown', fallback: false },
+    uws: first?.uws ?? { package: 'unknown', version: 'unknown', fallback: false, corkAnchor: false },
     shards: parts.map((p) => ({ id: p.id, sessions: p.stats?.sessions ?? 0, restarts: p.restarts })),
   };
 }
