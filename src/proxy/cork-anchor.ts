@@ -52,7 +52,9 @@ export class CorkAnchor {
         else ws.close();
       },
       close: (ws) => {
-        if (anchor !== null && anchor.ws === ws) anchor.ws = null;
+        if (anchor === null || anchor.ws !== ws) return;
+        anchor.ws = null;
+        if (!anchor.closed) logger.warn({ event: 'cork_anchor_lost' }, 'the cork anchor closed: upgrades fall back to res.cork()');
       },
     });
     app.any('/*', (res) => {
