@@ -101,17 +101,16 @@ function casesFor(size, wantOp = null, wantImpl = null) {
     add('parse', 'ws', () => { receiver.write(chunk); });
   }
 
-  // parse-batch: every frame of a 64 KiB chunk per call, figures per frame.
-  if (size <= 4096) {
-    const count = Math.max(1, Math.floor(BATCH_CHUNK_BYTES / (size + (size < 126 ? 2 : 4))));
-    const chunk = framesOf(size, count);
+  // Batched parsing: every frame of a 64 KiB chunk per call, figures per frame, for each
+  // parser and ws's Receiver.
+  const addBatch = (op, chunk, count) => {
     const parsers = {};
     for (const [name, impl] of Object.entries(impls)) parsers[name] = new impl.FrameParser(0, 1 << 21, 1 << 21, 1024, false, 1024);
     parsers.dispatch = codec.createFrameParser({ maxFrameBytes: 1 << 21, maxMessageBytes: 1 << 21 });
     for (const [name, p] of Object.entries(parsers)) {
       const d = p.descriptors;
       const state = p.state;
-      add('parse-batch', name, () => {
+      add(op, name, () => {
         let offset = 0;
         for (;;) {
           const n = p.parse(chunk, offset);
@@ -128,7 +127,13 @@ function casesFor(size, wantOp = null, wantImpl = null) {
     }
     const receiver = new Receiver({ isServer: false, maxPayload: 0 });
     receiver.on('message', (data) => { sink += data.length; });
-    add('parse-batch', 'ws', () => { receiver.write(chunk); }, count);
+    add(op, 'ws', () => { receiver.write(chunk); }, count);
+  };
+
+  // parse-batch: frames of `size` bytes.
+  if (size <= 4096) {
+    const count = Math.max(1, Math.floor(BATCH_CHUNK_BYTES / (size + (size < 126 ? 2 : 4))));
+    addBatch('parse-batch', framesOf(size, count), count);
   }
 
   // parse-mixed: as parse-batch, but payload sizes drawn uniformly from 0..size (a fixed
@@ -146,28 +151,7 @@ function casesFor(size, wantOp = null, wantImpl = null) {
       bytes += n + (n < 126 ? 2 : 4);
       count++;
     }
-    const chunk = enc.take();
-    const parsers = {};
-    for (const [name, impl] of Object.entries(impls)) parsers[name] = new impl.FrameParser(0, 1 << 21, 1 << 21, 1024, false, 1024);
-    parsers.dispatch = codec.createFrameParser({ maxFrameBytes: 1 << 21, maxMessageBytes: 1 << 21 });
-    for (const [name, p] of Object.entries(parsers)) {
-      const d = p.descriptors;
-      const state = p.state;
-      add('parse-mixed', name, () => {
-        let offset = 0;
-        for (;;) {
-          const n = p.parse(chunk, offset);
-          let lengths = 0;
-          for (let i = 0, w = 0; i < n; i++, w += 4) lengths += d[w + 2];
-          sink += lengths;
-          if (state[1] < 0) break;
-          offset = state[1];
-        }
-      }, count);
-    }
-    const receiver = new Receiver({ isServer: false, maxPayload: 0 });
-    receiver.on('message', (data) => { sink += data.length; });
-    add('parse-mixed', 'ws', () => { receiver.write(chunk); }, count);
+    addBatch('parse-mixed', enc.take(), count);
   }
 
   // encode: one masked frame (client role, the upstream leg) appended and taken per call.

@@ -29,6 +29,8 @@ import { dial } from './handshake.js';
 
 export class CorkAnchor {
   private ws: UWS.WebSocket<unknown> | null = null;
+  /** Callbacks run inside the anchor's cork (upgrades), for tests and diagnostics. */
+  runs = 0;
   private client: net.Socket | null = null;
   private closed = false;
 
@@ -101,6 +103,7 @@ export class CorkAnchor {
   run(fn: () => void): boolean {
     const ws = this.ws;
     if (ws === null) return false;
+    this.runs++;
     ws.cork(fn);
     return true;
   }
