@@ -231,20 +231,59 @@ t.test('1,000 connections: the busiest shard holds at most 1.3 × the least busy
   t.ok(ratio <= 1.3, `sessions per shard ${per.join(' / ')}, ratio ${ratio.toFixed(3)}`);
 });
 
-t.test('limits.maxConnections bounds the whole proxy, not each shard', async (t) => {
-  const proxy = createShardedProxy({ workers: 2, listen: { host: '127.0.0.1', port: 0 }, log: silent, limits: { maxConnections: 4 } });
+t.test('maxConnections (global and per route) bounds the whole proxy exactly, however the kernel spreads connections', async (t) => {
+  const backend = await startWsBackend();
+  t.teardown(backend.close);
+  const proxy = createShardedProxy({
+    workers: 2, listen: { host: '127.0.0.1', port: 0 }, log: silent, limits: { maxConnections: 6 },
+    routes: [{ path: '/r', maxConnections: 3, upstreams: [{ url: backend.url }] }, { path: '/g', upstreams: [{ url: backend.url }] }],
+  });
   const { port } = await proxy.listen();
   t.teardown(() => proxy.close({ drainMs: 0 }));
   const open: WebSocket[] = [];
   t.teardown(() => { for (const ws of open) ws.terminate(); });
-  const statuses: number[] = [];
-  for (let i = 0; i < 16; i++) {
-    const status = await connect(`ws://127.0.0.1:${port}/echo`).then((ws) => { open.push(ws); return 101; }, (err: { status?: number }) => err.status ?? 0);
-    statuses.push(status);
+  const attempt = (path: string) => connect(`ws://127.0.0.1:${port}${path}`).then((ws) => { open.push(ws); return 101; }, (err: { status?: number }) => err.status ?? 0);
+  // One at a time, so no two shards decide at once (then the limit can be passed by one).
+  const route: number[] = [];
+  for (let i = 0; i < 8; i++) route.push(await attempt('/r'));
+  t.same(route, [101, 101, 101, 503, 503, 503, 503, 503], 'route /r: exactly its 3, then 503');
+  const global: number[] = [];
+  for (let i = 0; i < 8; i++) global.push(await attempt('/g'));
+  t.same(global, [101, 101, 101, 503, 503, 503, 503, 503], 'the proxy: exactly 6 in all, then 503');
+  const spread = proxy.stats().shards.map((s) => s.sessions);
+  t.equal(spread[0] + spread[1], 6, `6 sessions over the shards (${spread.join(' + ')})`);
+  // Places come back when sessions end.
+  const gone = open.splice(0, 2);
+  for (const ws of gone) ws.close();
+  await until(() => proxy.stats().sessions === 4);
+  t.same([await attempt('/r'), await attempt('/r'), await attempt('/r')], [101, 101, 503], 'two /r places came back');
+});
+
+t.test('a crashed shard\'s connections stop counting against maxConnections', async (t) => {
+  const backend = await startWsBackend();
+  t.teardown(backend.close);
+  const proxy = createShardedProxy({
+    workers: 2, listen: { host: '127.0.0.1', port: 0 }, log: silent, limits: { maxConnections: 40 },
+    routes: [{ path: '/g', upstreams: [{ url: backend.url }] }],
+  });
+  const { port } = await proxy.listen();
+  t.teardown(() => proxy.close({ drainMs: 0 }));
+  const open: WebSocket[] = [];
+  t.teardown(() => { for (const ws of open) ws.terminate(); });
+  for (let i = 0; i < 40; i++) open.push(await connect(`ws://127.0.0.1:${port}/g`));
+  await t.rejects(connect(`ws://127.0.0.1:${port}/g`), 'full');
+  const before = proxy.stats().shards;
+  proxy.crashShard(0);
+  await until(() => proxy.stats().shards[0].restarts === 1 && proxy.stats().sessions === before[1].sessions, 10_000);
+  // Shard 0's sessions are gone (1012): as many places are free again, on either shard.
+  const freed = before[0].sessions;
+  let opened = 0;
+  for (let i = 0; i < freed; i++) {
+    const ws = await connect(`ws://127.0.0.1:${port}/g`).catch(() => null);
+    if (ws !== null) { open.push(ws); opened++; }
   }
-  t.ok(open.length <= 4, `at most 4 sessions in all (${open.length})`);
-  t.ok(open.length >= 2, 'each shard takes its share');
-  t.ok(statuses.filter((s) => s !== 101).every((s) => s === 503), 'the rest get 503');
+  t.equal(opened, freed, `${freed} places came back after the crash`);
+  await t.rejects(connect(`ws://127.0.0.1:${port}/g`), 'and then it is full again');
 });
 
 t.test('the CLI with --workers 2: both shards serve, SIGTERM drains and exits 0', async (t) => {

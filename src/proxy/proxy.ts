@@ -17,6 +17,7 @@ import { startAdminServer, type AdminServer } from '../admin/index.js';
 import { loadUws, type UWS, type UwsBuild } from '../uws.js';
 import { Balancer, Upstream } from './balancer.js';
 import { CorkAnchor } from './cork-anchor.js';
+import { routeKey, type ConnectionLedger } from './ledger.js';
 import { startEchoServer, type EchoServer } from './echo.js';
 import { dial, UpstreamError, type DialResult } from './handshake.js';
 import { compileRoutes, mapTarget, matchRoute, type RouteMatcher } from './router.js';
@@ -47,6 +48,8 @@ export interface ProxyHooks {
    * sender: its id, route path, remote address and envelope version.
    */
   onControl?(session: { id: number; route: string; remoteAddress: string; version: string }, payload: unknown): void;
+  /** Internal (shards): connection counts shared with the other shards (ledger.ts). */
+  ledger?: ConnectionLedger;
 }
 
 /** A route as the running proxy holds it. */
@@ -98,10 +101,6 @@ export interface CloseOptions {
   /** Close code the clients get (default 1001, going away; a shard restart uses 1012). */
   code?: number;
   reason?: string;
-}
-
-function routeKey(r: RouteConfig): string {
-  return `${(r.host ?? '').toLowerCase()}|${r.path}`;
 }
 
 function textOf(ab: ArrayBuffer): string {
@@ -186,6 +185,11 @@ export class Proxy implements SessionHost {
     }
   }
 
+  /** Shards: store this shard's counts in the shared ledger after they change. */
+  private publishCounts(key: string, counts: RouteCounts | undefined): void {
+    this.hooks.ledger?.publish(this.sessions.size + this.pendingUpgrades, key, counts ? counts.sessions + counts.pending : 0);
+  }
+
   sessionEnded(s: Session): void {
     this.sessions.delete(s);
     const counts = this.routeCounts.get(s.routeKey);
@@ -193,6 +197,7 @@ export class Proxy implements SessionHost {
       counts.sessions--;
       if (s.envelope !== null) counts.versions[s.envelope]--;
     }
+    this.publishCounts(s.routeKey, counts);
     const seconds = (Date.now() - s.startedAt) / 1000;
     this.counters.sessionClosed(s.clientCloseCode, seconds);
     const info = {
@@ -541,7 +546,9 @@ export class Proxy implements SessionHost {
       });
     };
     if (this.draining) return refuse('503 Service Unavailable', 'sluice: draining');
-    if (this.sessions.size + this.pendingUpgrades >= this.config.limits.maxConnections) {
+    const ledger = this.hooks.ledger;
+    const otherShards = ledger !== undefined ? ledger.othersConnections() : 0;
+    if (this.sessions.size + this.pendingUpgrades + otherShards >= this.config.limits.maxConnections) {
       return refuse('503 Service Unavailable', 'sluice: at max connections');
     }
     const limits = this.config.limits;
@@ -566,7 +573,8 @@ export class Proxy implements SessionHost {
     if (this.connectionRate !== null && !this.connectionRate.allow(remote, started)) {
       return refuse('429 Too Many Requests', 'sluice: connection rate limit');
     }
-    if (route.config.maxConnections > 0 && route.counts.sessions + route.counts.pending >= route.config.maxConnections) {
+    const routeElsewhere = ledger !== undefined ? ledger.othersRoute(route.key) : 0;
+    if (route.config.maxConnections > 0 && route.counts.sessions + route.counts.pending + routeElsewhere >= route.config.maxConnections) {
       return refuse('503 Service Unavailable', 'sluice: route at max connections');
     }
     // Connection-listed headers are hop-by-hop too (RFC 9110 §7.6.1).
@@ -601,6 +609,7 @@ export class Proxy implements SessionHost {
     });
     this.pendingUpgrades++;
     route.counts.pending++;
+    this.publishCounts(route.key, route.counts);
     // uWS itself drops a request whose head is not complete within ~10 s; from here on
     // (credentials, dial, upstream handshake) the rest of limits.handshakeTimeoutMs applies.
     const deadline = setTimeout(() => {
@@ -613,6 +622,7 @@ export class Proxy implements SessionHost {
         clearTimeout(deadline);
         this.pendingUpgrades--;
         route.counts.pending--;
+        this.publishCounts(route.key, route.counts);
         this.logger.info({ event: 'auth_refused', route: route.config.path, remote, reason: decision.reason }, 'credentials refused');
         if (!aborted) {
           res.cork(() => {
@@ -625,6 +635,7 @@ export class Proxy implements SessionHost {
       if (aborted) {
         this.pendingUpgrades--;
         route.counts.pending--;
+        this.publishCounts(route.key, route.counts);
         clearTimeout(deadline);
         return;
       }
@@ -635,6 +646,7 @@ export class Proxy implements SessionHost {
         ({ upstream, result }) => {
           this.pendingUpgrades--;
           route.counts.pending--;
+          this.publishCounts(route.key, route.counts);
           clearTimeout(deadline);
           // A reload that removed this route while we dialled: its sessions got 1012 already.
           const removed = !this.routes.some((r) => r.key === route.key);
@@ -656,6 +668,7 @@ export class Proxy implements SessionHost {
         (err: UpstreamError) => {
           this.pendingUpgrades--;
           route.counts.pending--;
+          this.publishCounts(route.key, route.counts);
           clearTimeout(deadline);
           this.logger.warn({ event: 'upstream_refused', route: route.config.path, code: err.code, status: err.status }, err.message);
           if (aborted) return;
@@ -731,6 +744,7 @@ export class Proxy implements SessionHost {
     });
     this.sessions.add(s);
     route.counts.sessions++;
+    this.publishCounts(route.key, route.counts);
     this.counters.sessionOpened();
     if (m.envelope !== null) route.counts.versions[m.envelope]++;
     pendingHead.set(s, dialed.head);

@@ -12,6 +12,7 @@ import type { MessagePort } from 'node:worker_threads';
 import type { ProxyConfig } from '../config/types.js';
 import type { CounterSnapshot } from '../metrics/index.js';
 import type { ProxyStats } from '../proxy/index.js';
+import type { LedgerInit } from '../proxy/ledger.js';
 
 /** The piscina task that runs one shard (posted once per shard instance). */
 export interface ShardTask {
@@ -23,6 +24,8 @@ export interface ShardTask {
   query: MessagePort;
   /** Int32Array over a SharedArrayBuffer: [0] is set to 1 after each query reply, [1] once the shard answers no more. */
   signal: Int32Array;
+  /** Connection counts shared by the shards (proxy/ledger.ts). */
+  ledger: LedgerInit;
 }
 
 /** How a shard's task ended (a crash ends the thread instead: piscina sees its exit). */
@@ -40,7 +43,7 @@ export interface ErrorData {
 
 /** main → shard, on `control`. */
 export type ControlRequest =
-  | { op: 'reload'; seq: number; config: ProxyConfig }
+  | { op: 'reload'; seq: number; config: ProxyConfig; slots: Record<string, number> }
   | { op: 'counters'; seq: number }
   /** Drain (sessions get 1001) for at most drainMs, close everything, end the task. */
   | { op: 'stop'; drainMs: number }

@@ -23,6 +23,7 @@ import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:wor
 import { Piscina } from 'piscina';
 import type { Registry } from 'prom-client';
 import { startAdminServer, type AdminServer } from '../admin/index.js';
+import { assignSlots, clearLedgerRow, ledgerWords, routeKey, type LedgerInit } from '../proxy/ledger.js';
 import { parseConfig, type ProxyConfigInput } from '../config/index.js';
 import type { ProxyConfig } from '../config/types.js';
 import { ConfigError, SluiceError } from '../errors.js';
@@ -101,7 +102,7 @@ class ShardRun {
   private onListening!: (port: number) => void;
   private onListenFailed!: (err: Error) => void;
 
-  constructor(pool: Piscina, readonly id: number, config: ProxyConfig) {
+  constructor(pool: Piscina, readonly id: number, config: ProxyConfig, ledger: LedgerInit) {
     const control = new MessageChannel();
     const query = new MessageChannel();
     this.control = control.port1;
@@ -112,7 +113,7 @@ class ShardRun {
     });
     this.listening.catch(() => undefined);
     this.control.on('message', (m: ControlMessage) => this.onMessage(m));
-    const task: ShardTask = { id, config, control: control.port2, query: query.port2, signal: this.signal };
+    const task: ShardTask = { id, config, control: control.port2, query: query.port2, signal: this.signal, ledger };
     this.done = pool.run(task, { transferList: [control.port2, query.port2] }).then(
       (r: ShardTaskResult) => r.reason,
       () => 'crashed' as const,
@@ -163,7 +164,7 @@ class ShardRun {
     if (!this.ended) this.control.postMessage(m);
   }
 
-  request(m: { op: 'counters' } | { op: 'reload'; config: ProxyConfig }): Promise<unknown> {
+  request(m: { op: 'counters' } | { op: 'reload'; config: ProxyConfig; slots: Record<string, number> }): Promise<unknown> {
     if (this.ended) return Promise.reject(new SluiceError('SLUICE_ERR_SHARD', `shard ${this.id} ended`));
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
@@ -229,6 +230,9 @@ export class ShardedProxy {
   private closing: Promise<void> | null = null;
   /** Crashes are replaced only once every shard has listened (a failed start fails listen()). */
   private supervising = false;
+  /** Connection counts the shards share (proxy/ledger.ts), and the route slots in it. */
+  private ledger: Int32Array | null = null;
+  private slots: Record<string, number> = {};
 
   constructor(input: ProxyConfigInput | ProxyConfig | unknown = {}) {
     this.config = parseConfig(input);
@@ -273,6 +277,8 @@ export class ShardedProxy {
     });
     this.pool.on('error', (err: unknown) => this.logger.error({ event: 'shard_pool_error', err }, 'shard pool error'));
     for (let id = 0; id < n; id++) this.shards.push({ id, restarts: 0, quickCrashes: 0, run: null, restartTimer: null });
+    this.ledger = ledgerWords(n);
+    this.slots = assignSlots(this.config.routes);
 
     const { host, port } = this.config.listen;
     try {
@@ -301,9 +307,10 @@ export class ShardedProxy {
   }
 
   /**
-   * The config a shard runs: no admin server (the main thread has it), the shared port, and
-   * its share of the connection limits, so that `maxConnections` still bounds the whole
-   * proxy (a shard may refuse a little early when the kernel's spread is uneven).
+   * The config a shard runs: no admin server (the main thread has it) and the shared port.
+   * Connection limits stay whole: the shards count against them together through the
+   * ledger. Only a route without a ledger slot (past LEDGER_ROUTE_SLOTS routes) gets an
+   * even share of its limit per shard.
    */
   private shardConfig(config: ProxyConfig): ProxyConfig {
     const n = this.shards.length;
@@ -312,20 +319,23 @@ export class ShardedProxy {
     return {
       ...config,
       listen,
-      limits: { ...config.limits, maxConnections: share(config.limits.maxConnections) },
-      routes: config.routes.map((r) => ({ ...r, maxConnections: share(r.maxConnections) })),
+      routes: config.routes.map((r) => (this.slots[routeKey(r)] !== undefined ? r : { ...r, maxConnections: share(r.maxConnections) })),
       admin: undefined,
     };
   }
 
   private startShard(shard: Shard): ShardRun {
-    const run = new ShardRun(this.pool!, shard.id, this.shardConfig(this.config));
+    const run = new ShardRun(this.pool!, shard.id, this.shardConfig(this.config), {
+      words: this.ledger!, row: shard.id, shards: this.shards.length, slots: this.slots,
+    });
     shard.run = run;
     void run.done.then((outcome) => this.onShardEnded(shard, run, outcome));
     return run;
   }
 
   private onShardEnded(shard: Shard, run: ShardRun, outcome: string): void {
+    // Its connections are gone (a crashed shard could not say so itself).
+    if (this.ledger !== null) clearLedgerRow(this.ledger, shard.id);
     if (run.final) this.retired.push({ ...run.final, activeSessions: 0 });
     else if (outcome === 'crashed') this.logger.warn({ event: 'shard_counters_lost', shard: shard.id }, 'a shard ended without its final counters');
     if (this.closing !== null || !this.supervising || outcome === 'stopped') return;
@@ -388,7 +398,8 @@ export class ShardedProxy {
     this.config = next;
     this.logger.level = next.log.level;
     const runs = this.shards.map((s) => s.run).filter((r): r is ShardRun => r !== null && !r.ended);
-    const results = await Promise.allSettled(runs.map((r) => r.request({ op: 'reload', config: this.shardConfig(next) })));
+    this.slots = assignSlots(next.routes, this.slots);
+    const results = await Promise.allSettled(runs.map((r) => r.request({ op: 'reload', config: this.shardConfig(next), slots: this.slots })));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
   }

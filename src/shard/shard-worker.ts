@@ -22,6 +22,7 @@
  */
 import { threadId } from 'node:worker_threads';
 import { createProxy, type Proxy } from '../proxy/index.js';
+import { ConnectionLedger } from '../proxy/ledger.js';
 import {
   errorData, type ControlMessage, type ControlRequest, type QueryRequest, type QueryReply,
   type ShardTask, type ShardTaskResult,
@@ -34,7 +35,8 @@ const CRASH_DRAIN_MS = 1000;
 export default async function runShard(task: ShardTask): Promise<ShardTaskResult> {
   const { id, control, query, signal } = task;
   const post = (m: ControlMessage) => control.postMessage(m);
-  const proxy: Proxy = createProxy(task.config);
+  const ledger = new ConnectionLedger(task.ledger);
+  const proxy: Proxy = createProxy(task.config, { ledger });
 
   let listening: Promise<unknown> = Promise.resolve();
   let ending: Promise<void> | null = null;
@@ -87,6 +89,7 @@ export default async function runShard(task: ShardTask): Promise<ShardTaskResult
   control.on('message', (m: ControlRequest) => {
     switch (m.op) {
       case 'reload':
+        ledger.setSlots(m.slots);
         proxy.reload(m.config).then(
           () => post({ op: 'reply', seq: m.seq, ok: true }),
           (err: unknown) => post({ op: 'reply', seq: m.seq, ok: false, error: errorData(err) }),
