@@ -34,6 +34,7 @@ export function runMaxLength(maxFrameBytes: number, maxMessageBytes: number, max
 
 /** FrameRunner.run over the given descriptors and args. */
 export function frameRun(chunk: Uint8Array, descriptors: Uint32Array, args: Int32Array): number {
+  if (!ArrayBuffer.isView(chunk)) throw new TypeError('run: chunk must be a Uint8Array');
   let pos = args[0];
   let count = args[1];
   const maxFrames = args[2];

@@ -559,7 +559,8 @@ export class Proxy implements SessionHost {
     // RFC 6455 §4.2.1: the Connection header must carry the "upgrade" token. Also a guard:
     // uWS 20.30 answers an upgrade request with "Connection: close" with 101 and then
     // closes the socket (its HTTP close gate runs on the 101), whether upgraded corked or not.
-    if (!connectionTokens.split(',').some((t) => t.trim() === 'upgrade')) {
+    const connection = connectionTokens.split(',').map((t) => t.trim());
+    if (!connection.includes('upgrade')) {
       return refuse('400 Bad Request', 'sluice: the Connection header lacks "upgrade"');
     }
     const host = hostHeader.replace(/:\d+$/, '').toLowerCase();
@@ -578,7 +579,7 @@ export class Proxy implements SessionHost {
       return refuse('503 Service Unavailable', 'sluice: route at max connections');
     }
     // Connection-listed headers are hop-by-hop too (RFC 9110 §7.6.1).
-    const extraHop = connectionTokens.split(',').map((t) => t.trim()).filter((t) => t !== '' && t !== 'upgrade');
+    const extraHop = connection.filter((t) => t !== '' && t !== 'upgrade');
     const fwd = extraHop.length > 0 ? headers.filter(([n]) => !extraHop.includes(n)) : headers;
     fwd.push(
       ['X-Forwarded-For', forwardedFor ? `${forwardedFor}, ${remote}` : remote],
