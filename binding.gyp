@@ -4,6 +4,7 @@
       "target_name": "sluice",
       "sources": [
         "native/addon.cc",
+        "native/engine/listener.cc",
         "native/envelope.cc",
         "native/frame.cc",
         "native/frame_run.cc",

@@ -12,8 +12,10 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <string>
 
 #include "codec_abi.h"
+#include "engine/listener.h"
 #include "envelope.h"
 #include "frame.h"
 #include "frame_run.h"
@@ -705,6 +707,28 @@ Napi::Value IsUtf8Fn(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), IsUtf8(b.data, b.len));
 }
 
+// listenReusePort(host: string, port: number, backlog: number): number (a descriptor).
+Napi::Value ListenReusePortFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    ThrowType(env, "listenReusePort(host: string, port: number, backlog: number)");
+    return Napi::Value();
+  }
+  double port = info[1].As<Napi::Number>().DoubleValue();
+  double backlog = info[2].As<Napi::Number>().DoubleValue();
+  if (!(port >= 0 && port <= 65535) || std::floor(port) != port || !(backlog >= 1 && backlog <= 65535)) {
+    ThrowRange(env, "listenReusePort: port must be an integer 0..65535 and backlog 1..65535");
+    return Napi::Value();
+  }
+  std::string error;
+  int fd = ListenReusePort(info[0].As<Napi::String>().Utf8Value(), static_cast<int>(port), static_cast<int>(backlog), &error);
+  if (fd < 0) {
+    Napi::Error::New(env, error).ThrowAsJavaScriptException();
+    return Napi::Value();
+  }
+  return Napi::Number::New(env, fd);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   AddonHandle* handle = new (std::nothrow) AddonHandle();
   if (handle) handle->data = std::make_shared<AddonData>();
@@ -731,6 +755,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("release", Napi::Function::New<Release>(env, "release"));
   exports.Set("poolStats", Napi::Function::New<PoolStats>(env, "poolStats"));
   exports.Set("isUtf8", Napi::Function::New<IsUtf8Fn>(env, "isUtf8"));
+  exports.Set("listenReusePort", Napi::Function::New<ListenReusePortFn>(env, "listenReusePort"));
   return exports;
 }
 

@@ -15,13 +15,13 @@ napiinc="$(cd "$root" && node -p "require('path').resolve(require('node-addon-ap
 
 mkdir -p "$out"
 objs=()
-for src in addon envelope frame frame_run mask pool utf8; do
+for src in addon envelope frame frame_run mask pool utf8 engine/listener; do
   "$cxx" -std=c++17 -O1 -g -fPIC -fno-omit-frame-pointer -fsanitize=address,undefined \
     -fno-sanitize=vptr -fvisibility=hidden -Wall -Wextra -Wpedantic -Wno-unused-parameter \
     -DNAPI_DISABLE_CPP_EXCEPTIONS -DNAPI_VERSION=8 -DNODE_ADDON_API_DISABLE_DEPRECATED \
     -DSLUICE_NO_TARGET_CLONES -I"$nodeinc" -I"$napiinc" \
-    -c "$root/native/$src.cc" -o "$out/$src.o" &
-  objs+=("$out/$src.o")
+    -c "$root/native/$src.cc" -o "$out/${src//\//_}.o" &
+  objs+=("$out/${src//\//_}.o")
   # Two at a time: the machine is shared.
   if (( ${#objs[@]} % 2 == 0 )); then wait; fi
 done

@@ -91,7 +91,7 @@ for f in codec-frame codec-envelope codec-pool-utf8-mask codec-differential code
   echo "$r: $(grep -c '^ok ' "$out") top-level ok ($(grep -c '^ok .* native' "$out") named \"native\"), $(grep -c '^not ok ' "$out") not ok; $(grep -E '^# \{ total' "$out" | tail -1)"
   [ "$r" = ok ] || tail -40 "$out"
 done
-echo "=== end to end: createProxy + built-in echo on arm64 (native codec from the prebuild, uWS's arm64 binary)"
+echo "=== end to end: createProxy + built-in echo on arm64 (native codec from the prebuild)"
 if (cd "$work" && PREBUILDS_ONLY=1 arm_node --no-warnings --experimental-websocket "$root/scripts/smoke-echo.mjs" "file://$work/src/index.js"); then :; else status=1; fi
 
 echo

@@ -25,8 +25,9 @@ host_node_dir=$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")
 stage=$(mktemp -d "${TMPDIR:-/tmp}/sluice-prebuild.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 cp package.json binding.gyp "$stage/"
-mkdir "$stage/native"
+mkdir -p "$stage/native/engine"
 cp native/*.cc native/*.h "$stage/native/"
+cp native/engine/*.cc native/engine/*.h "$stage/native/engine/"
 ln -s "$root/node_modules" "$stage/node_modules"
 
 args=(--napi --strip --target "$(node -p process.versions.node)" --cwd "$stage" --out "$root")

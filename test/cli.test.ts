@@ -75,7 +75,7 @@ t.test('--check of a good file prints every value with its source', async (t) =>
   t.match(r.stdout, new RegExp(`^listen\\.port = 9001 +# file ${f.replace(/[.]/g, '\\.')}$`, 'm'));
   t.match(r.stdout, /^limits\.channelCapacity = 50 +# env AGENT_WS_CHANNEL_CAPACITY$/m);
   t.match(r.stdout, /^limits\.maxFrameBytes = 1048576 +# default$/m);
-  t.match(r.stdout, /^routes\[0\]\.backpressure = "close" +# default$/m);
+  t.match(r.stdout, /^routes\[0\]\.backpressure = "pause" +# default$/m);
 
   const viaEnv = sluice(['--check'], { SLUICE_CONFIG: f });
   t.equal(viaEnv.code, 0);

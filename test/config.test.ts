@@ -24,7 +24,7 @@ t.test('an empty config is the built-in default: /echo on 127.0.0.1:8080', async
   const c = parseConfig({});
   t.same(c.listen, { host: '127.0.0.1', port: 8080 });
   t.same(c.routes, [{
-    path: '/echo', mode: 'transparent', balance: 'round_robin', backpressure: 'close', compression: false,
+    path: '/echo', mode: 'transparent', balance: 'round_robin', backpressure: 'pause', compression: false,
     health: { intervalMs: 0, timeoutMs: 2000, coolOffMs: 5000 }, upstreams: [{ url: 'builtin:echo', weight: 1 }],
     maxConnections: 0,
   }]);
@@ -48,7 +48,7 @@ t.test('one route is a whole config; defaults fill the rest', async (t) => {
   const c = parseConfig({ routes: [route()] });
   t.equal(c.routes.length, 1);
   t.same(c.routes[0].upstreams, [{ url: 'ws://127.0.0.1:9000/x', weight: 1 }]);
-  t.equal(c.routes[0].backpressure, 'close');
+  t.equal(c.routes[0].backpressure, 'pause');
   t.equal(c.listen.port, 8080);
 });
 
@@ -122,7 +122,7 @@ t.test('enums and kinds', async (t) => {
   ]);
   t.same(problems({ routes: [route({ mode: 'magic', backpressure: 'wait', compression: 'yes' })] }), [
     'routes[0].mode: expected one of transparent|envelope, got "magic"',
-    'routes[0].backpressure: expected one of close|drop, got "wait"',
+    'routes[0].backpressure: expected one of pause|close|drop, got "wait"',
     'routes[0].compression: expected true or false, got "yes"',
   ]);
   t.same(problems({ listen: 5 }), ['listen: expected a mapping of settings, got 5']);

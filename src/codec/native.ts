@@ -232,6 +232,9 @@ const loaded = loadNativeCodec(packageRoot, process.env);
 export const nativeCodec: CodecImplementation | null = loaded.codec;
 /** Absolute path of the loaded addon, when one loaded. */
 export const nativePath: string | undefined = loaded.path;
+
+/** The addon's whole export object (engine functions beside the codec), or null. */
+export const nativeAddon: Readonly<Record<string, unknown>> | null = loaded.codec as unknown as Record<string, unknown> | null;
 /** Why no addon is in use (every attempt and its error), when none is. */
 export const nativeLoadError: string | undefined = loaded.reason;
 

@@ -50,7 +50,7 @@ export const DEFAULTS = {
     mode: 'transparent' as RouteMode,
     balance: 'round_robin' as BalanceStrategy,
     // A proxy that silently loses messages is worse than one that says so (DESIGN "Backpressure").
-    backpressure: 'close' as BackpressurePolicy,
+    backpressure: 'pause' as BackpressurePolicy,
     compression: false,
     health: { intervalMs: 0, timeoutMs: 2000, coolOffMs: 5000 },
     upstreamWeight: 1,
@@ -133,7 +133,7 @@ export function isBalance(value: string): value is BalanceStrategy {
 const POSITIVE_INT = 'expected a positive integer';
 const NON_NEGATIVE_INT = 'expected an integer >= 0';
 const PORT = 'expected a port number 0..65535';
-/** More shards than this is a typo, not a machine (each is a thread with its own uWS app). */
+/** More shards than this is a typo, not a machine (each is a thread with its own listener and sessions). */
 const MAX_WORKERS = 1024;
 const WORKERS = `expected an integer 0..${MAX_WORKERS} (0 = one per core)`;
 
@@ -255,7 +255,7 @@ const routeSchema = section({
     .refine(isBalance, { error: BALANCE_EXPECTED })
     .default(DEFAULTS.route.balance)
     .transform((v) => v as BalanceStrategy),
-  backpressure: oneOf(['close', 'drop']).default(DEFAULTS.route.backpressure),
+  backpressure: oneOf(['pause', 'close', 'drop']).default(DEFAULTS.route.backpressure),
   upstreams: z.array(upstreamSchema, { error: 'expected a list of upstreams' })
     .min(1, { error: 'expected at least one upstream' }),
   compression: bool().default(DEFAULTS.route.compression),

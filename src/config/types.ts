@@ -4,7 +4,7 @@
  */
 
 export type BalanceStrategy = 'round_robin' | 'least_conn' | 'ip_hash' | `header:${string}`;
-export type BackpressurePolicy = 'drop' | 'close';
+export type BackpressurePolicy = 'pause' | 'drop' | 'close';
 export type RouteMode = 'transparent' | 'envelope';
 
 export interface UpstreamConfig {
@@ -74,7 +74,7 @@ export interface RouteConfig {
   balance: BalanceStrategy;
   backpressure: BackpressurePolicy;
   upstreams: UpstreamConfig[];
-  /** permessage-deflate towards clients (uWS does the work). */
+  /** permessage-deflate: the client's offer is passed to the upstream and compressed frames pass through. */
   compression: boolean;
   health: HealthCheckConfig;
   /** Upstream TLS for wss:// upstreams. */
@@ -96,7 +96,7 @@ export interface ProxyConfig {
     channelBytes: number;
     /** Upstream connect + handshake must finish within this (else 504). */
     upstreamTimeoutMs: number;
-    /** uWS buffered amount above which the upstream socket is paused. */
+    /** Unsent bytes on one side's socket above which the proxy stops reading the other side. */
     highWaterMark: number;
     /** New connections per second per client IP (token bucket; 429 past it); 0 = off. */
     connectionRatePerIp: number;

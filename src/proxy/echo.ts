@@ -1,46 +1,37 @@
 /**
  * The built-in echo upstream (`builtin:echo`): what the default config routes `/echo`
  * to, so that `npm start` shows a working proxy on a fresh machine with no backend.
- * A uWS app on an ephemeral loopback port that echoes every message with its type.
+ * A `ws` server on an ephemeral loopback port that echoes every message with its type.
  */
-import { loadUws } from '../uws.js';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 
 export interface EchoServer {
   port: number;
   close(): void;
 }
 
-export function startEchoServer(maxPayloadLength: number): Promise<EchoServer> {
-  const { uws } = loadUws();
-  const open = new Set<import('../uws.js').UWS.WebSocket<unknown>>();
-  return new Promise((resolve, reject) => {
-    const app = uws.App().ws('/*', {
-      maxPayloadLength,
-      maxBackpressure: maxPayloadLength * 2,
-      idleTimeout: 0,
-      open: (ws) => {
-        open.add(ws);
-      },
-      message: (ws, message, isBinary) => {
-        ws.send(message, isBinary);
-      },
-      close: (ws) => {
-        open.delete(ws);
-      },
-    });
-    app.listen('127.0.0.1', 0, (listenSocket) => {
-      if (!listenSocket) {
-        reject(new Error('built-in echo server could not listen on 127.0.0.1'));
-        return;
-      }
-      resolve({
-        port: uws.us_socket_local_port(listenSocket),
-        close() {
-          uws.us_listen_socket_close(listenSocket);
-          for (const ws of open) ws.close();
-          open.clear();
-        },
-      });
-    });
+export async function startEchoServer(maxPayload: number): Promise<EchoServer> {
+  const server = new WebSocketServer({ host: '127.0.0.1', port: 0, maxPayload, perMessageDeflate: false });
+  const open = new Set<WebSocket>();
+  server.on('connection', (ws) => {
+    open.add(ws);
+    ws.on('error', () => {});
+    ws.on('close', () => open.delete(ws));
+    ws.on('message', (data: RawData, isBinary: boolean) => ws.send(data as Buffer, { binary: isBinary }));
   });
+  try {
+    await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => { throw err; })]);
+  } catch (err) {
+    throw new Error(`built-in echo server could not listen on 127.0.0.1: ${(err as Error).message}`);
+  }
+  return {
+    port: (server.address() as AddressInfo).port,
+    close() {
+      for (const ws of open) ws.terminate();
+      open.clear();
+      server.close();
+    },
+  };
 }

@@ -37,6 +37,8 @@ export interface DialOptions {
   /** End-to-end headers to send, already filtered of hop-by-hop ones. */
   headers: Array<[string, string]>;
   protocols: string[];
+  /** Sec-WebSocket-Extensions to offer (the client's permessage-deflate offer, passed on), or ''. */
+  extensions?: string;
   timeoutMs: number;
   tls?: { caFile?: string; rejectUnauthorized: boolean; servername?: string };
 }
@@ -52,6 +54,8 @@ export interface DialResult {
   setDataHandler(fn: (chunk: Buffer) => void): void;
   /** The subprotocol the upstream picked, or ''. */
   protocol: string;
+  /** The extensions the upstream accepted (Sec-WebSocket-Extensions of its 101), or ''. */
+  extensions: string;
   /** Bytes that arrived after the response head. */
   head: Buffer;
 }
@@ -149,6 +153,7 @@ export function dial(opts: DialOptions): Promise<DialResult> {
       let req = `GET ${opts.target} HTTP/1.1\r\nHost: ${hostHeader}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
         `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n`;
       if (opts.protocols.length > 0) req += `Sec-WebSocket-Protocol: ${opts.protocols.join(', ')}\r\n`;
+      if (opts.extensions) req += `Sec-WebSocket-Extensions: ${opts.extensions}\r\n`;
       for (const [name, value] of opts.headers) req += `${name}: ${value}\r\n`;
       socket.write(req + '\r\n');
     });
@@ -220,7 +225,10 @@ export function dial(opts: DialOptions): Promise<DialResult> {
       if (headers.get('sec-websocket-accept') !== expectedAccept) return bad('wrong Sec-WebSocket-Accept');
       const protocol = headers.get('sec-websocket-protocol') ?? '';
       if (protocol !== '' && !opts.protocols.includes(protocol)) return bad(`picked subprotocol "${protocol}" that was not offered`);
-      if (headers.has('sec-websocket-extensions')) return bad('negotiated an extension that was not offered');
+      const extensions = headers.get('sec-websocket-extensions') ?? '';
+      if (extensions !== '' && (!opts.extensions || !/^\s*permessage-deflate\b/i.test(extensions) || extensions.includes(','))) {
+        return bad('negotiated an extension that was not offered');
+      }
       settled = true;
       clearTimeout(timer);
       // Only ours: a TLSSocket has internal 'close' listeners (freeing its SSL state).
@@ -231,6 +239,7 @@ export function dial(opts: DialOptions): Promise<DialResult> {
       resolve({
         socket,
         protocol,
+        extensions,
         head: received.subarray(end + 4),
         setDataHandler(fn) {
           route.fn = fn;

@@ -1,9 +1,15 @@
 /**
- * The proxy: one uWS app terminating clients, routes with their balancers, the sessions,
- * the once-per-turn flush of upstream writes, the heartbeat sweep, graceful drain and
- * hot reload. `createProxy()` in index.ts is its door.
+ * The proxy: the listener that takes upgrades (Node's HTTP parser for the request head),
+ * routes with their balancers, the sessions (session.ts: both legs, our own RFC 6455
+ * endpoints), the heartbeat sweep, graceful drain and hot reload. `createProxy()` in
+ * index.ts is its door.
  */
+import { createHash } from 'node:crypto';
 import dc from 'node:diagnostics_channel';
+import { readFileSync } from 'node:fs';
+import http, { type IncomingMessage } from 'node:http';
+import https from 'node:https';
+import type net from 'node:net';
 import type { Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import { codecInfo, poolStats } from '../codec/index.js';
@@ -14,18 +20,18 @@ import { createLogger } from '../log.js';
 import { ProxyCounters } from '../metrics/counters.js';
 import { createMetricsRegistry } from '../metrics/index.js';
 import { startAdminServer, type AdminServer } from '../admin/index.js';
-import { loadUws, type UWS, type UwsBuild } from '../uws.js';
 import { Balancer, Upstream } from './balancer.js';
-import { CorkAnchor } from './cork-anchor.js';
+import { listenOptions } from './listen.js';
 import { routeKey, type ConnectionLedger } from './ledger.js';
 import { startEchoServer, type EchoServer } from './echo.js';
 import { dial, UpstreamError, type DialResult } from './handshake.js';
 import { compileRoutes, mapTarget, matchRoute, type RouteMatcher } from './router.js';
-import { Session, isValidWireCloseCode, type ClientData, type SessionHost } from './session.js';
+import { Session, isValidWireCloseCode, type SessionHost } from './session.js';
 import { negotiateEnvelope, type EnvelopeVersion } from '../protocol/index.js';
 import { AccessPolicy, ConnectionRateLimiter, MessageRateLimiter, type AccessDecision } from '../policy/index.js';
 
 const BUILTIN_ECHO = 'builtin:echo';
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 /** Upstreams tried for one client before it gets 502 (the pick and up to two more). */
 const MAX_DIAL_TRIES = 3;
 /** Request headers that belong to one hop, or that the upstream leg writes itself. */
@@ -50,6 +56,8 @@ export interface ProxyHooks {
   onControl?(session: { id: number; route: string; remoteAddress: string; version: string }, payload: unknown): void;
   /** Internal (shards): connection counts shared with the other shards (ledger.ts). */
   ledger?: ConnectionLedger;
+  /** Internal (shards): listen with SO_REUSEPORT, so that every shard can bind the same port. */
+  reusePort?: boolean;
 }
 
 /** A route as the running proxy holds it. */
@@ -89,8 +97,8 @@ export interface ProxyStats {
   }>;
   pool: ReturnType<typeof poolStats>;
   native: typeof codecInfo;
-  /** The uWS build, and whether upgrades are corked on the anchor (cork-anchor.ts). */
-  uws: UwsBuild & { corkAnchor: boolean };
+  /** Which engine holds the sessions' sockets: 'typescript' (node:net, session.ts). */
+  engine: { kind: 'typescript' };
   shards: Array<{ id: number; sessions: number; restarts: number }>;
 }
 
@@ -103,10 +111,6 @@ export interface CloseOptions {
   reason?: string;
 }
 
-function textOf(ab: ArrayBuffer): string {
-  return Buffer.from(ab).toString('latin1');
-}
-
 export class Proxy implements SessionHost {
   config: ProxyConfig;
   readonly counters = new ProxyCounters();
@@ -114,12 +118,10 @@ export class Proxy implements SessionHost {
   readonly logger: Logger;
   clock = Date.now();
   port = 0;
-  private readonly uws: typeof UWS;
-  readonly uwsBuild: UwsBuild;
-  private app: UWS.TemplatedApp | null = null;
-  private listenSocket: UWS.us_listen_socket | null = null;
-  /** Where asynchronous upgrades are corked (see cork-anchor.ts); null: res.cork(). */
-  private corkAnchor: CorkAnchor | null = null;
+  private server: http.Server | null = null;
+  private listening = false;
+  /** Client sockets between their upgrade request and a session (or a refusal). */
+  private readonly handshaking = new Set<net.Socket>();
   private echo: EchoServer | null = null;
   private echoUrl = '';
   private routes: RouteRuntime[] = [];
@@ -131,10 +133,6 @@ export class Proxy implements SessionHost {
   readonly sessions = new Set<Session>();
   private pendingUpgrades = 0;
   private nextId = 1;
-  private dirty: Session[] = [];
-  private spare: Session[] = [];
-  private flushScheduled = false;
-  private readonly flushAll: () => void;
   private sweepTimer: NodeJS.Timeout | null = null;
   private admin: AdminServer | null = null;
   draining = false;
@@ -146,25 +144,13 @@ export class Proxy implements SessionHost {
     this.hooks = hooks;
     this.config = parseConfig(input);
     this.logger = createLogger(this.config.log.level);
-    const { uws, build } = loadUws();
-    this.uws = uws;
-    this.uwsBuild = build;
     this.registry = createMetricsRegistry(this.counters);
-    this.flushAll = () => {
-      this.flushScheduled = false;
-      // Two arrays swapped turn by turn: no allocation per flush.
-      const list = this.dirty;
-      this.dirty = this.spare;
-      for (let i = 0; i < list.length; i++) list[i].flush();
-      list.length = 0;
-      this.spare = list;
-    };
   }
 
   /** Listening, and every route has a healthy upstream. */
   get ready(): { ok: boolean; reasons: string[] } {
     const reasons: string[] = [];
-    if (this.listenSocket === null) reasons.push('not listening');
+    if (!this.listening) reasons.push('not listening');
     if (this.draining) reasons.push('draining');
     const now = Date.now();
     for (const r of this.routes) {
@@ -174,16 +160,6 @@ export class Proxy implements SessionHost {
   }
 
   // ------------------------------------------------------------------ SessionHost
-
-  markDirty(s: Session): void {
-    if (s.dirty) return;
-    s.dirty = true;
-    this.dirty.push(s);
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(this.flushAll);
-    }
-  }
 
   /** Shards: store this shard's counts in the shared ledger after they change. */
   private publishCounts(key: string, counts: RouteCounts | undefined): void {
@@ -225,7 +201,8 @@ export class Proxy implements SessionHost {
     this.counters.backpressureEvents++;
     this.logger.warn({
       event: 'backpressure', session: s.id, route: s.route.path, fillPercent: Math.round(fill * 100),
-      queuedMessages: s.queued, queuedBytes: s.socket.writableLength, capacity: this.config.limits.channelCapacity,
+      queuedMessages: s.server.queued, queuedBytes: s.server.socket.writableLength, capacity: this.config.limits.channelCapacity,
+      policy: s.route.backpressure,
     }, 'sustained backpressure towards the upstream');
   }
 
@@ -248,30 +225,66 @@ export class Proxy implements SessionHost {
 
   /** Bind the listener (port 0 allowed); resolves with the bound port. */
   async listen(): Promise<{ port: number }> {
-    if (this.listenSocket !== null) return { port: this.port };
+    if (this.listening) return { port: this.port };
     await this.applyRoutes(this.config);
-    const { listen } = this.config;
-    const behavior = this.behavior();
-    const app = listen.tls
-      ? this.uws.SSLApp({ cert_file_name: listen.tls.certFile, key_file_name: listen.tls.keyFile })
-      : this.uws.App();
-    app.ws('/*', behavior);
-    app.any('/*', (res) => {
-      res.writeStatus('426 Upgrade Required').writeHeader('Upgrade', 'websocket').end('sluice: this endpoint speaks WebSocket\n');
+    const { listen, limits } = this.config;
+    const options: http.ServerOptions = {
+      // Node answers a longer head with 431 itself; the header count is checked per upgrade.
+      maxHeaderSize: limits.maxHeaderBytes,
+      noDelay: true,
+      // A request head must be complete within the handshake limit (Node answers 408).
+      headersTimeout: limits.handshakeTimeoutMs,
+      requestTimeout: limits.handshakeTimeoutMs,
+      connectionsCheckingInterval: Math.min(1000, limits.handshakeTimeoutMs),
+    };
+    const server = listen.tls
+      ? https.createServer({ ...options, cert: readFileSync(listen.tls.certFile), key: readFileSync(listen.tls.keyFile) })
+      : http.createServer(options);
+    // One more than allowed, so that too many headers are seen (Node drops the rest silently).
+    server.maxHeadersCount = limits.maxHeaderCount + 1;
+    server.on('upgrade', (req: IncomingMessage, socket: net.Socket, head: Buffer) => this.onUpgrade(req, socket, head));
+    server.on('request', (req: IncomingMessage, res: http.ServerResponse) => {
+      req.resume();
+      if (req.headers.upgrade !== undefined) {
+        // An upgrade whose Connection header lacks the "upgrade" token (RFC 6455 §4.2.1).
+        res.writeHead(400, { 'Content-Type': 'text/plain', Connection: 'close' });
+        res.end('sluice: the Connection header lacks "upgrade"\n');
+        return;
+      }
+      res.writeHead(426, { Upgrade: 'websocket', 'Content-Type': 'text/plain', Connection: 'close' });
+      res.end('sluice: this endpoint speaks WebSocket\n');
     });
-    this.app = app;
-    const listenSocket = await new Promise<UWS.us_listen_socket | false>((resolve) => app.listen(listen.host, listen.port, resolve));
-    if (!listenSocket) {
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
+      // Node's own answers: 431 for an oversized head, 408 for a slow one, 400 otherwise.
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large'
+        : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
+      if (socket.writable && !socket.writableEnded) {
+        socket.end(`HTTP/1.1 ${status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+      }
+      socket.destroySoon();
+    });
+    this.server = server;
+    try {
+      const opts = listenOptions(listen.host, listen.port, this.hooks.reusePort === true);
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(opts, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+    } catch (err) {
       this.stopRoutes();
       this.echo?.close();
       this.echo = null;
-      (app as unknown as { close?: () => void }).close?.();
-      this.app = null;
-      throw new SluiceError('SLUICE_ERR_LISTEN', `cannot listen on ${listen.host}:${listen.port} (in use, or not an address of this machine)`);
+      this.server = null;
+      server.close();
+      if (err instanceof SluiceError) throw err;
+      const e = err as NodeJS.ErrnoException;
+      throw new SluiceError('SLUICE_ERR_LISTEN', `cannot listen on ${listen.host}:${listen.port}: ${e.code ?? e.message} (in use, or not an address of this machine)`);
     }
-    this.listenSocket = listenSocket;
-    this.port = this.uws.us_socket_local_port(listenSocket);
-    this.corkAnchor = await CorkAnchor.start(this.uws, this.logger);
+    this.listening = true;
+    this.port = (server.address() as net.AddressInfo).port;
     this.sweepTimer = setInterval(() => this.sweep(), 1000);
     this.sweepTimer.unref();
     // Library use: the admin server comes with the proxy. (The CLI runs its own, since
@@ -293,32 +306,29 @@ export class Proxy implements SessionHost {
 
   /** Close the listen socket now: new connections are refused by the kernel (sessions go on). */
   stopAccepting(): void {
-    if (this.listenSocket !== null) {
-      this.uws.us_listen_socket_close(this.listenSocket);
-      this.listenSocket = null;
+    if (this.server !== null && this.listening) {
+      this.listening = false;
+      this.server.close();
     }
   }
 
   private async drainAndStop(drainMs: number, code: number, reason: string): Promise<void> {
     this.draining = true;
-    for (const s of this.sessions) {
-      if (s.closedFirst === '') s.closedFirst = 'proxy';
-      s.closeClient(code, reason);
-      s.sendUpstreamClose(1001, reason);
-    }
+    for (const s of this.sessions) s.shutdown(code, reason);
     const deadline = Date.now() + drainMs;
     while ((this.sessions.size > 0 || this.pendingUpgrades > 0) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 20));
     }
-    for (const s of this.sessions) {
-      s.socket.destroy();
-      if (s.ws !== null) s.ws.close();
-    }
+    for (const s of this.sessions) s.destroy();
+    for (const socket of this.handshaking) socket.destroy();
     // Destroyed sockets report 'close' on a later turn: wait (briefly) so that every
     // session has ended, been counted and logged when close() resolves.
     const cutoff = Date.now() + 1000;
     while (this.sessions.size > 0 && Date.now() < cutoff) await new Promise((r) => setTimeout(r, 5));
     this.stopAccepting();
+    // Keep-alive connections that never asked for an upgrade.
+    this.server?.closeAllConnections();
+    this.server = null;
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
     this.sweepTimer = null;
     this.stopRoutes();
@@ -326,14 +336,6 @@ export class Proxy implements SessionHost {
     this.echo = null;
     await this.admin?.close();
     this.admin = null;
-    this.corkAnchor?.close();
-    this.corkAnchor = null;
-    // Cut what uWS still holds (a client that never answered our close frame): a worker
-    // thread that ends with uWS handles open aborts the whole process (DESIGN).
-    (this.app as unknown as { close?: () => void } | null)?.close?.();
-    this.app = null;
-    // Let uWS finish the sockets it is closing before the caller ends the thread.
-    await new Promise((r) => setImmediate(r));
   }
 
   /**
@@ -345,10 +347,8 @@ export class Proxy implements SessionHost {
     if (this.closing) throw new SluiceError('SLUICE_ERR_CLOSED', 'the proxy is closed (or closing); it takes no reload');
     const next = parseConfig(input);
     const prev = this.config;
-    if (JSON.stringify(next.listen) !== JSON.stringify(prev.listen) || next.limits.maxFrameBytes !== prev.limits.maxFrameBytes ||
-        next.routes.some((r) => r.compression) !== prev.routes.some((r) => r.compression)) {
-      // uWS takes these when the listener opens.
-      this.logger.warn({ event: 'reload' }, 'listen, limits.maxFrameBytes and enabling compression apply after a restart');
+    if (JSON.stringify(next.listen) !== JSON.stringify(prev.listen)) {
+      this.logger.warn({ event: 'reload' }, 'listen (address, port, TLS) applies after a restart');
     }
     const keys = new Set(next.routes.map(routeKey));
     await this.applyRoutes(next);
@@ -359,11 +359,7 @@ export class Proxy implements SessionHost {
     for (const s of this.sessions) {
       if (keys.has(s.routeKey)) continue;
       removed++;
-      const t = setTimeout(() => {
-        if (s.closedFirst === '') s.closedFirst = 'proxy';
-        s.closeClient(1012, 'route removed by reload');
-        s.sendUpstreamClose(1001, 'route removed by reload');
-      }, Math.random() * jitterMs);
+      const t = setTimeout(() => s.shutdown(1012, 'route removed by reload'), Math.random() * jitterMs);
       t.unref();
     }
     this.logger.info({ event: 'reload', routes: next.routes.length, removedSessions: removed }, 'configuration reloaded');
@@ -439,126 +435,73 @@ export class Proxy implements SessionHost {
     if (chHealth.hasSubscribers) chHealth.publish({ upstream: up.href, healthy, reason });
   }
 
-  /** Once a second: advance the coarse clock, heartbeats, sustained-backpressure checks. */
+  /** Once a second: advance the coarse clock, heartbeats, close deadlines, sustained-backpressure checks. */
   private sweep(): void {
     const now = Date.now();
     this.clock = now;
     const pingMs = this.config.heartbeat.pingIntervalSeconds * 1000;
     const timeoutMs = this.config.heartbeat.pongTimeoutSeconds * 1000;
-    for (const s of this.sessions) {
-      if (!s.clientOpen) continue;
-      if (s.expiresAt !== 0 && now >= s.expiresAt) {
-        if (s.closedFirst === '') s.closedFirst = 'proxy';
-        s.closeClient(1008, 'credentials expired');
-        s.sendUpstreamClose(1001, 'client credentials expired');
-        continue;
-      }
-      // `seen` times come from the coarse clock (up to one sweep old): one sweep of slack, so
-      // a side is never judged early; it may be judged up to a sweep late.
-      if (now - s.clientSeen > timeoutMs + 1000) {
-        s.abortClient('client heartbeat timeout');
-        continue;
-      }
-      // While the upstream is paused for a slow client nothing is read from it, so its
-      // silence says nothing: it is not judged then.
-      if (s.pausedForClient) s.upstreamSeen = now;
-      if (now - s.upstreamSeen > timeoutMs + 1000 && s.upstreamOpen) {
-        if (s.closedFirst === '') s.closedFirst = 'proxy';
-        s.upstreamCloseCode = 1006;
-        s.upstreamCloseReason = 'upstream heartbeat timeout';
-        s.socket.destroy();
-        s.upstreamOpen = false;
-        s.closeClient(1014, 'upstream heartbeat timeout');
-        continue;
-      }
-      if (now - s.lastPing >= pingMs) {
-        s.lastPing = now;
-        s.ws!.ping();
-        s.sendUpstreamPing();
-      }
-      if (s.bpSince !== 0) {
-        const l = this.config.limits;
-        s.checkBackpressure(s.socket.writableNeedDrain ? Math.max(s.queued / l.channelCapacity, s.socket.writableLength / l.channelBytes) : 0);
-      }
-    }
+    for (const s of this.sessions) s.tick(now, pingMs, timeoutMs);
   }
 
-  // ------------------------------------------------------------------ uWS behaviour
+  // ------------------------------------------------------------------ upgrades
 
-  private behavior(): UWS.WebSocketBehavior<ClientData> {
-    const limits = this.config.limits;
-    const compress = this.config.routes.some((r) => r.compression);
-    return {
-      // uWS drops a message over maxPayloadLength with no close frame (1006). We set its
-      // ceiling at twice ours so that a message over our limit reaches the message
-      // handler and gets a 1009; past the ceiling, uWS's drop is what remains.
-      maxPayloadLength: limits.maxFrameBytes * 2,
-      // Above what pausing the upstream lets accumulate, so uWS never drops a send.
-      maxBackpressure: limits.highWaterMark + limits.maxFrameBytes * 2 + 1024 * 1024,
-      idleTimeout: 0,
-      sendPingsAutomatically: false,
-      compression: compress ? this.uws.SHARED_COMPRESSOR : this.uws.DISABLED,
-      upgrade: (res, req, context) => this.onUpgrade(res, req, context),
-      open: (ws) => {
-        const data = ws.getUserData();
-        data.session.attach(ws, pendingHead.get(data.session) ?? Buffer.alloc(0));
-        pendingHead.delete(data.session);
-      },
-      message: (ws, message, isBinary) => ws.getUserData().session.fromClient(message, isBinary),
-      drain: (ws) => ws.getUserData().session.onClientDrain(),
-      ping: (ws, message) => ws.getUserData().session.onClientPing(message.byteLength),
-      pong: (ws, message) => ws.getUserData().session.onClientPong(message.byteLength),
-      close: (ws, code, message) => ws.getUserData().session.onClientClosed(code, message),
-    };
-  }
-
-  private onUpgrade(res: UWS.HttpResponse, req: UWS.HttpRequest, context: UWS.us_socket_context_t): void {
+  private onUpgrade(req: IncomingMessage, socket: net.Socket, head: Buffer): void {
     const started = Date.now();
-    // req is valid only during this call: read everything now.
-    const path = req.getUrl();
-    const query = req.getQuery() ?? '';
-    const hostHeader = req.getHeader('host');
-    const key = req.getHeader('sec-websocket-key');
-    const version = req.getHeader('sec-websocket-version');
-    const offered = req.getHeader('sec-websocket-protocol');
-    const extensions = req.getHeader('sec-websocket-extensions');
-    const origin = req.getHeader('origin');
-    const forwardedFor = req.getHeader('x-forwarded-for');
+    // Nothing is read until a session owns the socket (or it is refused).
+    socket.pause();
+    socket.on('error', () => {});
+    const rawUrl = req.url ?? '/';
+    const q = rawUrl.indexOf('?');
+    const path = q < 0 ? rawUrl : rawUrl.slice(0, q);
+    const query = q < 0 ? '' : rawUrl.slice(q + 1);
+    const hostHeader = req.headers.host ?? '';
+    const key = req.headers['sec-websocket-key'] ?? '';
+    const version = req.headers['sec-websocket-version'] ?? '';
+    const offered = req.headers['sec-websocket-protocol'] ?? '';
+    const extensions = req.headers['sec-websocket-extensions'] ?? '';
+    const origin = req.headers.origin ?? '';
+    const forwardedFor = req.headers['x-forwarded-for'] ?? '';
+    const connectionTokens = (req.headers.connection ?? '').toLowerCase();
     const headers: Array<[string, string]> = [];
     const headerMap = new Map<string, string>();
-    let connectionTokens = '';
-    let headerCount = 0;
+    const raw = req.rawHeaders;
     let headerBytes = 0;
-    req.forEach((name, value) => {
-      headerCount++;
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+      const name = raw[i].toLowerCase();
+      const value = raw[i + 1];
       headerBytes += name.length + value.length + 4;
-      headerMap.set(name, value);
-      if (name === 'connection') connectionTokens = value.toLowerCase();
+      headerMap.set(name, headerMap.has(name) ? `${headerMap.get(name)}, ${value}` : value);
       if (!HOP_HEADERS.has(name)) headers.push([name, value]);
-    });
-    let remote = textOf(res.getRemoteAddressAsText());
-    if (remote.startsWith('0000:0000:0000:0000:0000:ffff:')) remote = remote.slice(30);
-    else if (remote.startsWith('::ffff:')) remote = remote.slice(7);
+    }
+    const headerCount = raw.length / 2;
+    let remote = socket.remoteAddress ?? '';
+    if (remote.startsWith('::ffff:')) remote = remote.slice(7);
 
-    const refuse = (status: string, body: string) => {
-      res.cork(() => {
-        res.writeStatus(status).writeHeader('Content-Type', 'text/plain').writeHeader('Connection', 'close').end(`${body}\n`, true);
-      });
+    this.handshaking.add(socket);
+    let aborted = false;
+    const refuse = (status: string, body: string, extra = '') => {
+      this.handshaking.delete(socket);
+      if (aborted) return;
+      aborted = true;
+      const text = `${body}\n`;
+      socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(text)}\r\n${extra}Connection: close\r\n\r\n${text}`);
+      socket.destroySoon();
     };
+    const limits = this.config.limits;
     if (this.draining) return refuse('503 Service Unavailable', 'sluice: draining');
     const ledger = this.hooks.ledger;
     const otherShards = ledger !== undefined ? ledger.othersConnections() : 0;
-    if (this.sessions.size + this.pendingUpgrades + otherShards >= this.config.limits.maxConnections) {
+    if (this.sessions.size + this.pendingUpgrades + otherShards >= limits.maxConnections) {
       return refuse('503 Service Unavailable', 'sluice: at max connections');
     }
-    const limits = this.config.limits;
     if (headerCount > limits.maxHeaderCount || headerBytes > limits.maxHeaderBytes) {
       return refuse('431 Request Header Fields Too Large', 'sluice: too many or too large request headers');
     }
-    if (key.length !== 24 || version !== '13') return refuse('400 Bad Request', 'sluice: bad WebSocket upgrade');
-    // RFC 6455 §4.2.1: the Connection header must carry the "upgrade" token. Also a guard:
-    // uWS 20.30 answers an upgrade request with "Connection: close" with 101 and then
-    // closes the socket (its HTTP close gate runs on the 101), whether upgraded corked or not.
+    if (req.method !== 'GET' || (req.headers.upgrade ?? '').toLowerCase() !== 'websocket' || key.length !== 24 || version !== '13') {
+      return refuse('400 Bad Request', 'sluice: bad WebSocket upgrade', version !== '13' ? 'Sec-WebSocket-Version: 13\r\n' : '');
+    }
+    // RFC 6455 §4.2.1: the Connection header must carry the "upgrade" token.
     const connection = connectionTokens.split(',').map((t) => t.trim());
     if (!connection.includes('upgrade')) {
       return refuse('400 Bad Request', 'sluice: the Connection header lacks "upgrade"');
@@ -598,85 +541,83 @@ export class Proxy implements SessionHost {
       clientProtocol = n.protocol;
       protocols = offeredList.filter((p) => p !== 'sluice.v1' && p !== 'sluice.v2');
     }
+    // permessage-deflate passes through: offered to the upstream as the client offered it,
+    // answered to the client as the upstream answered; compressed frames pass untouched.
+    const deflateOffer = route.config.compression && route.config.mode === 'transparent' && /permessage-deflate/i.test(extensions)
+      ? extensions : '';
     const hashHeader = route.balancer.hashHeader;
     const hashValue = hashHeader ? (headerMap.get(hashHeader) ?? '') : '';
     // Credentials carried in the query string are ours: they do not travel upstream.
     const upstreamQuery = stripCredentialParams(query, route.config);
 
-    let aborted = false;
-    res.onAborted(() => {
+    const onAbort = () => {
       aborted = true;
+      this.handshaking.delete(socket);
       clearTimeout(deadline);
-    });
+    };
+    socket.once('close', onAbort);
     this.pendingUpgrades++;
     route.counts.pending++;
     this.publishCounts(route.key, route.counts);
-    // uWS itself drops a request whose head is not complete within ~10 s; from here on
-    // (credentials, dial, upstream handshake) the rest of limits.handshakeTimeoutMs applies.
+    // Node's parser bounds the request head (headersTimeout); from here on (credentials,
+    // dial, upstream handshake) the rest of limits.handshakeTimeoutMs applies.
     const deadline = setTimeout(() => {
-      if (aborted) return;
-      aborted = true; // whatever finishes later is dropped
-      refuse('504 Gateway Timeout', 'sluice: handshake not completed in time');
+      refuse('504 Gateway Timeout', 'sluice: handshake not completed in time'); // whatever finishes later is dropped
     }, Math.max(0, limits.handshakeTimeoutMs - (Date.now() - started)));
+    const settle = () => {
+      this.pendingUpgrades--;
+      route.counts.pending--;
+      this.publishCounts(route.key, route.counts);
+      clearTimeout(deadline);
+    };
     const finish = (decision: AccessDecision | null) => {
       if (decision !== null && !decision.ok) {
-        clearTimeout(deadline);
-        this.pendingUpgrades--;
-        route.counts.pending--;
-        this.publishCounts(route.key, route.counts);
+        settle();
         this.logger.info({ event: 'auth_refused', route: route.config.path, remote, reason: decision.reason }, 'credentials refused');
-        if (!aborted) {
-          res.cork(() => {
-            res.writeStatus('401 Unauthorized').writeHeader('WWW-Authenticate', 'Bearer realm="sluice"')
-              .writeHeader('Content-Type', 'text/plain').writeHeader('Connection', 'close').end(`sluice: ${decision.reason}\n`, true);
-          });
-        }
+        refuse('401 Unauthorized', `sluice: ${decision.reason}`, 'WWW-Authenticate: Bearer realm="sluice"\r\n');
         return;
       }
       if (aborted) {
-        this.pendingUpgrades--;
-        route.counts.pending--;
-        this.publishCounts(route.key, route.counts);
-        clearTimeout(deadline);
+        settle();
         return;
       }
       const consumed = decision?.consumedProtocol;
       const upstreamProtocols = consumed ? protocols.filter((p) => p !== consumed) : protocols;
       const candidates = route.balancer.order(remote, hashValue, Date.now(), MAX_DIAL_TRIES);
-      void this.dialFirst(route, candidates, matched, path, upstreamQuery, fwd, upstreamProtocols).then(
+      void this.dialFirst(route, candidates, matched, path, upstreamQuery, fwd, upstreamProtocols, deflateOffer).then(
         ({ upstream, result }) => {
-          this.pendingUpgrades--;
-          route.counts.pending--;
-          this.publishCounts(route.key, route.counts);
-          clearTimeout(deadline);
+          settle();
           // A reload that removed this route while we dialled: its sessions got 1012 already.
           const removed = !this.routes.some((r) => r.key === route.key);
           if (aborted || this.draining || removed) {
             upstream.sessions--;
             result.socket.destroy();
-            if (!aborted) refuse('503 Service Unavailable', removed ? 'sluice: route removed' : 'sluice: draining');
+            refuse('503 Service Unavailable', removed ? 'sluice: route removed' : 'sluice: draining');
             return;
           }
-          this.startSession(res, context, route, upstream, result, {
+          socket.off('close', onAbort);
+          this.handshaking.delete(socket);
+          this.startSession(socket, head, route, upstream, result, {
             // A token carried as a subprotocol entry is answered back when the upstream picks
             // none: a browser that offered subprotocols fails a handshake that picks none.
             key, protocol: clientProtocol ?? (result.protocol || consumed || ''),
-            extensions: route.config.compression ? extensions : '',
+            extensions: result.extensions,
             remote, origin, started, envelope, expiresAt: decision?.ok ? (decision.expiresAt ?? 0) : 0,
             tokenProtocol: clientProtocol === null && result.protocol === '' && consumed !== undefined,
           });
         },
         (err: UpstreamError) => {
-          this.pendingUpgrades--;
-          route.counts.pending--;
-          this.publishCounts(route.key, route.counts);
-          clearTimeout(deadline);
+          settle();
           this.logger.warn({ event: 'upstream_refused', route: route.config.path, code: err.code, status: err.status }, err.message);
           if (aborted) return;
           if (err.body !== undefined) {
-            res.cork(() => {
-              res.writeStatus(`${err.status} ${err.statusText}`.trim()).writeHeader('Connection', 'close').end(err.body, true);
-            });
+            this.handshaking.delete(socket);
+            aborted = true;
+            socket.end(Buffer.concat([
+              Buffer.from(`HTTP/1.1 ${`${err.status} ${err.statusText}`.trim()}\r\nContent-Length: ${err.body.length}\r\nConnection: close\r\n\r\n`, 'latin1'),
+              err.body,
+            ]));
+            socket.destroySoon();
           } else {
             const text = err.status === 504 ? '504 Gateway Timeout' : '502 Bad Gateway';
             refuse(text, `sluice: ${err.message}`);
@@ -696,7 +637,7 @@ export class Proxy implements SessionHost {
 
   private async dialFirst(
     route: RouteRuntime, candidates: Upstream[], matched: RouteMatcher<RouteRuntime>, path: string, query: string,
-    headers: Array<[string, string]>, protocols: string[],
+    headers: Array<[string, string]>, protocols: string[], extensions: string,
   ): Promise<{ upstream: Upstream; result: Awaited<ReturnType<typeof dial>> }> {
     let last: UpstreamError | undefined;
     for (const upstream of candidates) {
@@ -709,6 +650,7 @@ export class Proxy implements SessionHost {
           target: mapTarget(matched, upstream.url, path, query),
           headers,
           protocols,
+          extensions,
           timeoutMs: this.config.limits.upstreamTimeoutMs,
           tls: route.config.tls,
         });
@@ -731,29 +673,31 @@ export class Proxy implements SessionHost {
   }
 
   private startSession(
-    res: UWS.HttpResponse, context: UWS.us_socket_context_t, route: RouteRuntime, upstream: Upstream, dialed: DialResult, m: {
+    socket: net.Socket, head: Buffer, route: RouteRuntime, upstream: Upstream, dialed: DialResult, m: {
       key: string; protocol: string; extensions: string; remote: string; origin: string; started: number;
       envelope: EnvelopeVersion | null; expiresAt: number; tokenProtocol: boolean;
     },
   ): void {
     const handshakeMs = Date.now() - m.started;
-    const s = new Session(this.nextId++, this, route.config, route.key, upstream, dialed.socket, dialed.setDataHandler, {
+    const accept = createHash('sha1').update(m.key + WS_GUID).digest('base64');
+    let answer = `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n`;
+    if (m.protocol !== '') answer += `Sec-WebSocket-Protocol: ${m.protocol}\r\n`;
+    if (m.extensions !== '') answer += `Sec-WebSocket-Extensions: ${m.extensions}\r\n`;
+    socket.setNoDelay(true);
+    socket.write(`${answer}\r\n`, 'latin1');
+    const limits = this.config.limits;
+    const s = new Session(this.nextId++, this, route.config, route.key, upstream, { socket, head }, dialed, {
       remoteAddress: m.remote, origin: m.origin, protocol: m.protocol, handshakeMs, envelope: m.envelope, expiresAt: m.expiresAt,
-      rateLimiter: this.config.limits.messagesPerSecond > 0 || this.config.limits.bytesPerSecond > 0
-        ? new MessageRateLimiter(this.config.limits.messagesPerSecond, this.config.limits.bytesPerSecond)
+      rateLimiter: limits.messagesPerSecond > 0 || limits.bytesPerSecond > 0
+        ? new MessageRateLimiter(limits.messagesPerSecond, limits.bytesPerSecond)
         : null,
+      deflate: m.extensions,
     });
     this.sessions.add(s);
     route.counts.sessions++;
     this.publishCounts(route.key, route.counts);
     this.counters.sessionOpened();
     if (m.envelope !== null) route.counts.versions[m.envelope]++;
-    pendingHead.set(s, dialed.head);
-    const userData: ClientData = { session: s };
-    // Inside the anchor's cork, so that uWS 20.30's res.cork() never runs its epilogue on
-    // the upgraded socket (it can close it: cork-anchor.ts); res.cork() when no anchor.
-    const upgrade = () => res.upgrade(userData, m.key, m.protocol, m.extensions, context);
-    if (this.corkAnchor === null || !this.corkAnchor.run(() => res.cork(upgrade))) res.cork(upgrade);
     const info = {
       event: 'session_open', session: s.id, route: route.config.path, upstream: upstream.href, remote: m.remote,
       // A token answered back as the subprotocol is a credential: never logged.
@@ -761,12 +705,13 @@ export class Proxy implements SessionHost {
     };
     this.logger.info(info, 'session opened');
     if (chOpen.hasSubscribers) chOpen.publish(info);
+    s.start();
   }
 
   stats(): ProxyStats {
     const now = Date.now();
     return {
-      listening: this.listenSocket !== null,
+      listening: this.listening,
       port: this.port,
       draining: this.draining,
       sessions: this.sessions.size,
@@ -780,7 +725,7 @@ export class Proxy implements SessionHost {
       })),
       pool: poolStats(),
       native: codecInfo,
-      uws: { ...this.uwsBuild, corkAnchor: this.corkAnchor?.ready ?? false },
+      engine: { kind: 'typescript' },
       shards: [{ id: 0, sessions: this.sessions.size, restarts: 0 }],
     };
   }
@@ -807,5 +752,3 @@ function stripCredentialParams(query: string, route: RouteConfig): string {
   }).join('&');
 }
 
-/** Bytes that arrived with the upstream's 101, kept until uWS opens the client socket. */
-const pendingHead = new WeakMap<Session, Buffer>();

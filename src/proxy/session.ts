@@ -1,18 +1,18 @@
 /**
- * A session pairs one client WebSocket (uWS) with one upstream socket driven by the
- * native codec. It owns both directions of one proxied connection: forwarding, close
- * handshakes, size limits, heartbeats and flow control.
+ * A session pairs two legs, the client's socket and the upstream's, each a conforming
+ * RFC 6455 endpoint with its own frame parser and encoder (the TypeScript engine; the
+ * native engine keeps the same state per session). It owns both directions of one proxied
+ * connection: forwarding frame by frame, per-hop ping/pong, close handshakes passed through
+ * end to end, size and UTF-8 checks, heartbeats and backpressure.
  *
- * Hot-path shape: every field is set in the constructor; per-message work is integer
- * work plus one codec call per upstream chunk (not per frame) and one append per client
- * message; no closures are created per message; writes to the upstream are flushed once
- * per event-loop turn by the proxy (see `SessionHost.markDirty`).
+ * Hot-path shape: every field is set in the constructor; per read, one parse call (not per
+ * frame), one encode per frame into the partner's encoder, one write per leg at the end of
+ * the read; no closures per message.
  */
 import type net from 'node:net';
 import {
   createFrameEncoder,
   createFrameParser,
-  isUtf8,
   acquire,
   release,
   CODEC_ERRORS,
@@ -22,6 +22,9 @@ import {
   type FrameEncoder,
   type FrameParser,
 } from '../codec/index.js';
+import { Utf8Stream } from '../codec/utf8-stream.js';
+import { InflateMeter, INFLATE_PENDING, INFLATE_TOO_BIG, parseDeflateAgreement } from '../codec/inflate-meter.js';
+import { isUtf8 } from '../codec/utf8.js';
 import type { ProxyCounters } from '../metrics/counters.js';
 import {
   closePayload as envelopeClosePayload,
@@ -33,13 +36,7 @@ import {
 import { EnvelopeFlag, EnvelopeType } from '../codec/types.js';
 import type { MessageRateLimiter } from '../policy/index.js';
 import type { RouteConfig, ProxyConfig } from '../config/types.js';
-import type { UWS } from '../uws.js';
 import type { Upstream } from './balancer.js';
-
-/** What uWS keeps for us on each client WebSocket. */
-export interface ClientData {
-  session: Session;
-}
 
 /** The proxy as a session sees it. */
 export interface SessionHost {
@@ -47,9 +44,7 @@ export interface SessionHost {
   readonly config: ProxyConfig;
   /** Coarse clock (ms), advanced by the proxy's sweep timer; cheap to read per message. */
   readonly clock: number;
-  /** Queue this session for the once-per-turn flush of its upstream writes. */
-  markDirty(s: Session): void;
-  /** Called once when both sides are closed. */
+  /** Called once when both sockets are closed. */
   sessionEnded(s: Session): void;
   /** Sustained backpressure started (logged and counted by the host). */
   backpressureEvent(s: Session, fill: number): void;
@@ -61,10 +56,20 @@ export interface SessionHost {
 
 /** Which side ended the session first. */
 export type Closer = 'client' | 'upstream' | 'proxy';
+export type Side = 'client' | 'upstream';
 
 const EMPTY = Buffer.alloc(0);
-/** How long we wait for the upstream's close reply before dropping the TCP connection. */
+/** How long a leg gets to answer our close frame (or to close its TCP connection after the handshake). */
 const CLOSE_REPLY_TIMEOUT_MS = 2000;
+/** After a protocol violation the culprit gets its close frame and this long before the cut. */
+const VIOLATION_LINGER_MS = 1000;
+
+// Close-handshake states of one leg (RFC 6455 §7): neither side has sent a close frame;
+// we sent one and wait for the reply; the peer sent one and waits for ours; both done.
+const OPEN = 0;
+const CLOSE_SENT = 1;
+const CLOSE_RECEIVED = 2;
+const CLOSED = 3;
 
 /** Close codes a peer may legitimately put on the wire (RFC 6455 §7.4, IANA registry). */
 export function isValidWireCloseCode(code: number): boolean {
@@ -82,15 +87,79 @@ export function closeReason(reason: string): string {
   return envelopeClosePayload(1000, reason).subarray(2).toString('utf8');
 }
 
+/** Whether data may still be sent on `leg`: its socket is up and we have sent it no close frame. */
+function canSend(leg: Leg): boolean {
+  return leg.alive && (leg.state === OPEN || leg.state === CLOSE_RECEIVED);
+}
+
+/** One side of a session: a socket, the frames it sends us, the frames we send it. */
+export class Leg {
+  readonly side: Side;
+  readonly socket: net.Socket;
+  /** Parses what this side sends (masked frames from a client, unmasked from a server). */
+  readonly parser: FrameParser;
+  /** Encodes what we send this side (unmasked to a client, masked under fresh keys to a server). */
+  readonly encoder: FrameEncoder;
+  /** Close-handshake state (OPEN, CLOSE_SENT, CLOSE_RECEIVED, CLOSED). */
+  state = OPEN;
+  /** The socket has not reported 'close'. */
+  alive = true;
+  /** Frames from this side are no longer acted on (after its close frame or a violation). */
+  deaf = false;
+  /** Reading paused because the partner holds more than highWaterMark unsent bytes. */
+  paused = false;
+  /** Coarse-clock time of the last bytes read (heartbeats). */
+  seen: number;
+  /** The close code and reason that ended this leg (first close frame either way; 1006: none). */
+  code = 0;
+  reason = '';
+  /** Coarse-clock deadline after which the socket is destroyed (0: none). */
+  killAt = 0;
+  // The message this side is sending us.
+  text = false;
+  compressed = false;
+  dropping = false;
+  readonly utf8 = new Utf8Stream();
+  /** Inflates this side's compressed messages to check them (permessage-deflate only). */
+  inflate: InflateMeter | null = null;
+  /** Reassembly of this side's fragmented messages (envelope routes only). */
+  assembly: Buffer | null = null;
+  assemblyLength = 0;
+  /** Messages written to this side while its socket's buffer was full (channel fill). */
+  queued = 0;
+  /** Bytes this side sent us / we sent it in data frames, messages completed. */
+  messages = 0;
+  bytes = 0;
+
+  constructor(side: Side, socket: net.Socket, parser: FrameParser, encoder: FrameEncoder, now: number) {
+    this.side = side;
+    this.socket = socket;
+    this.parser = parser;
+    this.encoder = encoder;
+    this.seen = now;
+  }
+}
+
+export interface SessionMeta {
+  remoteAddress: string;
+  origin: string;
+  protocol: string;
+  handshakeMs: number;
+  envelope: EnvelopeVersion | null;
+  rateLimiter: MessageRateLimiter | null;
+  expiresAt: number;
+  /** The permessage-deflate agreement (the upstream's answer), or '': RSV1 frames pass through untouched. */
+  deflate: string;
+}
+
 export class Session {
   readonly id: number;
   readonly host: SessionHost;
   readonly route: RouteConfig;
   readonly routeKey: string;
   readonly upstream: Upstream;
-  readonly socket: net.Socket;
-  readonly parser: FrameParser;
-  readonly encoder: FrameEncoder;
+  readonly client: Leg;
+  readonly server: Leg;
   readonly remoteAddress: string;
   readonly origin: string;
   readonly protocol: string;
@@ -104,46 +173,15 @@ export class Session {
   readonly expiresAt: number;
   /** The message limit this session was opened with (a reload does not change it mid-session). */
   readonly maxFrameBytes: number;
-  ws: UWS.WebSocket<ClientData> | null = null;
-
-  // Lifecycle.
-  clientOpen = false;
-  /** We may still send frames to the upstream (no close frame sent yet). */
-  upstreamOpen = true;
-  socketAlive = true;
+  readonly deflate: string;
   ended = false;
   closedFirst: Closer | '' = '';
-  clientCloseCode = 0;
-  clientCloseReason = '';
-  upstreamCloseCode = 0;
-  upstreamCloseReason = '';
-  closeTimer: NodeJS.Timeout | null = null;
-
-  // Upstream → client.
-  private chunk: Buffer = EMPTY;
-  private readonly deliverCorked: () => void;
-  pausedForClient = false;
-  private fragOpcode = 0;
-  private assembly: Buffer | null = null;
-  private assemblyLen = 0;
-
-  // Client → upstream channel.
-  dirty = false;
-  /** Messages encoded while the upstream socket's buffer was full (reset on drain). */
-  queued = 0;
+  lastPing: number;
+  // Flow controller (client → upstream channel).
   bpSince = 0;
   bpReported = false;
-
-  // Heartbeats (coarse clock).
-  clientSeen: number;
-  upstreamSeen: number;
-  lastPing: number;
-
-  // Per-session statistics for the end-of-session log.
-  msgsIn = 0;
-  msgsOut = 0;
-  bytesIn = 0;
-  bytesOut = 0;
+  private readonly clientHead: Buffer;
+  private readonly serverHead: Buffer;
 
   constructor(
     id: number,
@@ -151,28 +189,39 @@ export class Session {
     route: RouteConfig,
     routeKey: string,
     upstream: Upstream,
-    socket: net.Socket,
-    setDataHandler: (fn: (chunk: Buffer) => void) => void,
-    meta: {
-      remoteAddress: string; origin: string; protocol: string; handshakeMs: number;
-      envelope: EnvelopeVersion | null; rateLimiter: MessageRateLimiter | null; expiresAt: number;
-    },
+    client: { socket: net.Socket; head: Buffer },
+    server: { socket: net.Socket; head: Buffer; setDataHandler(fn: (chunk: Buffer) => void): void },
+    meta: SessionMeta,
   ) {
     this.id = id;
     this.host = host;
     this.route = route;
     this.routeKey = routeKey;
     this.upstream = upstream;
-    this.socket = socket;
     const limits = host.config.limits;
-    this.parser = createFrameParser({
-      role: 'client',
+    this.maxFrameBytes = limits.maxFrameBytes;
+    this.deflate = meta.deflate;
+    this.startedAt = Date.now();
+    // Exact time here: the coarse clock may be up to a second old, which would make the
+    // first heartbeat timeout fire early.
+    this.lastPing = this.startedAt;
+    const parserOptions = {
       maxFrameBytes: limits.maxFrameBytes,
       maxMessageBytes: limits.maxFrameBytes,
       maxFragments: 1024,
-      allowRsv1: false,
-    });
-    this.encoder = createFrameEncoder('client', 16 * 1024);
+      allowRsv1: meta.deflate !== '',
+    };
+    this.client = new Leg('client', client.socket, createFrameParser({ ...parserOptions, role: 'server' }),
+      createFrameEncoder('server', 16 * 1024), this.startedAt);
+    this.server = new Leg('upstream', server.socket, createFrameParser({ ...parserOptions, role: 'client' }),
+      createFrameEncoder('client', 16 * 1024), this.startedAt);
+    if (meta.deflate !== '') {
+      const agreed = parseDeflateAgreement(meta.deflate);
+      this.client.inflate = new InflateMeter(limits.maxFrameBytes, agreed.clientNoContextTakeover);
+      this.server.inflate = new InflateMeter(limits.maxFrameBytes, agreed.serverNoContextTakeover);
+    }
+    this.clientHead = client.head;
+    this.serverHead = server.head;
     this.remoteAddress = meta.remoteAddress;
     this.origin = meta.origin;
     this.protocol = meta.protocol;
@@ -180,256 +229,234 @@ export class Session {
     this.envelope = meta.envelope;
     this.rateLimiter = meta.rateLimiter;
     this.expiresAt = meta.expiresAt;
-    this.maxFrameBytes = limits.maxFrameBytes;
-    this.startedAt = Date.now();
-    // Exact time here: the coarse clock may be up to a second old, which would make the
-    // first heartbeat timeout fire early.
-    this.clientSeen = this.startedAt;
-    this.upstreamSeen = this.startedAt;
-    this.lastPing = this.startedAt;
-    this.deliverCorked = () => this.deliver();
     // upstream.sessions was counted when the dial started (least_conn sees dials in flight).
 
-    // Nothing is read until the client's socket is open (attach); the 'data' listener
-    // below must not switch the stream to flowing before that.
-    socket.pause();
-    setDataHandler((chunk: Buffer) => this.onUpstreamData(chunk));
-    socket.on('drain', () => this.onUpstreamDrain());
-    socket.on('error', () => {}); // 'close' follows and does the work
-    socket.on('close', () => this.onSocketClosed());
-  }
-
-  /** The client's WebSocket is open (uWS `open`). `head` holds frames that came with the 101. */
-  attach(ws: UWS.WebSocket<ClientData>, head: Buffer): void {
-    this.ws = ws;
-    this.clientOpen = true;
-    if (head.length > 0) this.onUpstreamData(head);
-    if (this.socketAlive && !this.pausedForClient) this.socket.resume();
-  }
-
-  // ---------------------------------------------------------------- upstream → client
-
-  private onUpstreamData(chunk: Buffer): void {
-    this.upstreamSeen = this.host.clock;
-    if (!this.clientOpen) {
-      // Client already gone: we only wait for the upstream's close reply.
-      this.chunk = chunk;
-      this.deliver();
-      return;
-    }
-    this.chunk = chunk;
-    this.ws!.cork(this.deliverCorked);
-    if (this.clientOpen && this.ws!.getBufferedAmount() > this.host.config.limits.highWaterMark && !this.pausedForClient) {
-      this.pausedForClient = true;
-      this.socket.pause();
+    const c = this.client;
+    const u = this.server;
+    c.socket.pause();
+    u.socket.pause();
+    c.socket.on('data', (chunk: Buffer) => this.onData(c, u, chunk));
+    server.setDataHandler((chunk: Buffer) => this.onData(u, c, chunk));
+    for (const leg of [c, u]) {
+      const partner = leg === c ? u : c;
+      leg.socket.on('drain', () => this.onDrain(leg, partner));
+      leg.socket.on('error', () => {}); // 'close' follows and does the work
+      // A peer's FIN: half-open sockets (the HTTP server's) are ended by us, so 'close' follows.
+      leg.socket.on('end', () => leg.socket.end());
+      leg.socket.on('close', () => this.onSocketClosed(leg, partner));
     }
   }
 
-  /** Parse every complete frame of `this.chunk` and act on it (inside one cork). */
-  private deliver(): void {
-    const chunk = this.chunk;
-    const parser = this.parser;
+  /** Start reading both sides; bytes that arrived with either handshake go first. */
+  start(): void {
+    if (this.serverHead.length > 0) this.onData(this.server, this.client, this.serverHead);
+    if (this.clientHead.length > 0) this.onData(this.client, this.server, this.clientHead);
+    if (this.server.alive && !this.server.paused) this.server.socket.resume();
+    if (this.client.alive && !this.client.paused) this.client.socket.resume();
+  }
+
+  // ---------------------------------------------------------------- statistics
+
+  get clientCloseCode(): number { return this.client.code; }
+  get clientCloseReason(): string { return this.client.reason; }
+  get upstreamCloseCode(): number { return this.server.code; }
+  get upstreamCloseReason(): string { return this.server.reason; }
+  get msgsIn(): number { return this.client.messages; }
+  get msgsOut(): number { return this.server.messages; }
+  get bytesIn(): number { return this.client.bytes; }
+  get bytesOut(): number { return this.server.bytes; }
+  /** The client may still get frames from us. */
+  get clientOpen(): boolean { return this.client.state === OPEN && this.client.alive; }
+
+  // ---------------------------------------------------------------- reading
+
+  /** Every complete frame of `chunk` from `from`, then one write per leg. */
+  private onData(from: Leg, to: Leg, chunk: Buffer): void {
+    from.seen = this.host.clock;
+    if (from.deaf) return;
+    const parser = from.parser;
     const d = parser.descriptors;
     let offset = 0;
     for (;;) {
       let n = parser.parse(chunk, offset);
-      // On an error the frames before the bad one are still valid (state[0]): deliver them.
+      // On an error the frames before the bad one are still valid (state[0]): act on them.
       const errno = n < 0 ? -n : 0;
       if (errno !== 0) n = parser.state[0];
-      for (let i = 0; i < n && this.socketAlive; i++) {
+      for (let i = 0; i < n && !from.deaf; i++) {
         const base = i * DESCRIPTOR_WORDS;
         const info = d[base];
         const src = (info & Desc.CARRY) !== 0 ? parser.carry : chunk;
         const start = d[base + 1];
-        this.onUpstreamFrame(info, src.subarray(start, start + d[base + 2]));
+        this.onFrame(from, to, info, src.subarray(start, start + d[base + 2]));
       }
       if (errno !== 0) {
-        if (this.socketAlive) this.upstreamProtocolError(errno);
+        if (!from.deaf) this.protocolError(from, errno);
         break;
       }
       const resume = parser.state[1];
-      if (resume < 0 || !this.socketAlive) break;
+      if (resume < 0 || from.deaf) break;
       offset = resume;
     }
-    this.chunk = EMPTY;
+    this.flush(to);
+    this.flush(from);
   }
 
-  private onUpstreamFrame(info: number, payload: Buffer): void {
+  private onFrame(from: Leg, to: Leg, info: number, payload: Buffer): void {
     const op = info & Desc.OPCODE_MASK;
-    const fin = (info & Desc.FIN) !== 0;
+    const kind = from === this.client ? 'in' : 'out';
     switch (op) {
       case Opcode.Text:
       case Opcode.Binary:
-        if (fin) {
-          this.toClient(op, payload);
-        } else {
-          this.fragOpcode = op;
-          this.appendFragment(payload);
-        }
-        return;
       case Opcode.Continuation:
-        this.appendFragment(payload);
-        if (fin) {
-          const whole = this.assembly!.subarray(0, this.assemblyLen);
-          this.toClient(this.fragOpcode, whole);
-          release(this.assembly!);
-          this.assembly = null;
-          this.assemblyLen = 0;
-        }
+        this.onDataFrame(from, to, op, info, payload);
         return;
       case Opcode.Ping:
-        this.host.counters.message('out', 'ping', payload.length);
-        if (this.upstreamOpen) {
-          this.encoder.frame(Opcode.Pong, payload, true, false);
-          this.host.markDirty(this);
+        this.host.counters.message(kind, 'ping', payload.length);
+        // Every client frame counts against its rate, pings too: a ping flood costs us pongs.
+        if (from === this.client && this.rateLimiter !== null && !this.rateLimiter.allow(payload.length, Date.now())) {
+          this.fail(from, 1008, 'message rate limit', 1001, 'client closed: over its message rate');
+          return;
         }
+        // Per hop: answered here, not forwarded.
+        if (from.state === OPEN) from.encoder.frame(Opcode.Pong, payload, true, false);
         return;
       case Opcode.Pong:
-        this.host.counters.message('out', 'pong', payload.length);
+        this.host.counters.message(kind, 'pong', payload.length);
         return;
       case Opcode.Close:
-        this.host.counters.message('out', 'close', payload.length);
-        this.onUpstreamCloseFrame(payload);
+        this.host.counters.message(kind, 'close', payload.length);
+        this.onCloseFrame(from, to, payload);
         return;
     }
   }
 
-  /** Fragmented upstream messages reach the client whole (bounded by the message limit). */
-  private appendFragment(payload: Buffer): void {
-    const need = this.assemblyLen + payload.length;
-    if (this.assembly === null || need > this.assembly.length) {
-      const next = acquire(Math.max(need, this.assembly === null ? 4096 : this.assembly.length * 2));
-      if (this.assembly !== null) {
-        this.assembly.copy(next, 0, 0, this.assemblyLen);
-        release(this.assembly);
-      }
-      this.assembly = next;
+  private onDataFrame(from: Leg, to: Leg, op: number, info: number, payload: Buffer): void {
+    const fin = (info & Desc.FIN) !== 0;
+    if (op !== Opcode.Continuation) {
+      from.text = op === Opcode.Text;
+      from.compressed = (info & Desc.RSV1) !== 0;
+      from.dropping = false;
+      if (from.text) from.utf8.reset();
     }
-    payload.copy(this.assembly, this.assemblyLen);
-    this.assemblyLen = need;
-  }
-
-  private toClient(op: number, payload: Buffer): void {
-    if (!this.clientOpen) return;
-    const text = op === Opcode.Text;
-    if (text && !isUtf8(payload)) {
-      this.fail('upstream', 1007, 'upstream sent invalid UTF-8', 1007, 'invalid UTF-8 in a text message');
+    if (from.compressed && from.inflate !== null) {
+      // Passed on compressed; the limit and UTF-8 apply to what it inflates to.
+      const out = from.inflate.push(payload, op !== Opcode.Continuation, fin);
+      if (typeof out === 'number' && out !== INFLATE_PENDING) {
+        this.protocolError(from, out === INFLATE_TOO_BIG ? 11 : 0, 'invalid compressed data');
+        return;
+      }
+      if (typeof out !== 'number' && from.text && !from.utf8.push(out, true)) {
+        this.protocolError(from, 13);
+        return;
+      }
+    } else if (from.text && !from.utf8.push(payload, fin)) {
+      this.protocolError(from, 13);
       return;
     }
-    this.msgsOut++;
-    this.bytesOut += payload.length;
-    this.host.counters.dataOut(!text, payload.length);
+    const fromClient = from === this.client;
+    if (fromClient && this.rateLimiter !== null && !this.rateLimiter.allow(payload.length, Date.now())) {
+      this.fail(from, 1008, 'message rate limit', 1001, 'client closed: over its message rate');
+      return;
+    }
+    from.bytes += payload.length;
+    if (fin) from.messages++;
+    if (fromClient) this.host.counters.dataIn(!from.text, payload.length);
+    else this.host.counters.dataOut(!from.text, payload.length);
     if (this.envelope !== null) {
-      // Envelope routes: the upstream's message becomes one data frame for the client.
-      this.sendEnvelope(EnvelopeType.Data, EnvelopeFlag.Final, payload);
+      this.onEnvelopeData(from, op, fin, payload);
       return;
     }
-    if (this.ws!.send(payload, !text, this.route.compression) === 2) {
-      // uWS dropped it: its maxBackpressure is set above what pausing allows, so this
-      // means a bug or a misconfiguration; count it rather than lose it silently.
-      this.host.counters.dropped.backpressure++;
-    }
-  }
-
-  private onUpstreamCloseFrame(payload: Buffer): void {
-    let code = 0;
-    let reason = '';
-    if (payload.length === 1) {
-      this.upstreamProtocolError(0, 'close frame with a 1-byte payload');
+    // Until we have sent `to` a close frame it may still get data (RFC 6455 §1.4: the side that
+    // sent its close keeps receiving until the reply): what the upstream sends before it
+    // answers a client's close still reaches that client.
+    if (!canSend(to) || from.dropping) return;
+    // Decided once per message, at its first frame: a message that started goes on whole
+    // (the queue is then bounded by the budget plus one message).
+    if (op !== Opcode.Continuation && this.overBudget(from, to, payload.length)) {
+      if (this.route.backpressure === 'drop') {
+        this.host.counters.dropped.backpressure++;
+        from.dropping = !fin; // the rest of this message goes too: never half a message
+      } else {
+        this.slowPeer(to);
+      }
       return;
     }
-    if (payload.length >= 2) {
-      code = payload.readUInt16BE(0);
-      const r = payload.subarray(2);
-      if (!isValidWireCloseCode(code)) {
-        this.upstreamProtocolError(0, `invalid close code ${code}`);
-        return;
-      }
-      if (!isUtf8(r)) {
-        this.fail('upstream', 1007, 'upstream close reason is not UTF-8', 1007, 'invalid UTF-8 in close reason');
-        return;
-      }
-      reason = r.toString('utf8');
-    }
-    this.upstreamCloseCode = code === 0 ? 1005 : code;
-    this.upstreamCloseReason = reason;
-    if (this.upstreamOpen) {
-      // The upstream starts the close: echo it, then tell the client the same.
-      if (this.closedFirst === '') this.closedFirst = 'upstream';
-      this.sendUpstreamClose(code, reason);
-      this.closeClient(code, reason);
-    } else {
-      // The reply to our close: the handshake is done.
-      this.socket.end();
-    }
-  }
-
-  private upstreamProtocolError(errno: number, detail?: string): void {
-    const e = errno > 0 ? CODEC_ERRORS[errno] : undefined;
-    const upstreamCode = e ? e.closeCode : 1002;
-    if (e && e.closeCode === 1009) {
-      this.fail('upstream', 1009, 'message over the size limit', 1009, 'upstream message over the size limit');
-    } else {
-      this.fail('upstream', upstreamCode, e ? e.message : (detail ?? 'protocol error'), 1014, 'upstream protocol error');
-    }
+    to.encoder.frame(op, payload, fin, op !== Opcode.Continuation && from.compressed);
   }
 
   /**
-   * End both sides because `culprit` misbehaved: it gets `culpritCode`, its partner
-   * `partnerCode` with a reason that says why.
+   * Under the `close` and `drop` policies: whether `to`'s queue (its socket's unsent bytes
+   * and messages written since it filled) is past the channel's budget. `pause` never sheds:
+   * reading stops instead (flush), so the queue stays bounded by highWaterMark + one read.
    */
-  fail(culprit: 'client' | 'upstream', culpritCode: number, culpritReason: string, partnerCode: number, partnerReason: string): void {
-    if (this.closedFirst === '') this.closedFirst = 'proxy';
-    if (culprit === 'upstream') {
-      this.upstreamCloseCode = culpritCode;
-      this.upstreamCloseReason = culpritReason;
-      this.sendUpstreamClose(culpritCode, culpritReason);
-      this.closeClient(partnerCode, partnerReason);
-    } else {
-      this.closeClient(culpritCode, culpritReason);
-      this.sendUpstreamClose(partnerCode, partnerReason);
-    }
+  private overBudget(from: Leg, to: Leg, length: number): boolean {
+    if (this.route.backpressure === 'pause' || !to.socket.writableNeedDrain) return false;
+    const limits = this.host.config.limits;
+    const bytes = to.socket.writableLength + to.encoder.length + length;
+    if (to.queued >= limits.channelCapacity || bytes > limits.channelBytes) return true;
+    to.queued++;
+    if (from === this.client) this.checkBackpressure(Math.max(to.queued / limits.channelCapacity, bytes / limits.channelBytes));
+    return false;
   }
 
-  // ---------------------------------------------------------------- client → upstream
+  /** `close` policy: the client gets 1013 (its messages cannot be delivered now), the upstream 1001. */
+  private slowPeer(to: Leg): void {
+    if (to === this.server) this.fail(this.client, 1013, 'upstream is not keeping up', 1001, 'client closed: upstream not keeping up');
+    else this.fail(this.client, 1013, 'client is not keeping up', 1001, 'client closed: not keeping up');
+  }
 
-  /** A message from the client (uWS `message`); `data` is valid only during this call. */
-  fromClient(data: ArrayBuffer, isBinary: boolean): void {
-    this.clientSeen = this.host.clock;
-    // Every client message counts against the rate, whatever it carries (data, or an
-    // envelope ping, error or control frame).
-    if (this.rateLimiter !== null && !this.rateLimiter.allow(data.byteLength, Date.now())) {
-      this.fail('client', 1008, 'message rate limit', 1001, 'client closed: over its message rate');
-      return;
+  // ---------------------------------------------------------------- envelope routes
+
+  private onEnvelopeData(from: Leg, op: number, fin: boolean, payload: Buffer): void {
+    let whole = payload;
+    if (!fin || op === Opcode.Continuation) {
+      // Envelope frames are whole messages: reassemble (bounded by the message limit).
+      const need = from.assemblyLength + payload.length;
+      if (from.assembly === null || need > from.assembly.length) {
+        const next = acquire(Math.max(need, from.assembly === null ? 4096 : from.assembly.length * 2));
+        if (from.assembly !== null) {
+          from.assembly.copy(next, 0, 0, from.assemblyLength);
+          release(from.assembly);
+        }
+        from.assembly = next;
+      }
+      payload.copy(from.assembly, from.assemblyLength);
+      from.assemblyLength = need;
+      if (!fin) return;
+      whole = from.assembly.subarray(0, need);
     }
-    if (this.envelope !== null) {
-      this.fromEnvelopeClient(data, isBinary);
-      return;
+    if (from === this.client) this.fromEnvelopeClient(whole, !from.text);
+    // The upstream's message becomes one data frame for the client.
+    else this.sendEnvelope(EnvelopeType.Data, EnvelopeFlag.Final, whole);
+    if (whole !== payload) {
+      release(from.assembly!);
+      from.assembly = null;
+      from.assemblyLength = 0;
     }
-    const len = data.byteLength;
-    if (len > this.maxFrameBytes) {
-      this.host.counters.dropped.too_big++;
-      this.fail('client', 1009, `message over ${this.maxFrameBytes} bytes`, 1009, 'client message over the size limit');
-      return;
-    }
-    this.toUpstream(new Uint8Array(data), isBinary);
   }
 
   /** One envelope frame from the client (validated before anything is allocated for it). */
-  private fromEnvelopeClient(data: ArrayBuffer, isBinary: boolean): void {
-    const f = decodeEnvelope(this.envelope!, new Uint8Array(data), isBinary, { maxPayloadBytes: this.maxFrameBytes });
+  private fromEnvelopeClient(data: Buffer, isBinary: boolean): void {
+    const f = decodeEnvelope(this.envelope!, data, isBinary, { maxPayloadBytes: this.maxFrameBytes });
     if (typeof f === 'number') {
       if (f === 1009) {
         this.host.counters.dropped.too_big++;
-        this.fail('client', 1009, `envelope payload over ${this.maxFrameBytes} bytes`, 1009, 'client message over the size limit');
+        this.fail(this.client, 1009, `envelope payload over ${this.maxFrameBytes} bytes`, 1009, 'client message over the size limit');
       } else {
-        this.fail('client', f, f === 1007 ? 'invalid envelope payload' : 'malformed envelope', 1001, 'client sent a malformed envelope');
+        this.fail(this.client, f, f === 1007 ? 'invalid envelope payload' : 'malformed envelope', 1001, 'client sent a malformed envelope');
       }
       return;
     }
     switch (f.type) {
       case EnvelopeType.Data:
-        this.toUpstream(f.payload, true);
+        if (canSend(this.server)) {
+          if (this.overBudget(this.client, this.server, f.payload.length)) {
+            if (this.route.backpressure === 'drop') this.host.counters.dropped.backpressure++;
+            else this.slowPeer(this.server);
+            return;
+          }
+          this.server.encoder.frame(Opcode.Binary, f.payload, true, false);
+        }
         return;
       case EnvelopeType.Ping:
         this.host.counters.message('in', 'ping', f.payload.length);
@@ -441,13 +468,13 @@ export class Session {
       case EnvelopeType.Close: {
         const c = parseClosePayload(f.payload);
         if (c === null || !isValidWireCloseCode(c.code)) {
-          this.fail('client', 1002, 'malformed envelope close', 1001, 'client sent a malformed envelope');
+          this.fail(this.client, 1002, 'malformed envelope close', 1001, 'client sent a malformed envelope');
           return;
         }
         this.host.counters.message('in', 'close', f.payload.length);
         if (this.closedFirst === '') this.closedFirst = 'client';
-        this.sendUpstreamClose(c.code, c.reason);
-        this.closeClient(c.code, c.reason);
+        this.sendClose(this.server, c.code, c.reason);
+        this.sendClose(this.client, c.code, c.reason);
         return;
       }
       case EnvelopeType.Error:
@@ -458,7 +485,7 @@ export class Session {
         try {
           json = JSON.parse(f.payload.toString('utf8'));
         } catch {
-          this.fail('client', 1007, 'control frame is not JSON', 1001, 'client sent a malformed envelope');
+          this.fail(this.client, 1007, 'control frame is not JSON', 1001, 'client sent a malformed envelope');
           return;
         }
         this.host.controlFrame(this, json);
@@ -467,55 +494,44 @@ export class Session {
     }
   }
 
-  /** Send one envelope frame to the client (envelope routes only). */
+  /** Queue one envelope frame for the client (envelope routes only). */
   sendEnvelope(type: number, flags: number, payload: Uint8Array): void {
-    if (!this.clientOpen || this.envelope === null) return;
+    const c = this.client;
+    if (this.envelope === null || !canSend(c)) return;
     const m = encodeEnvelope(this.envelope, type, flags, payload);
-    if (this.ws!.send(m.data, m.binary, this.route.compression) === 2) this.host.counters.dropped.backpressure++;
+    c.encoder.frame(m.binary ? Opcode.Binary : Opcode.Text, typeof m.data === 'string' ? Buffer.from(m.data) : m.data, true, false);
   }
 
-  /** Forward one client message's payload to the upstream (size already checked). */
-  private toUpstream(payload: Uint8Array, isBinary: boolean): void {
-    const len = payload.length;
-    const limits = this.host.config.limits;
-    if (!this.upstreamOpen) return;
-    if (this.socket.writableNeedDrain) {
-      // The channel towards the upstream is filling: apply the route's policy past capacity.
-      const bytes = this.socket.writableLength + this.encoder.length + len;
-      if (this.queued >= limits.channelCapacity || bytes > limits.channelBytes) {
-        if (this.route.backpressure === 'drop') {
-          this.host.counters.dropped.backpressure++;
-          return;
-        }
-        this.fail('client', 1013, 'upstream is not keeping up', 1001, 'client closed: upstream not keeping up');
-        return;
-      }
-      this.queued++;
-      this.checkBackpressure(Math.max(this.queued / limits.channelCapacity, bytes / limits.channelBytes));
-    }
-    this.msgsIn++;
-    this.bytesIn += len;
-    this.host.counters.dataIn(isBinary, len);
-    this.encoder.frame(isBinary ? Opcode.Binary : Opcode.Text, payload, true, false);
-    if (!this.dirty) this.host.markDirty(this);
-  }
+  // ---------------------------------------------------------------- writing, backpressure
 
-  /** Write everything encoded this turn in one write (called by the host's flush). */
-  flush(): void {
-    this.dirty = false;
-    if (!this.socketAlive) return;
-    const out = this.encoder.take();
-    if (out === null) return;
-    this.socket.write(out);
+  /** Write what was encoded for `leg`; past highWaterMark, stop reading its partner. */
+  private flush(leg: Leg): void {
+    const out = leg.encoder.take();
+    if (out === null || !leg.alive) return;
+    leg.socket.write(out);
     // The kernel took every byte synchronously: the encoder may reuse its memory, so a
-    // steady flow allocates nothing per flush (external allocations drive V8's major GCs;
-    // measured with perf at 4 KiB: ~25 % of CPU was major GC before this).
-    if (this.socket.writableLength === 0) this.encoder.rewind?.();
+    // steady flow allocates nothing per flush (external allocations drive V8's major GCs).
+    const pending = leg.socket.writableLength;
+    if (pending === 0) {
+      leg.encoder.rewind?.();
+      return;
+    }
+    if (pending > this.host.config.limits.highWaterMark && this.route.backpressure === 'pause') {
+      const partner = leg === this.client ? this.server : this.client;
+      if (!partner.paused && partner.alive && partner.state === OPEN) {
+        partner.paused = true;
+        partner.socket.pause();
+      }
+    }
   }
 
-  private onUpstreamDrain(): void {
-    this.queued = 0;
-    this.checkBackpressure(0);
+  private onDrain(leg: Leg, partner: Leg): void {
+    leg.queued = 0;
+    if (leg === this.server) this.checkBackpressure(0);
+    if (partner.paused) {
+      partner.paused = false;
+      if (partner.alive) partner.socket.resume();
+    }
   }
 
   /** Flow controller: fill >= 80 % for >= 2 s is one sustained-backpressure event. */
@@ -529,139 +545,243 @@ export class Session {
         // Envelope clients get the explicit signal: a control frame with the flag up.
         this.sendEnvelope(EnvelopeType.Control, EnvelopeFlag.Backpressure,
           Buffer.from(`{"backpressure":true,"fill":${Math.round(fill * 100) / 100}}`));
+        this.flush(this.client);
       }
     } else if (this.bpSince !== 0) {
-      if (this.bpReported) this.sendEnvelope(EnvelopeType.Control, 0, Buffer.from('{"backpressure":false}'));
+      if (this.bpReported) {
+        this.sendEnvelope(EnvelopeType.Control, 0, Buffer.from('{"backpressure":false}'));
+        this.flush(this.client);
+      }
       this.bpSince = 0;
       this.bpReported = false;
     }
   }
 
-  /** uWS `drain`: the client caught up; resume reading the upstream. */
-  onClientDrain(): void {
-    if (this.pausedForClient && this.ws !== null && this.ws.getBufferedAmount() < this.host.config.limits.highWaterMark / 2) {
-      this.pausedForClient = false;
-      if (this.socketAlive) this.socket.resume();
+  /** The fill of the client → upstream channel: queued bytes and messages against the budget. */
+  channelFill(): number {
+    const u = this.server;
+    if (!u.alive) return 0;
+    const limits = this.host.config.limits;
+    if (this.route.backpressure === 'pause') {
+      return this.client.paused ? 1 : u.socket.writableLength / limits.highWaterMark;
     }
-  }
-
-  onClientPing(bytes: number): void {
-    this.clientSeen = this.host.clock;
-    this.host.counters.message('in', 'ping', bytes);
-    // uWS answers pings itself; they still count against the message and byte rate, or a
-    // ping flood would cost us (and the client's pongs) for free.
-    if (this.rateLimiter !== null && !this.rateLimiter.allow(bytes, Date.now())) {
-      this.fail('client', 1008, 'message rate limit', 1001, 'client closed: over its message rate');
-    }
-  }
-
-  onClientPong(bytes: number): void {
-    this.clientSeen = this.host.clock;
-    this.host.counters.message('in', 'pong', bytes);
-  }
-
-  /** uWS `close`: the client side is gone (code 1005: no code; 1006: no close frame). */
-  onClientClosed(code: number, reason: ArrayBuffer): void {
-    const wasOpen = this.clientOpen;
-    this.clientOpen = false;
-    this.ws = null;
-    if (wasOpen) {
-      // The client started it (or its connection dropped).
-      if (this.closedFirst === '') this.closedFirst = 'client';
-      this.host.counters.message('in', 'close', reason.byteLength + (code === 1005 || code === 1006 ? 0 : 2));
-      this.clientCloseCode = code;
-      this.clientCloseReason = Buffer.from(reason).toString('utf8');
-      if (code === 1006) this.sendUpstreamClose(1001, 'client connection lost');
-      else if (code === 1005) this.sendUpstreamClose(0, '');
-      else this.sendUpstreamClose(code, this.clientCloseReason);
-    }
-    if (this.pausedForClient && this.socketAlive) {
-      this.pausedForClient = false;
-      this.socket.resume(); // to read the upstream's close reply
-    }
-    this.maybeEnd();
+    if (!u.socket.writableNeedDrain) return 0;
+    return Math.max(u.queued / limits.channelCapacity, u.socket.writableLength / limits.channelBytes);
   }
 
   // ---------------------------------------------------------------- closing
 
-  /** Close the client side with `code` (0 = no code) unless it is already closed. */
-  closeClient(code: number, reason: string): void {
-    if (!this.clientOpen) return;
-    this.clientOpen = false;
-    this.clientCloseCode = code === 0 ? 1005 : code;
-    this.clientCloseReason = reason;
-    const ws = this.ws!;
-    this.ws = null;
-    // Not counted in frames_total: a close the upstream sent was counted when it arrived,
-    // and one sluice makes is not a forwarded message.
-    if (this.envelope !== null && code !== 0) {
+  private onCloseFrame(from: Leg, to: Leg, payload: Buffer): void {
+    let code = 0;
+    let reason = '';
+    if (payload.length === 1) {
+      this.protocolError(from, 0, 'close frame with a 1-byte payload');
+      return;
+    }
+    if (payload.length >= 2) {
+      code = payload.readUInt16BE(0);
+      if (!isValidWireCloseCode(code)) {
+        this.protocolError(from, 0, `invalid close code ${code}`);
+        return;
+      }
+      const r = payload.subarray(2);
+      if (!isUtf8(r)) {
+        this.protocolError(from, 13);
+        return;
+      }
+      reason = r.toString('utf8');
+    }
+    from.deaf = true; // nothing may follow a close frame
+    if (from.state === OPEN) {
+      // This side starts the close: pass it on, and answer it with the partner's reply.
+      from.state = CLOSE_RECEIVED;
+      from.code = code === 0 ? 1005 : code;
+      from.reason = reason;
+      if (this.closedFirst === '') this.closedFirst = from.side;
+      if (to.state === OPEN && to.alive) this.sendClose(to, code, reason);
+      else this.sendClose(from, code, reason); // no partner to ask: echo it
+    } else if (from.state === CLOSE_SENT) {
+      // The reply to our close: this leg is done; a partner waiting for it gets it.
+      from.state = CLOSED;
+      this.endLeg(from);
+      if (to.state === CLOSE_RECEIVED) this.sendClose(to, code, reason);
+    }
+  }
+
+  /** Send a close frame on `leg` (0 = no code) unless it has sent one. */
+  sendClose(leg: Leg, code: number, reason: string): void {
+    if (leg.state === OPEN) {
+      leg.state = CLOSE_SENT;
+      leg.code = code === 0 ? 1005 : code;
+      leg.reason = reason;
       // The envelope's own close frame first, so an envelope client sees code and reason
       // in its protocol too; then the WebSocket close with the same code.
-      const m = encodeEnvelope(this.envelope, EnvelopeType.Close, 0, envelopeClosePayload(code, reason));
-      ws.send(m.data, m.binary);
+      if (leg === this.client && this.envelope !== null && code !== 0 && leg.alive) {
+        const m = encodeEnvelope(this.envelope, EnvelopeType.Close, 0, envelopeClosePayload(code, reason));
+        leg.encoder.frame(m.binary ? Opcode.Binary : Opcode.Text, typeof m.data === 'string' ? Buffer.from(m.data) : m.data, true, false);
+      }
+    } else if (leg.state === CLOSE_RECEIVED) {
+      leg.state = CLOSED;
+    } else {
+      return;
     }
-    if (code === 0) ws.end();
-    else ws.end(code, closeReason(reason));
-    this.maybeEnd();
+    if (!leg.alive) return;
+    leg.encoder.frame(Opcode.Close, closePayload(code, reason), true, false);
+    this.flush(leg);
+    if (leg.state === CLOSED) this.endLeg(leg);
+    else {
+      leg.killAt = this.host.clock + CLOSE_REPLY_TIMEOUT_MS + 1000;
+      // Its reply must be read, whatever the partner's pace (data after it is discarded).
+      if (leg.paused) {
+        leg.paused = false;
+        leg.socket.resume();
+      }
+    }
   }
 
-  /** Send a close frame to the upstream (0 = no code) and wait for its reply. */
-  sendUpstreamClose(code: number, reason: string): void {
-    if (!this.upstreamOpen) return;
-    this.upstreamOpen = false;
-    if (!this.socketAlive) return;
-    this.encoder.frame(Opcode.Close, closePayload(code, reason), true, false);
-    this.flush();
-    this.socket.resume();
-    this.closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_REPLY_TIMEOUT_MS);
-    this.closeTimer.unref();
+  /** The close handshake of `leg` is done: end its TCP connection (cut if it lingers). */
+  private endLeg(leg: Leg): void {
+    if (!leg.alive) return;
+    leg.socket.end();
+    leg.killAt = this.host.clock + CLOSE_REPLY_TIMEOUT_MS + 1000;
   }
 
-  /** Heartbeat towards the upstream. */
-  sendUpstreamPing(): void {
-    if (!this.upstreamOpen || !this.socketAlive) return;
-    this.encoder.frame(Opcode.Ping, EMPTY, true, false);
-    this.host.markDirty(this);
+  private protocolError(culprit: Leg, errno: number, detail?: string): void {
+    const e = errno > 0 ? CODEC_ERRORS[errno] : undefined;
+    const code = e ? e.closeCode : 1002;
+    const why = e ? e.message : (detail ?? 'protocol error');
+    if (code === 1009) {
+      if (culprit === this.client) this.host.counters.dropped.too_big++;
+      this.fail(culprit, 1009, why, 1009, culprit === this.client ? 'client message over the size limit' : 'upstream message over the size limit');
+    } else if (culprit === this.client) {
+      this.fail(culprit, code, why, 1001, code === 1007 ? 'client sent invalid UTF-8' : 'client protocol error');
+    } else {
+      this.fail(culprit, code, why, 1014, code === 1007 ? 'upstream sent invalid UTF-8' : 'upstream protocol error');
+    }
   }
 
-  /** Drop the client without a close handshake (heartbeat timeout: it does not answer). */
-  abortClient(why: string): void {
-    if (!this.clientOpen) return;
+  /**
+   * End both sides because `culprit` misbehaved: it gets `code` and its TCP connection is
+   * closed promptly; its partner gets `partnerCode` with a reason that says why.
+   */
+  fail(culprit: Leg, code: number, reason: string, partnerCode: number, partnerReason: string): void {
     if (this.closedFirst === '') this.closedFirst = 'proxy';
-    this.sendUpstreamClose(1001, why);
-    const ws = this.ws!;
-    // Recorded here and closed before uWS's close callback runs, so that callback does not
-    // count a close frame the client never sent.
-    this.clientOpen = false;
-    this.ws = null;
-    this.clientCloseCode = 1006;
-    this.clientCloseReason = why;
-    ws.close(); // uWS calls onClientClosed synchronously; it finds the client already closed
+    culprit.deaf = true;
+    const partner = culprit === this.client ? this.server : this.client;
+    if (partner.state === CLOSE_RECEIVED) this.sendClose(partner, partner.code === 1005 ? 0 : partner.code, partner.reason);
+    else this.sendClose(partner, partnerCode, partnerReason);
+    if (culprit.state === OPEN || culprit.state === CLOSE_RECEIVED) {
+      if (culprit.state === OPEN) {
+        culprit.code = code;
+        culprit.reason = reason;
+      }
+      culprit.state = CLOSED;
+      if (culprit.alive) {
+        culprit.encoder.frame(Opcode.Close, closePayload(code, reason), true, false);
+        this.flush(culprit);
+      }
+    }
+    if (culprit.alive) {
+      culprit.socket.end();
+      culprit.killAt = this.host.clock + VIOLATION_LINGER_MS;
+    }
   }
 
-  private onSocketClosed(): void {
-    this.socketAlive = false;
-    if (this.closeTimer !== null) {
-      clearTimeout(this.closeTimer);
-      this.closeTimer = null;
+  /** Drain, shutdown, reload: the client gets `code`, the upstream 1001, both with `reason`. */
+  shutdown(code: number, reason: string): void {
+    if (this.closedFirst === '') this.closedFirst = 'proxy';
+    this.sendClose(this.client, code, reason);
+    this.sendClose(this.server, 1001, reason);
+  }
+
+  /** Cut both connections now (end of a drain). */
+  destroy(): void {
+    this.client.socket.destroy();
+    this.server.socket.destroy();
+  }
+
+  /**
+   * Once a second (the proxy's sweep): close deadlines, credentials expiry, heartbeats,
+   * sustained-backpressure checks. `now` is the coarse clock.
+   */
+  tick(now: number, pingMs: number, timeoutMs: number): void {
+    const c = this.client;
+    const u = this.server;
+    if (c.killAt !== 0 && now >= c.killAt && c.alive) c.socket.destroy();
+    if (u.killAt !== 0 && now >= u.killAt && u.alive) u.socket.destroy();
+    if (c.state !== OPEN || !c.alive) return;
+    if (this.expiresAt !== 0 && now >= this.expiresAt) {
+      this.fail(c, 1008, 'credentials expired', 1001, 'client credentials expired');
+      return;
     }
-    if (this.upstreamOpen) {
-      // Vanished without a close frame.
-      this.upstreamOpen = false;
-      if (this.closedFirst === '') this.closedFirst = 'upstream';
-      this.upstreamCloseCode = 1006;
-      this.closeClient(1014, 'upstream went away');
+    // While a side is paused for a slow partner nothing is read from it, so its silence
+    // says nothing: it is not judged then. `seen` times come from the coarse clock (up to
+    // one sweep old): one sweep of slack, so a side is never judged early.
+    if (c.paused) c.seen = now;
+    if (u.paused) u.seen = now;
+    if (now - c.seen > timeoutMs + 1000) {
+      if (this.closedFirst === '') this.closedFirst = 'proxy';
+      c.code = 1006;
+      c.reason = 'client heartbeat timeout';
+      c.state = CLOSED;
+      this.sendClose(u, 1001, 'client heartbeat timeout');
+      c.socket.destroy();
+      return;
+    }
+    if (u.state === OPEN && u.alive && now - u.seen > timeoutMs + 1000) {
+      if (this.closedFirst === '') this.closedFirst = 'proxy';
+      u.code = 1006;
+      u.reason = 'upstream heartbeat timeout';
+      u.state = CLOSED;
+      u.socket.destroy();
+      this.sendClose(c, 1014, 'upstream heartbeat timeout');
+      return;
+    }
+    if (now - this.lastPing >= pingMs) {
+      this.lastPing = now;
+      c.encoder.frame(Opcode.Ping, EMPTY, true, false);
+      this.flush(c);
+      if (u.state === OPEN && u.alive) {
+        u.encoder.frame(Opcode.Ping, EMPTY, true, false);
+        this.flush(u);
+      }
+    }
+    if (this.bpSince !== 0 || this.client.paused || u.socket.writableNeedDrain) this.checkBackpressure(this.channelFill());
+  }
+
+  private onSocketClosed(leg: Leg, partner: Leg): void {
+    leg.alive = false;
+    leg.deaf = true;
+    if (leg.state === OPEN) {
+      // Gone without a close frame.
+      if (this.closedFirst === '') this.closedFirst = leg.side;
+      leg.code = 1006;
+    }
+    leg.state = CLOSED;
+    if (partner.state === OPEN) {
+      if (leg === this.client) this.sendClose(partner, 1001, 'client connection lost');
+      else this.sendClose(partner, 1014, 'upstream went away');
+    } else if (partner.state === CLOSE_RECEIVED) {
+      // The partner waits for the reply this side will never give: echo its own close.
+      this.sendClose(partner, partner.code === 1005 ? 0 : partner.code, partner.reason);
+    }
+    if (partner.paused && partner.alive) {
+      partner.paused = false;
+      partner.socket.resume();
     }
     this.maybeEnd();
   }
 
   private maybeEnd(): void {
-    if (this.ended || this.clientOpen || this.socketAlive) return;
+    if (this.ended || this.client.alive || this.server.alive) return;
     this.ended = true;
     this.upstream.sessions--;
-    if (this.assembly !== null) {
-      release(this.assembly);
-      this.assembly = null;
+    for (const leg of [this.client, this.server]) {
+      leg.inflate?.close();
+      if (leg.assembly !== null) {
+        release(leg.assembly);
+        leg.assembly = null;
+      }
     }
     this.host.sessionEnded(this);
   }

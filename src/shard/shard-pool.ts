@@ -5,10 +5,10 @@
  * sums the shards' metrics at scrape time. Its surface is the in-process `Proxy`'s:
  * `listen()`, `close()`, `reload()`, `stats()`, `ready`, `registry`, `port`.
  *
- * How piscina is used, and why (see shard-worker.ts for the uWS facts behind it): one
- * long-running task per shard, `minThreads = maxThreads = N` so each task gets its own
- * thread; `idleTimeout: Infinity` and no abort signals, because piscina ends a thread by
- * `worker.terminate()` and terminating a thread that holds uWS sockets aborts the process;
+ * How piscina is used, and why (see shard-worker.ts): one long-running task per shard,
+ * `minThreads = maxThreads = N` so each task gets its own thread; `idleTimeout: Infinity`
+ * and no abort signals, because piscina ends a thread by `worker.terminate()`, which would
+ * cut its sessions without their close handshakes;
  * `close()` only after every task has returned. A crashed shard ends its own thread;
  * piscina replaces the thread (its `minThreads`) and the supervisor here runs the
  * replacement task on it.
@@ -66,7 +66,7 @@ function workerSetup(): { filename: string; execArgv: string[] | undefined } {
   return { filename, execArgv: fromSource ? [] : undefined };
 }
 
-/** A port the kernel says is free on `host`: uWS binds port 0 without SO_REUSEPORT, so shards cannot share it. */
+/** A port the kernel says is free on `host`: port 0 would give every shard a port of its own. */
 async function freePort(host: string): Promise<number> {
   const server = net.createServer();
   server.listen(0, host);
@@ -257,7 +257,7 @@ export class ShardedProxy {
   private async start(): Promise<{ port: number }> {
     const n = shardCount(this.config.workers);
     if (n > 1 && process.platform !== 'linux') {
-      // SO_REUSEPORT spreads connections only on Linux, and uWS 20.30 has no acceptor app.
+      // SO_REUSEPORT spreads connections only on Linux.
       this.logger.warn({ event: 'shards_unbalanced', platform: process.platform },
         `on ${process.platform} the kernel does not spread connections over shards: one shard may get them all; use workers: 1`);
     }
@@ -383,7 +383,7 @@ export class ShardedProxy {
     const runs = this.shards.map((s) => s.run).filter((r): r is ShardRun => r !== null);
     for (const r of runs) r.send({ op: 'stop', drainMs });
     await Promise.all(runs.map((r) => r.done));
-    // Every task has returned and every shard has closed its uWS app: ending the threads is safe.
+    // Every task has returned and every shard has closed its sessions: ending the threads is safe.
     await this.pool?.close();
     this.pool = null;
   }
@@ -469,7 +469,7 @@ export class ShardedProxy {
 /**
  * Adds up shards' statistics: sessions by route and upstream are summed; an upstream is
  * healthy when every shard that reports it finds it healthy (health is seen per shard);
- * `native` and `uws` are the first answering shard's (every shard loads the same builds).
+ * `native` and `engine` are the first answering shard's (every shard loads the same builds).
  */
 export function mergeShardStats(
   parts: ReadonlyArray<{ id: number; restarts: number; stats: ProxyStats | undefined }>,
@@ -511,7 +511,7 @@ export function mergeShardStats(
     routes,
     pool,
     native: first?.native ?? { native: false, reason: 'no shard answered' },
-    uws: first?.uws ?? { package: 'unknown', version: 'unknown', fallback: false, corkAnchor: false },
+    engine: first?.engine ?? { kind: 'typescript' },
     shards: parts.map((p) => ({ id: p.id, sessions: p.stats?.sessions ?? 0, restarts: p.restarts })),
   };
 }

@@ -1,24 +1,19 @@
 /**
  * One shard: the piscina task that runs a whole {@link Proxy} in a worker thread (its own
- * uWS app on the port every shard shares through SO_REUSEPORT, its own instance of the
- * codec addon) until it is told to stop, or until it crashes.
+ * listener on the port every shard shares through SO_REUSEPORT, its own sessions and its
+ * own instance of the codec addon) until it is told to stop, or until it crashes.
  *
- * A shard owns its end. uWS.js 20.30 aborts the whole process (exit 134, "uv_loop_close()
- * while having open handles") when a thread ends while uWS still holds sockets, and it
- * keeps a WebSocket whose close handshake is under way (`ws.end()`) in its loop until the
- * peer answers. Measured here: ending the thread one turn after `ws.end()` aborts the
- * process when a client does not answer the close frame; closing the app
- * (`app.close()`, which cuts every socket it still has) first makes every end clean. So:
+ * A shard owns its end, so that no session is cut without its close handshake:
  *
- * - stop (a message): drain like `Proxy.close()` (1001), close the app, post the final
- *   counters, resolve the task; the thread then idles until the pool ends it;
+ * - stop (a message): drain like `Proxy.close()` (1001), post the final counters, resolve
+ *   the task; the thread then idles until the pool ends it;
  * - crash (an uncaught exception anywhere in the thread): stop accepting (the kernel
  *   sends new connections to the other shards), end every session with 1012, drain
- *   briefly, close the app, post the final counters, then `process.exit(1)` ends this
- *   thread only: piscina sees the exit and starts a fresh thread for the replacement.
+ *   briefly, post the final counters, then `process.exit(1)` ends this thread only:
+ *   piscina sees the exit and starts a fresh thread for the replacement.
  *
- * The pool never terminates a shard that still holds uWS handles: no idle timeout, no
- * abort signals, and `close()` only after every task has returned.
+ * The pool never terminates a shard with sessions: no idle timeout, no abort signals, and
+ * `close()` only after every task has returned.
  */
 import { threadId } from 'node:worker_threads';
 import { createProxy, type Proxy } from '../proxy/index.js';
@@ -36,7 +31,7 @@ export default async function runShard(task: ShardTask): Promise<ShardTaskResult
   const { id, control, query, signal } = task;
   const post = (m: ControlMessage) => control.postMessage(m);
   const ledger = new ConnectionLedger(task.ledger);
-  const proxy: Proxy = createProxy(task.config, { ledger });
+  const proxy: Proxy = createProxy(task.config, { ledger, reusePort: true });
 
   let listening: Promise<unknown> = Promise.resolve();
   let ending: Promise<void> | null = null;
@@ -57,7 +52,7 @@ export default async function runShard(task: ShardTask): Promise<ShardTaskResult
       const listened = await listening.then(() => true, () => false);
       if (listened) {
         try {
-          // Ends with uWS's app.close(): no socket outlives it.
+          // Resolves when every session has ended and the listener is closed.
           await proxy.close({ drainMs, code, reason });
         } catch (err) {
           proxy.logger.error({ event: 'shard_close_error', shard: id, err }, 'error while closing the shard');
@@ -80,7 +75,7 @@ export default async function runShard(task: ShardTask): Promise<ShardTaskResult
     proxy.logger.fatal({ event: 'shard_crash', shard: id, err }, 'shard crashed; closing its sessions with 1012');
     proxy.stopAccepting();
     void end(Math.min(CRASH_DRAIN_MS, proxy.config.drain.timeoutMs), 1012, 'shard restart').finally(() => {
-      // One more turn so uWS finishes what app.close() started; then only this thread ends.
+      // One more turn for the last socket callbacks; then only this thread ends.
       setImmediate(() => process.exit(1));
     });
   };
