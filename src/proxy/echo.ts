@@ -5,7 +5,7 @@
  */
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { WebSocketServer, type RawData, type WebSocket } from 'ws';
+import type { RawData, WebSocket } from 'ws';
 
 export interface EchoServer {
   port: number;
@@ -13,6 +13,8 @@ export interface EchoServer {
 }
 
 export async function startEchoServer(maxPayload: number): Promise<EchoServer> {
+  // Loaded only when a route uses it.
+  const { WebSocketServer } = await import('ws');
   const server = new WebSocketServer({ host: '127.0.0.1', port: 0, maxPayload, perMessageDeflate: false });
   const open = new Set<WebSocket>();
   server.on('connection', (ws) => {

@@ -265,6 +265,10 @@ export class ShardedProxy {
     this.pool = new Piscina({
       filename,
       execArgv,
+      // ws (the built-in echo) would load bufferutil/utf-8-validate where installed: addons
+      // whose Init asserts when a thread ends while they load (seen: an abort of the whole
+      // process on Node 24 when a shard whose listen failed ended). ws's JS paths serve.
+      env: { ...process.env, WS_NO_BUFFER_UTIL: '1', WS_NO_UTF_8_VALIDATE: '1' },
       minThreads: n,
       maxThreads: n,
       idleTimeout: Infinity,
