@@ -205,16 +205,19 @@ export class Session {
     // Exact time here: the coarse clock may be up to a second old, which would make the
     // first heartbeat timeout fire early.
     this.lastPing = this.startedAt;
+    // Small per-session footprints: an idle session holds these four (the parse loop
+    // resumes when its descriptors are full; encoders grow to the traffic and keep it).
     const parserOptions = {
       maxFrameBytes: limits.maxFrameBytes,
       maxMessageBytes: limits.maxFrameBytes,
       maxFragments: 1024,
       allowRsv1: meta.deflate !== '',
+      maxFramesPerCall: 64,
     };
     this.client = new Leg('client', client.socket, createFrameParser({ ...parserOptions, role: 'server' }),
-      createFrameEncoder('server', 16 * 1024), this.startedAt);
+      createFrameEncoder('server', 1024), this.startedAt);
     this.server = new Leg('upstream', server.socket, createFrameParser({ ...parserOptions, role: 'client' }),
-      createFrameEncoder('client', 16 * 1024), this.startedAt);
+      createFrameEncoder('client', 1024), this.startedAt);
     if (meta.deflate !== '') {
       const agreed = parseDeflateAgreement(meta.deflate);
       this.client.inflate = new InflateMeter(limits.maxFrameBytes, agreed.clientNoContextTakeover);
