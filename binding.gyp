@@ -4,7 +4,11 @@
       "target_name": "sluice",
       "sources": [
         "native/addon.cc",
+        "native/engine/binding.cc",
+        "native/engine/engine.cc",
+        "native/engine/frame_cursor.cc",
         "native/engine/listener.cc",
+        "native/engine/utf8_stream.cc",
         "native/envelope.cc",
         "native/frame.cc",
         "native/frame_run.cc",

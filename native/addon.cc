@@ -15,6 +15,7 @@
 #include <string>
 
 #include "codec_abi.h"
+#include "engine/binding.h"
 #include "engine/listener.h"
 #include "envelope.h"
 #include "frame.h"
@@ -756,6 +757,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("poolStats", Napi::Function::New<PoolStats>(env, "poolStats"));
   exports.Set("isUtf8", Napi::Function::New<IsUtf8Fn>(env, "isUtf8"));
   exports.Set("listenReusePort", Napi::Function::New<ListenReusePortFn>(env, "listenReusePort"));
+  InitEngine(env, exports);
   return exports;
 }
 

@@ -23,6 +23,7 @@ declare -A sources=(
   [frame_parser]="native/frame.cc native/frame_run.cc native/mask.cc"
   [envelope]="native/envelope.cc"
   [utf8]="native/utf8.cc"
+  [frame_cursor]="native/engine/frame_cursor.cc native/engine/utf8_stream.cc native/frame.cc native/frame_run.cc native/mask.cc native/utf8.cc"
 )
 
 # Seed corpus (small, committed); regenerate with: node native/fuzz/make-corpus.mjs
@@ -30,8 +31,11 @@ if [ ! -d "$root/native/fuzz/corpus/frame_parser" ]; then
   node "$root/native/fuzz/make-corpus.mjs"
 fi
 
+# The engine's per-read path reads the same wire format: it starts from the parser's seeds.
+declare -A corpus=([frame_cursor]=frame_parser)
+
 status=0
-for target in frame_parser envelope utf8; do
+for target in frame_parser envelope utf8 frame_cursor; do
   srcs=()
   for s in ${sources[$target]}; do srcs+=("$root/$s"); done
   echo "== build $target"
@@ -43,7 +47,7 @@ for target in frame_parser envelope utf8; do
   set +e
   ( cd "$out" && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "./$target" -max_total_time="$seconds" -print_final_stats=1 -max_len=4096 \
-      -artifact_prefix="$out/crash-$target-" "$work" "$root/native/fuzz/corpus/$target" ) >"$log" 2>&1
+      -artifact_prefix="$out/crash-$target-" "$work" "$root/native/fuzz/corpus/${corpus[$target]:-$target}" ) >"$log" 2>&1
   rc=$?
   set -e
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)

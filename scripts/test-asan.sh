@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the ASan/UBSan addon and runs the codec checks against it: native/smoke.mjs and
-# the codec tests (test/codec*.test.ts) through SLUICE_NATIVE_PATH. Exits non-zero on a
-# failing check or on any sanitizer report.
+# Builds the ASan/UBSan addon and runs checks against it through SLUICE_NATIVE_PATH:
+# native/smoke.mjs, the codec tests (test/codec*.test.ts), and the native engine end to
+# end (conformance, flood, proxy: every session of those runs in the sanitized engine).
+# Exits non-zero on a failing check or on any sanitizer report.
 set -uo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,7 +21,7 @@ status=0
 echo "== native smoke (ASan)"
 node native/smoke.mjs 2>&1 | tee -a "$log" || status=1
 
-tests=(test/codec*.test.ts)
+tests=(test/codec*.test.ts test/conformance.test.ts test/flood.test.ts test/proxy.test.ts)
 if [ -e "${tests[0]}" ]; then
   echo "== tap ${tests[*]} (ASan)"
   npx tap --reporter=terse "${tests[@]}" 2>&1 | tee -a "$log" || status=1

@@ -331,9 +331,10 @@ t.test('backpressure upstream → client: a client that does not read pauses the
   }
   t.ok(backendWs!.bufferedAmount >= 4 * 1024 * 1024, 'backend sees backpressure (its buffer fills)');
   const session = [...proxy.sessions][0];
-  t.ok(session.server.paused, 'the upstream socket is paused');
+  const flow = session.flow()!;
+  t.ok(flow.upstreamPaused, 'the upstream socket is paused');
   // What sluice holds for this client stays near the high-water mark, not what was sent.
-  const held = session.client.socket.writableLength;
+  const held = flow.clientPending;
   t.ok(held < 256 * 1024 + 2 * chunk.length, `sluice holds ${held} B for the client`);
   // Resume the client: every byte sent arrives, in order, nothing lost.
   let bytes = 0;

@@ -14,6 +14,10 @@ export const FRAME_BYTES_BUCKETS: readonly number[] = [64, 256, 1024, 4096, 1638
 /** Histogram bucket upper bounds (seconds) of agent_websocket_session_duration_seconds. */
 export const SESSION_SECONDS_BUCKETS: readonly number[] = [0.1, 1, 10, 60, 300, 1800, 3600, 21600, 86400];
 
+/** Counter slots of the native engine (native/engine/engine.h `slot`). */
+export const NATIVE_SLOTS = 27;
+const NATIVE_KINDS: readonly FrameKind[] = ['text', 'binary', 'ping', 'pong', 'close'];
+
 export class ProxyCounters {
   /** frames[direction][kind] */
   readonly frames: Record<Direction, Record<FrameKind, number>> = {
@@ -75,6 +79,44 @@ export class ProxyCounters {
     const b = FRAME_BYTES_BUCKETS;
     while (i < b.length && bytes > b[i]) i++;
     this.frameBytesBuckets[i]++;
+  }
+
+  /** Native counter arrays (the engine's) and what was folded in last; a # field, so that posting the counters to another thread leaves it behind. */
+  readonly #nativeSources: Array<{ read: () => Float64Array; last: Float64Array }> = [];
+
+  /**
+   * Counts kept in native memory: `read()` returns the engine's counter slots (layout of
+   * native/engine/engine.h `slot`), folded into these fields by {@link sync}.
+   */
+  attachNative(read: () => Float64Array): void {
+    this.#nativeSources.push({ read, last: new Float64Array(NATIVE_SLOTS) });
+  }
+
+  /** Fold what native engines counted since the last call into these fields (at scrape time). */
+  sync(): void {
+    for (const src of this.#nativeSources) {
+      const now = src.read();
+      const last = src.last;
+      for (let i = 0; i < NATIVE_SLOTS; i++) {
+        const d = now[i] - last[i];
+        if (d !== 0) this.addNative(i, d);
+      }
+      last.set(now.subarray(0, NATIVE_SLOTS));
+    }
+  }
+
+  private addNative(slot: number, d: number): void {
+    if (slot < 10) {
+      const dir: Direction = slot < 5 ? 'in' : 'out';
+      this.frames[dir][NATIVE_KINDS[slot % 5]] += d;
+    } else if (slot === 10) this.frameBytes.in += d;
+    else if (slot === 11) this.frameBytes.out += d;
+    else if (slot < 22) this.frameBytesBuckets[slot - 12] += d;
+    else if (slot === 22) this.frameBytesSum += d;
+    else if (slot === 23) this.frameBytesCount += d;
+    else if (slot === 24) this.dropped.backpressure += d;
+    else if (slot === 25) this.dropped.too_big += d;
+    else if (slot === 26) this.backpressureEvents += d;
   }
 
   sessionOpened(): void {

@@ -260,7 +260,13 @@ export function createMetricsRegistry(counters: CounterSource, opts: MetricsRegi
  * scrape, and a fresh read for the next scrape.
  */
 function scrapeSnapshot(source: CounterSource): () => Promise<CounterSnapshot> {
-  if (typeof source !== 'function') return () => Promise.resolve(source);
+  if (typeof source !== 'function') {
+    // Counters kept natively (the engine's) are folded in at scrape time.
+    return () => {
+      (source as Partial<ProxyCounters>).sync?.();
+      return Promise.resolve(source);
+    };
+  }
   let current: Promise<CounterSnapshot> | undefined;
   return () => {
     if (current === undefined) {

@@ -27,6 +27,8 @@ import { startEchoServer, type EchoServer } from './echo.js';
 import { dial, UpstreamError, type DialResult } from './handshake.js';
 import { compileRoutes, mapTarget, matchRoute, type RouteMatcher } from './router.js';
 import { Session, isValidWireCloseCode, type SessionHost } from './session.js';
+import { NativeSession } from './native-session.js';
+import { NativeEngine, nativeEngineUnavailable, socketFd, type EngineEvent } from '../engine/index.js';
 import { negotiateEnvelope, type EnvelopeVersion } from '../protocol/index.js';
 import { AccessPolicy, ConnectionRateLimiter, MessageRateLimiter, type AccessDecision } from '../policy/index.js';
 
@@ -97,8 +99,12 @@ export interface ProxyStats {
   }>;
   pool: ReturnType<typeof poolStats>;
   native: typeof codecInfo;
-  /** Which engine holds the sessions' sockets: 'typescript' (node:net, session.ts). */
-  engine: { kind: 'typescript' };
+  /**
+   * Which engines hold the sessions' sockets: 'native' (native/engine/, transparent
+   * plain-TCP sessions; the rest on the TypeScript engine) or 'typescript' (every session,
+   * with `reason`); `native` counts the sessions the native engine holds now.
+   */
+  engine: { kind: 'native' | 'typescript'; native: number; reason?: string };
   shards: Array<{ id: number; sessions: number; restarts: number }>;
 }
 
@@ -113,7 +119,8 @@ export interface CloseOptions {
 
 export class Proxy implements SessionHost {
   config: ProxyConfig;
-  readonly counters = new ProxyCounters();
+  /** What this proxy counts (the native engine's counts are folded in when they are read). */
+  private readonly count = new ProxyCounters();
   readonly registry: Registry;
   readonly logger: Logger;
   clock = Date.now();
@@ -130,7 +137,10 @@ export class Proxy implements SessionHost {
   private readonly routeCounts = new Map<string, RouteCounts>();
   /** Upstreams by URL, kept across reloads so least_conn counts and health survive. */
   private readonly upstreamsByUrl = new Map<string, Upstream>();
-  readonly sessions = new Set<Session>();
+  readonly sessions = new Set<Session | NativeSession>();
+  /** The native engine (null: every session on the TypeScript engine) and its sessions by engine id. */
+  private engine: NativeEngine | null = null;
+  private readonly nativeSessions = new Map<number, NativeSession>();
   private pendingUpgrades = 0;
   private nextId = 1;
   private sweepTimer: NodeJS.Timeout | null = null;
@@ -144,7 +154,38 @@ export class Proxy implements SessionHost {
     this.hooks = hooks;
     this.config = parseConfig(input);
     this.logger = createLogger(this.config.log.level);
-    this.registry = createMetricsRegistry(this.counters);
+    this.registry = createMetricsRegistry(this.count);
+    if (nativeEngineUnavailable === '') {
+      const engine = new NativeEngine((events) => this.onEngineEvents(events));
+      this.engine = engine;
+      this.count.attachNative(() => engine.sync());
+    }
+  }
+
+  /** What the native engine reports, once per loop turn. */
+  private onEngineEvents(events: EngineEvent[]): void {
+    for (const e of events) {
+      const s = this.nativeSessions.get(e.id);
+      if (s === undefined) continue;
+      if (e.type === 1) {
+        this.nativeSessions.delete(e.id);
+        s.finish(e);
+        this.sessionEnded(s);
+      } else {
+        // Counted by the engine; logged here.
+        this.logger.warn({
+          event: 'backpressure', session: s.id, route: s.route.path, fillPercent: Math.round((e.fill ?? 0) * 100),
+          queuedMessages: e.queuedMessages, queuedBytes: e.queuedBytes, capacity: this.config.limits.channelCapacity,
+          policy: s.route.backpressure,
+        }, 'sustained backpressure towards the upstream');
+      }
+    }
+  }
+
+  /** The counters, with what the native engine counted folded in (a read syncs them). */
+  get counters(): ProxyCounters {
+    this.count.sync();
+    return this.count;
   }
 
   /** Listening, and every route has a healthy upstream. */
@@ -166,7 +207,7 @@ export class Proxy implements SessionHost {
     this.hooks.ledger?.publish(this.sessions.size + this.pendingUpgrades, key, counts ? counts.sessions + counts.pending : 0);
   }
 
-  sessionEnded(s: Session): void {
+  sessionEnded(s: Session | NativeSession): void {
     this.sessions.delete(s);
     const counts = this.routeCounts.get(s.routeKey);
     if (counts) {
@@ -175,7 +216,7 @@ export class Proxy implements SessionHost {
     }
     this.publishCounts(s.routeKey, counts);
     const seconds = (Date.now() - s.startedAt) / 1000;
-    this.counters.sessionClosed(s.clientCloseCode, seconds);
+    this.count.sessionClosed(s.clientCloseCode, seconds);
     const info = {
       event: 'session_close',
       session: s.id,
@@ -198,7 +239,7 @@ export class Proxy implements SessionHost {
   }
 
   backpressureEvent(s: Session, fill: number): void {
-    this.counters.backpressureEvents++;
+    this.count.backpressureEvents++;
     this.logger.warn({
       event: 'backpressure', session: s.id, route: s.route.path, fillPercent: Math.round(fill * 100),
       queuedMessages: s.server.queued, queuedBytes: s.server.socket.writableLength, capacity: this.config.limits.channelCapacity,
@@ -217,7 +258,7 @@ export class Proxy implements SessionHost {
   }
 
   errorFrame(s: Session, reason: string): void {
-    this.counters.envelopeErrors++;
+    this.count.envelopeErrors++;
     this.logger.warn({ event: 'envelope_error', session: s.id, route: s.route.path, reason: reason.slice(0, 200) }, 'client sent an error frame');
   }
 
@@ -336,6 +377,8 @@ export class Proxy implements SessionHost {
     this.echo = null;
     await this.admin?.close();
     this.admin = null;
+    this.engine?.close();
+    this.engine = null;
   }
 
   /**
@@ -684,8 +727,23 @@ export class Proxy implements SessionHost {
     if (m.protocol !== '') answer += `Sec-WebSocket-Protocol: ${m.protocol}\r\n`;
     if (m.extensions !== '') answer += `Sec-WebSocket-Extensions: ${m.extensions}\r\n`;
     socket.setNoDelay(true);
-    socket.write(`${answer}\r\n`, 'latin1');
     const limits = this.config.limits;
+    const engine = this.engine;
+    if (engine !== null && m.envelope === null && m.extensions === '' && socketFd(socket) >= 0 && socketFd(dialed.socket) >= 0) {
+      // The engine takes both sockets once the 101 has left (Node's write callback). Until
+      // then the place is held as an upgrade in flight, published before the 101 goes: a
+      // client that gets its 101 and connects again at once, to another shard, must find it
+      // counted there (maxConnections is exact across shards).
+      this.pendingUpgrades++;
+      route.counts.pending++;
+      this.publishCounts(route.key, route.counts);
+      socket.write(`${answer}\r\n`, 'latin1', () => {
+        this.pendingUpgrades--;
+        route.counts.pending--;
+        this.startNative(socket, head, route, upstream, dialed, m, handshakeMs);
+      });
+      return;
+    }
     const s = new Session(this.nextId++, this, route.config, route.key, upstream, { socket, head }, dialed, {
       remoteAddress: m.remote, origin: m.origin, protocol: m.protocol, handshakeMs, envelope: m.envelope, expiresAt: m.expiresAt,
       rateLimiter: limits.messagesPerSecond > 0 || limits.bytesPerSecond > 0
@@ -696,7 +754,7 @@ export class Proxy implements SessionHost {
     this.sessions.add(s);
     route.counts.sessions++;
     this.publishCounts(route.key, route.counts);
-    this.counters.sessionOpened();
+    this.count.sessionOpened();
     if (m.envelope !== null) route.counts.versions[m.envelope]++;
     const info = {
       event: 'session_open', session: s.id, route: route.config.path, upstream: upstream.href, remote: m.remote,
@@ -705,7 +763,65 @@ export class Proxy implements SessionHost {
     };
     this.logger.info(info, 'session opened');
     if (chOpen.hasSubscribers) chOpen.publish(info);
+    // Counted and published before the 101 goes (see above).
+    socket.write(`${answer}\r\n`, 'latin1');
     s.start();
+  }
+
+  /** The native engine's half of startSession: hand both sockets over, then count and log. */
+  private startNative(
+    socket: net.Socket, head: Buffer, route: RouteRuntime, upstream: Upstream, dialed: DialResult,
+    m: { remote: string; origin: string; protocol: string; expiresAt: number; tokenProtocol: boolean; envelope: EnvelopeVersion | null },
+    handshakeMs: number,
+  ): void {
+    const engine = this.engine;
+    if (engine === null || socket.destroyed || dialed.socket.destroyed || this.draining) {
+      // Gone in the meantime (or the proxy is closing): its place is given back.
+      socket.destroy();
+      dialed.socket.destroy();
+      upstream.sessions--;
+      this.publishCounts(route.key, route.counts);
+      return;
+    }
+    const limits = this.config.limits;
+    const hb = this.config.heartbeat;
+    let engineId: number;
+    try {
+      engineId = engine.adopt(socket, head, dialed.socket, dialed.head, {
+        maxFrameBytes: limits.maxFrameBytes,
+        maxFragments: 1024,
+        highWaterMark: limits.highWaterMark,
+        policy: route.config.backpressure === 'pause' ? 0 : route.config.backpressure === 'close' ? 1 : 2,
+        channelBytes: limits.channelBytes,
+        channelCapacity: limits.channelCapacity,
+        pingMs: hb.pingIntervalSeconds * 1000,
+        timeoutMs: hb.pongTimeoutSeconds * 1000,
+        messagesPerSecond: limits.messagesPerSecond,
+        bytesPerSecond: limits.bytesPerSecond,
+        expiresInMs: m.expiresAt > 0 ? Math.max(1, m.expiresAt - Date.now()) : 0,
+      });
+    } catch (err) {
+      this.logger.error({ event: 'engine_adopt_failed', route: route.config.path, err }, 'the native engine could not take a session');
+      socket.destroy();
+      dialed.socket.destroy();
+      upstream.sessions--;
+      this.publishCounts(route.key, route.counts);
+      return;
+    }
+    const s = new NativeSession(this.nextId++, engine, engineId, route.config, route.key, upstream, {
+      remoteAddress: m.remote, origin: m.origin, protocol: m.protocol, handshakeMs,
+    });
+    this.nativeSessions.set(engineId, s);
+    this.sessions.add(s);
+    route.counts.sessions++;
+    this.publishCounts(route.key, route.counts);
+    this.count.sessionOpened();
+    const info = {
+      event: 'session_open', session: s.id, route: route.config.path, upstream: upstream.href, remote: m.remote,
+      origin: m.origin, subprotocol: m.tokenProtocol ? '[credential]' : m.protocol, handshakeMs, envelope: null, engine: 'native',
+    };
+    this.logger.info(info, 'session opened');
+    if (chOpen.hasSubscribers) chOpen.publish(info);
   }
 
   stats(): ProxyStats {
@@ -725,7 +841,9 @@ export class Proxy implements SessionHost {
       })),
       pool: poolStats(),
       native: codecInfo,
-      engine: { kind: 'typescript' },
+      engine: this.engine !== null
+        ? { kind: 'native', native: this.nativeSessions.size }
+        : { kind: 'typescript', native: 0, reason: nativeEngineUnavailable },
       shards: [{ id: 0, sessions: this.sessions.size, restarts: 0 }],
     };
   }

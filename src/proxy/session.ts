@@ -56,6 +56,17 @@ export interface SessionHost {
 
 /** Which side ended the session first. */
 export type Closer = 'client' | 'upstream' | 'proxy';
+
+/** Flow state of a session: who is paused, what waits to be written to each side. */
+export interface SessionFlow {
+  /** The client is not read (the upstream's queue is past highWaterMark). */
+  clientPaused: boolean;
+  /** The upstream is not read (the client's queue is past highWaterMark). */
+  upstreamPaused: boolean;
+  /** Bytes queued for the client / the upstream and not yet taken by the kernel. */
+  clientPending: number;
+  upstreamPending: number;
+}
 export type Side = 'client' | 'upstream';
 
 const EMPTY = Buffer.alloc(0);
@@ -174,6 +185,8 @@ export class Session {
   /** The message limit this session was opened with (a reload does not change it mid-session). */
   readonly maxFrameBytes: number;
   readonly deflate: string;
+  /** The host's counters, taken once (per message they are plain field increments). */
+  private readonly counters: ProxyCounters;
   ended = false;
   closedFirst: Closer | '' = '';
   lastPing: number;
@@ -195,6 +208,7 @@ export class Session {
   ) {
     this.id = id;
     this.host = host;
+    this.counters = host.counters;
     this.route = route;
     this.routeKey = routeKey;
     this.upstream = upstream;
@@ -268,6 +282,14 @@ export class Session {
   get msgsOut(): number { return this.server.messages; }
   get bytesIn(): number { return this.client.bytes; }
   get bytesOut(): number { return this.server.bytes; }
+  flow(): SessionFlow | null {
+    if (this.ended) return null;
+    return {
+      clientPaused: this.client.paused, upstreamPaused: this.server.paused,
+      clientPending: this.client.socket.writableLength, upstreamPending: this.server.socket.writableLength,
+    };
+  }
+
   /** The client may still get frames from us. */
   get clientOpen(): boolean { return this.client.state === OPEN && this.client.alive; }
 
@@ -314,7 +336,7 @@ export class Session {
         this.onDataFrame(from, to, op, info, payload);
         return;
       case Opcode.Ping:
-        this.host.counters.message(kind, 'ping', payload.length);
+        this.counters.message(kind, 'ping', payload.length);
         // Every client frame counts against its rate, pings too: a ping flood costs us pongs.
         if (from === this.client && this.rateLimiter !== null && !this.rateLimiter.allow(payload.length, Date.now())) {
           this.fail(from, 1008, 'message rate limit', 1001, 'client closed: over its message rate');
@@ -324,10 +346,10 @@ export class Session {
         if (from.state === OPEN) from.encoder.frame(Opcode.Pong, payload, true, false);
         return;
       case Opcode.Pong:
-        this.host.counters.message(kind, 'pong', payload.length);
+        this.counters.message(kind, 'pong', payload.length);
         return;
       case Opcode.Close:
-        this.host.counters.message(kind, 'close', payload.length);
+        this.counters.message(kind, 'close', payload.length);
         this.onCloseFrame(from, to, payload);
         return;
     }
@@ -363,8 +385,8 @@ export class Session {
     }
     from.bytes += payload.length;
     if (fin) from.messages++;
-    if (fromClient) this.host.counters.dataIn(!from.text, payload.length);
-    else this.host.counters.dataOut(!from.text, payload.length);
+    if (fromClient) this.counters.dataIn(!from.text, payload.length);
+    else this.counters.dataOut(!from.text, payload.length);
     if (this.envelope !== null) {
       this.onEnvelopeData(from, op, fin, payload);
       return;
@@ -377,7 +399,7 @@ export class Session {
     // (the queue is then bounded by the budget plus one message).
     if (op !== Opcode.Continuation && this.overBudget(from, to, payload.length)) {
       if (this.route.backpressure === 'drop') {
-        this.host.counters.dropped.backpressure++;
+        this.counters.dropped.backpressure++;
         from.dropping = !fin; // the rest of this message goes too: never half a message
       } else {
         this.slowPeer(to);
@@ -443,7 +465,7 @@ export class Session {
     const f = decodeEnvelope(this.envelope!, data, isBinary, { maxPayloadBytes: this.maxFrameBytes });
     if (typeof f === 'number') {
       if (f === 1009) {
-        this.host.counters.dropped.too_big++;
+        this.counters.dropped.too_big++;
         this.fail(this.client, 1009, `envelope payload over ${this.maxFrameBytes} bytes`, 1009, 'client message over the size limit');
       } else {
         this.fail(this.client, f, f === 1007 ? 'invalid envelope payload' : 'malformed envelope', 1001, 'client sent a malformed envelope');
@@ -454,7 +476,7 @@ export class Session {
       case EnvelopeType.Data:
         if (canSend(this.server)) {
           if (this.overBudget(this.client, this.server, f.payload.length)) {
-            if (this.route.backpressure === 'drop') this.host.counters.dropped.backpressure++;
+            if (this.route.backpressure === 'drop') this.counters.dropped.backpressure++;
             else this.slowPeer(this.server);
             return;
           }
@@ -462,11 +484,11 @@ export class Session {
         }
         return;
       case EnvelopeType.Ping:
-        this.host.counters.message('in', 'ping', f.payload.length);
+        this.counters.message('in', 'ping', f.payload.length);
         this.sendEnvelope(EnvelopeType.Pong, 0, f.payload);
         return;
       case EnvelopeType.Pong:
-        this.host.counters.message('in', 'pong', f.payload.length);
+        this.counters.message('in', 'pong', f.payload.length);
         return;
       case EnvelopeType.Close: {
         const c = parseClosePayload(f.payload);
@@ -474,7 +496,7 @@ export class Session {
           this.fail(this.client, 1002, 'malformed envelope close', 1001, 'client sent a malformed envelope');
           return;
         }
-        this.host.counters.message('in', 'close', f.payload.length);
+        this.counters.message('in', 'close', f.payload.length);
         if (this.closedFirst === '') this.closedFirst = 'client';
         this.sendClose(this.server, c.code, c.reason);
         this.sendClose(this.client, c.code, c.reason);
@@ -654,7 +676,7 @@ export class Session {
     const code = e ? e.closeCode : 1002;
     const why = e ? e.message : (detail ?? 'protocol error');
     if (code === 1009) {
-      if (culprit === this.client) this.host.counters.dropped.too_big++;
+      if (culprit === this.client) this.counters.dropped.too_big++;
       this.fail(culprit, 1009, why, 1009, culprit === this.client ? 'client message over the size limit' : 'upstream message over the size limit');
     } else if (culprit === this.client) {
       this.fail(culprit, code, why, 1001, code === 1007 ? 'client sent invalid UTF-8' : 'client protocol error');

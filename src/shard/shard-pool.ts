@@ -515,7 +515,9 @@ export function mergeShardStats(
     routes,
     pool,
     native: first?.native ?? { native: false, reason: 'no shard answered' },
-    engine: first?.engine ?? { kind: 'typescript' },
+    engine: first !== undefined
+      ? { ...first.engine, native: answered.reduce((n, p) => n + (p.stats.engine?.native ?? 0), 0) }
+      : { kind: 'typescript', native: 0, reason: 'no shard answered' },
     shards: parts.map((p) => ({ id: p.id, sessions: p.stats?.sessions ?? 0, restarts: p.restarts })),
   };
 }

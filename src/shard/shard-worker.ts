@@ -58,6 +58,7 @@ export default async function runShard(task: ShardTask): Promise<ShardTaskResult
           proxy.logger.error({ event: 'shard_close_error', shard: id, err }, 'error while closing the shard');
         }
       }
+      proxy.counters.sync();
       post({ op: 'final', counters: proxy.counters });
       answerNoMore();
       query.removeAllListeners('message');
@@ -91,6 +92,7 @@ export default async function runShard(task: ShardTask): Promise<ShardTaskResult
         );
         return;
       case 'counters':
+        proxy.counters.sync();
         post({ op: 'reply', seq: m.seq, ok: true, value: proxy.counters });
         return;
       case 'stop':

@@ -1,0 +1,280 @@
+// N-API door of the engine (engine.h): `new Engine(onEvents, counters)`, then per session
+// adopt / shutdown / destroy / flow, and close. One crossing per session and per batch of
+// events, never per message.
+#include "binding.h"
+
+#ifndef _WIN32
+
+#include <cmath>
+#include <string>
+
+#include "engine.h"
+
+namespace sluice {
+
+namespace {
+
+using engine::Engine;
+using engine::Event;
+using engine::Params;
+
+class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Engine", {
+      InstanceMethod<&EngineWrap::Adopt>("adopt"),
+      InstanceMethod<&EngineWrap::Shutdown>("shutdown"),
+      InstanceMethod<&EngineWrap::Destroy>("destroy"),
+      InstanceMethod<&EngineWrap::Flow>("flow"),
+      InstanceMethod<&EngineWrap::Close>("close"),
+      InstanceMethod<&EngineWrap::Sync>("sync"),
+      InstanceAccessor<&EngineWrap::Sessions>("sessions"),
+    });
+  }
+
+  // new Engine(onEvents: (events: object[]) => void, counters: Float64Array)
+  explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsFunction() || !info[1].IsTypedArray() ||
+        info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+        info[1].As<Napi::Float64Array>().ElementLength() < static_cast<size_t>(engine::slot::kCount)) {
+      Napi::TypeError::New(env, "new Engine(onEvents: function, counters: Float64Array of 27+)").ThrowAsJavaScriptException();
+      return;
+    }
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+      Napi::Error::New(env, "Engine: no event loop").ThrowAsJavaScriptException();
+      return;
+    }
+    callback_ = Napi::Persistent(info[0].As<Napi::Function>());
+    counters_ref_ = Napi::Persistent(info[1].As<Napi::Float64Array>());
+    counters_ = info[1].As<Napi::Float64Array>().Data();
+    context_ = new Napi::AsyncContext(env, "sluice:engine");
+    engine_ = new Engine(loop, this, &EngineWrap::Notify);
+    check_ = new uv_check_t;
+    uv_check_init(loop, check_);
+    check_->data = this;
+    env_ = env;
+  }
+
+  ~EngineWrap() override { Release(); }
+
+ private:
+  static void Notify(void* owner) {
+    EngineWrap* w = static_cast<EngineWrap*>(owner);
+    if (!w->check_active_ && w->check_ != nullptr) {
+      w->check_active_ = true;
+      uv_check_start(w->check_, &EngineWrap::OnCheck);
+    }
+  }
+
+  static void OnCheck(uv_check_t* handle) { static_cast<EngineWrap*>(handle->data)->Deliver(); }
+
+  // Once per loop turn with events: one call into JavaScript with all of them.
+  void Deliver() {
+    check_active_ = false;
+    if (check_ != nullptr) uv_check_stop(check_);
+    if (engine_ == nullptr) return;
+    SyncCounters();
+    std::vector<Event> events;
+    events.swap(engine_->events());
+    if (events.empty()) return;
+    Napi::Env env = env_;
+    Napi::HandleScope scope(env);
+    Napi::Array list = Napi::Array::New(env, events.size());
+    for (size_t i = 0; i < events.size(); i++) {
+      const Event& e = events[i];
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("type", Napi::Number::New(env, e.type));
+      o.Set("id", Napi::Number::New(env, e.id));
+      if (e.type == 1) {
+        o.Set("clientCode", Napi::Number::New(env, e.client_code));
+        o.Set("clientReason", Napi::String::New(env, e.client_reason));
+        o.Set("upstreamCode", Napi::Number::New(env, e.upstream_code));
+        o.Set("upstreamReason", Napi::String::New(env, e.upstream_reason));
+        o.Set("closedFirst", Napi::Number::New(env, e.closed_first));
+        o.Set("messagesIn", Napi::Number::New(env, e.msgs_in));
+        o.Set("messagesOut", Napi::Number::New(env, e.msgs_out));
+        o.Set("bytesIn", Napi::Number::New(env, e.bytes_in));
+        o.Set("bytesOut", Napi::Number::New(env, e.bytes_out));
+      } else {
+        o.Set("fill", Napi::Number::New(env, e.fill));
+        o.Set("queuedMessages", Napi::Number::New(env, e.upstream_code));
+        o.Set("queuedBytes", Napi::Number::New(env, e.bytes_out));
+      }
+      list.Set(static_cast<uint32_t>(i), o);
+    }
+    callback_.MakeCallback(Value(), {list}, *context_);
+    if (env.IsExceptionPending()) {
+      Napi::Error err = env.GetAndClearPendingException();
+      napi_fatal_exception(env, err.Value());
+    }
+  }
+
+  void SyncCounters() {
+    if (engine_ == nullptr) return;
+    const double* src = engine_->counters();
+    for (int i = 0; i < engine::slot::kCount; i++) counters_[i] = src[i];
+  }
+
+  void Release() {
+    if (engine_ != nullptr) {
+      SyncCounters();
+      engine_->Dispose();
+      engine_ = nullptr;
+    }
+    if (check_ != nullptr) {
+      // The wrap may be gone before libuv calls back: the handle lives on the heap and its
+      // close callback frees only it.
+      uv_check_stop(check_);
+      uv_close(reinterpret_cast<uv_handle_t*>(check_), [](uv_handle_t* h) { delete reinterpret_cast<uv_check_t*>(h); });
+      check_ = nullptr;
+    }
+    delete context_;
+    context_ = nullptr;
+  }
+
+  // adopt(clientFd, upstreamFd, clientHead: Uint8Array, upstreamHead: Uint8Array, params: Float64Array): number
+  Napi::Value Adopt(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (engine_ == nullptr) {
+      Napi::Error::New(env, "adopt: the engine is closed").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsTypedArray() ||
+        !info[3].IsTypedArray() || !info[4].IsTypedArray()) {
+      Napi::TypeError::New(env, "adopt(clientFd, upstreamFd, clientHead, upstreamHead, params)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    Napi::TypedArray ch = info[2].As<Napi::TypedArray>();
+    Napi::TypedArray uh = info[3].As<Napi::TypedArray>();
+    Napi::TypedArray pa = info[4].As<Napi::TypedArray>();
+    if (ch.TypedArrayType() != napi_uint8_array || uh.TypedArrayType() != napi_uint8_array ||
+        pa.TypedArrayType() != napi_float64_array || pa.ElementLength() < static_cast<size_t>(engine::kParamCount)) {
+      Napi::TypeError::New(env, "adopt: heads must be Uint8Arrays and params a Float64Array of 11").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    const double cfd = info[0].As<Napi::Number>().DoubleValue();
+    const double ufd = info[1].As<Napi::Number>().DoubleValue();
+    if (!(cfd >= 0 && cfd < 1 << 30 && std::floor(cfd) == cfd) || !(ufd >= 0 && ufd < 1 << 30 && std::floor(ufd) == ufd)) {
+      Napi::RangeError::New(env, "adopt: descriptors must be non-negative integers").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    const double* v = pa.As<Napi::Float64Array>().Data();
+    for (int i = 0; i < engine::kParamCount; i++) {
+      if (!(v[i] >= 0) || !std::isfinite(v[i])) {
+        Napi::RangeError::New(env, "adopt: params must be finite and non-negative").ThrowAsJavaScriptException();
+        return Napi::Value();
+      }
+    }
+    Params p;
+    p.max_frame_bytes = static_cast<uint64_t>(v[0]);
+    p.max_fragments = static_cast<uint64_t>(v[1]);
+    p.high_water = static_cast<uint64_t>(v[2]);
+    p.policy = static_cast<int>(v[3]);
+    p.channel_bytes = static_cast<uint64_t>(v[4]);
+    p.channel_capacity = static_cast<uint64_t>(v[5]);
+    p.ping_ms = static_cast<uint64_t>(v[6]);
+    p.timeout_ms = static_cast<uint64_t>(v[7]);
+    p.messages_per_second = v[8];
+    p.bytes_per_second = v[9];
+    p.expires_in_ms = v[10];
+    if (p.policy > 2 || p.max_frame_bytes > 0xffffffffull || p.high_water == 0 || p.channel_bytes == 0 ||
+        p.channel_capacity == 0) {
+      Napi::RangeError::New(env, "adopt: params out of range").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    Napi::Uint8Array chb = ch.As<Napi::Uint8Array>();
+    Napi::Uint8Array uhb = uh.As<Napi::Uint8Array>();
+    std::string error;
+    const uint32_t id = engine_->Adopt(static_cast<int>(cfd), static_cast<int>(ufd), chb.Data(), chb.ByteLength(),
+                                       uhb.Data(), uhb.ByteLength(), p, &error);
+    if (id == 0) {
+      Napi::Error::New(env, "adopt: " + error).ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    return Napi::Number::New(env, id);
+  }
+
+  // shutdown(id, code, reason): the client gets code, the upstream 1001.
+  Napi::Value Shutdown(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsString()) {
+      Napi::TypeError::New(env, "shutdown(id, code, reason)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (engine_ == nullptr) return Napi::Boolean::New(env, false);
+    const int code = info[1].As<Napi::Number>().Int32Value();
+    return Napi::Boolean::New(env, engine_->Shutdown(info[0].As<Napi::Number>().Uint32Value(), code,
+                                                     info[2].As<Napi::String>().Utf8Value()));
+  }
+
+  Napi::Value Destroy(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) {
+      Napi::TypeError::New(env, "destroy(id)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (engine_ == nullptr) return Napi::Boolean::New(env, false);
+    return Napi::Boolean::New(env, engine_->Destroy(info[0].As<Napi::Number>().Uint32Value()));
+  }
+
+  // flow(id): [clientPaused, upstreamPaused, clientPendingBytes, upstreamPendingBytes] or null.
+  Napi::Value Flow(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) {
+      Napi::TypeError::New(env, "flow(id)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    double out[4];
+    if (engine_ == nullptr || !engine_->Flow(info[0].As<Napi::Number>().Uint32Value(), out)) return env.Null();
+    Napi::Array a = Napi::Array::New(env, 4);
+    for (uint32_t i = 0; i < 4; i++) a.Set(i, Napi::Number::New(env, out[i]));
+    return a;
+  }
+
+  // close(): every session is cut (no close handshakes: drain first), the engine is gone.
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (engine_ != nullptr) {
+      engine_->CloseAll();
+      Deliver();
+    }
+    Release();
+    return info.Env().Undefined();
+  }
+
+  // sync(): copy the engine's counters into the Float64Array given at construction.
+  Napi::Value Sync(const Napi::CallbackInfo& info) {
+    SyncCounters();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Sessions(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), engine_ == nullptr ? 0 : static_cast<double>(engine_->sessions()));
+  }
+
+  Napi::Env env_ = Napi::Env(nullptr);
+  Engine* engine_ = nullptr;
+  Napi::FunctionReference callback_;
+  Napi::Reference<Napi::Float64Array> counters_ref_;
+  double* counters_ = nullptr;
+  Napi::AsyncContext* context_ = nullptr;
+  uv_check_t* check_ = nullptr;
+  bool check_active_ = false;
+};
+
+}  // namespace
+
+void InitEngine(Napi::Env env, Napi::Object exports) {
+  exports.Set("Engine", EngineWrap::Define(env));
+}
+
+}  // namespace sluice
+
+#else
+
+namespace sluice {
+void InitEngine(Napi::Env, Napi::Object) {}
+}  // namespace sluice
+
+#endif

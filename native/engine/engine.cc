@@ -1,0 +1,1072 @@
+#include "engine.h"
+
+#ifndef _WIN32
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "../codec_abi.h"
+#include "../mask.h"
+#include "../utf8.h"
+
+namespace sluice {
+namespace engine {
+
+namespace {
+
+// One read buffer per engine (per thread); a frame that fits in a read is checked and
+// forwarded in place.
+constexpr size_t kReadBytes = 256 * 1024;
+// Data frames up to this size are kept whole until their last byte arrived, so a side that
+// vanishes mid-frame leaves its partner with whole frames only (and a close frame: 1014 or
+// 1001). Larger frames stream as they arrive, with a copy of nothing; if their sender
+// vanishes mid-frame, the partner's framing cannot be mended and it gets only the TCP end.
+constexpr uint64_t kStreamMinBytes = 256 * 1024;
+// A leg keeps a hold buffer up to this size between frames; larger ones are given back.
+constexpr size_t kHoldKeepBytes = 64 * 1024;
+// How long a leg gets to answer our close frame, or to close its TCP connection after the
+// handshake (the sweep runs once a second, so the cut comes 0-1 s later).
+constexpr uint64_t kCloseReplyMs = 3000;
+// After a violation the culprit gets its close frame and this long before the cut.
+constexpr uint64_t kViolationLingerMs = 1000;
+constexpr uint64_t kSizeBounds[9] = {64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304};
+
+bool ValidWireCode(int code) {
+  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
+}
+
+int CloseCodeOf(int32_t err) {
+  if (err == codec_errno::kInvalidUtf8) return 1007;
+  if (err >= codec_errno::kFrameTooBig && err <= codec_errno::kTooManyFragments) return 1009;
+  return 1002;
+}
+
+// The messages of CODEC_ERRORS in src/codec/types.ts.
+const char* MessageOf(int32_t err) {
+  switch (err) {
+    case 1: return "reserved opcode";
+    case 2: return "control frame payload over 125 bytes";
+    case 3: return "fragmented control frame";
+    case 4: return "RSV bit set without a negotiated extension";
+    case 5: return "unmasked frame from a client";
+    case 6: return "masked frame from a server";
+    case 7: return "64-bit payload length with the top bit set";
+    case 8: return "continuation frame with no message in progress";
+    case 9: return "new message before the fragmented one finished";
+    case 10: return "frame over the size limit";
+    case 11: return "message over the size limit";
+    case 12: return "too many fragments in one message";
+    case 13: return "invalid UTF-8 in a text message";
+    default: return "protocol error";
+  }
+}
+
+// Close payload: code (big endian) and the reason cut to 123 bytes on a character boundary.
+size_t ClosePayload(int code, const std::string& reason, uint8_t out[125]) {
+  if (code == 0) return 0;
+  out[0] = static_cast<uint8_t>(code >> 8);
+  out[1] = static_cast<uint8_t>(code & 0xff);
+  size_t n = reason.size();
+  if (n > 123) {
+    n = 123;
+    while (n > 0 && (static_cast<uint8_t>(reason[n]) & 0xc0) == 0x80) n--;
+  }
+  std::memcpy(out + 2, reason.data(), n);
+  return n + 2;
+}
+
+void OnPollCb(uv_poll_t* handle, int status, int events) {
+  Leg* leg = static_cast<Leg*>(handle->data);
+  leg->session->engine->OnPoll(leg, status, events);
+}
+
+void OnPollClosedCb(uv_handle_t* handle) {
+  Leg* leg = static_cast<Leg*>(handle->data);
+  leg->session->engine->OnPollClosed(leg);
+}
+
+void OnSweepCb(uv_timer_t* t) { static_cast<Engine*>(t->data)->Sweep(); }
+
+bool CanSend(const Leg* leg) {
+  return leg->alive && !leg->broken && (leg->state == kOpen || leg->state == kCloseReceived);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- small parts
+
+bool Backlog::Append(const uint8_t* p, size_t n) {
+  if (n == 0) return true;
+  if (tail_ + n > cap_) {
+    const size_t used = tail_ - head_;
+    if (used + n <= cap_ && head_ > 0) {
+      std::memmove(data_, data_ + head_, used);
+    } else {
+      size_t cap = cap_ == 0 ? 16 * 1024 : cap_;
+      while (cap < used + n) cap *= 2;
+      uint8_t* next = static_cast<uint8_t*>(std::malloc(cap));
+      if (next == nullptr) return false;
+      if (used > 0) std::memcpy(next, data_ + head_, used);
+      std::free(data_);
+      data_ = next;
+      cap_ = cap;
+    }
+    head_ = 0;
+    tail_ = used;
+  }
+  std::memcpy(data_ + tail_, p, n);
+  tail_ += n;
+  return true;
+}
+
+void Backlog::Consume(size_t n) {
+  head_ += n;
+  if (head_ >= tail_) head_ = tail_ = 0;
+}
+
+void Backlog::Free() {
+  std::free(data_);
+  data_ = nullptr;
+  cap_ = head_ = tail_ = 0;
+}
+
+bool TokenBucket::Take(double n, uint64_t now) {
+  if (!on()) return true;
+  if (now > last) {
+    tokens += static_cast<double>(now - last) * rate_per_ms;
+    if (tokens > burst) tokens = burst;
+  }
+  last = now;
+  if (tokens < n) return false;
+  tokens -= n;
+  return true;
+}
+
+// ---------------------------------------------------------------- the visitor of one read
+
+class LegVisitor final : public FrameVisitor {
+ public:
+  LegVisitor(Engine* e, Leg* from, Leg* to) : e_(e), a_(from), b_(to) {}
+  bool OnHeader(const FrameHeader& h, uint8_t* raw, bool in_read) override;
+  bool OnPayload(uint8_t* p, size_t n, uint64_t offset, bool last) override;
+  void OnError(int32_t err) override { e_->ProtocolError(a_, err, nullptr); }
+
+ private:
+  bool ActHeld(uint8_t* q, size_t n, bool in_read);
+  Engine* e_;
+  Leg* a_;
+  Leg* b_;
+};
+
+bool LegVisitor::OnHeader(const FrameHeader& h, uint8_t* raw, bool in_read) {
+  Leg* a = a_;
+  Leg* b = b_;
+  Session* s = a->session;
+  if (a->deaf) return false;
+  a->header = h;
+  std::memcpy(a->header_raw, raw, h.size);
+  a->raw_in_read = in_read ? raw : nullptr;
+  a->hold.clear();
+  const uint64_t now = e_->now();
+  if (h.opcode >= 0x8) {
+    a->held = true;
+    a->forward = false;
+    if (a->client && h.opcode == opcode::kPing && (!s->msg_rate.Take(1, now) || !s->byte_rate.Take(static_cast<double>(h.length), now))) {
+      e_->Fail(a, 1008, "message rate limit", 1001, "client closed: over its message rate");
+      return false;
+    }
+    return true;
+  }
+  if (h.opcode != opcode::kContinuation) {
+    a->text = h.opcode == opcode::kText;
+    a->dropping = false;
+    if (a->text) a->utf8.Reset();
+  }
+  if (a->client && (!s->msg_rate.Take(1, now) || !s->byte_rate.Take(static_cast<double>(h.length), now))) {
+    e_->Fail(a, 1008, "message rate limit", 1001, "client closed: over its message rate");
+    return false;
+  }
+  e_->CountFrame(a->client, a->text ? kText : kBinary, h.length);
+  a->bytes += h.length;
+  if (h.fin) a->messages++;
+  bool forward = CanSend(b) && !a->dropping;
+  // Decided once per message, at its first frame: a message that started goes on whole.
+  if (forward && h.opcode != opcode::kContinuation && e_->OverBudget(a, b)) {
+    forward = false;
+    if (s->params.policy == 2) {
+      e_->counters_[slot::kDroppedBackpressure]++;
+      a->dropping = true;
+    } else {
+      e_->SlowPeer(b);
+      a->forward = false;
+      a->held = false;
+      return !a->deaf;
+    }
+  }
+  a->forward = forward;
+  // Text is checked whole before it goes (a frame that fails must not be half sent);
+  // binary frames stream only when large (kStreamMinBytes): their checks are all in the header.
+  a->held = a->text || h.length <= kStreamMinBytes;
+  if (!a->held && forward) {
+    uint8_t* hdr = raw;
+    if (!in_read) {
+      hdr = e_->ArenaCopy(b, raw, h.size);
+    }
+    if (a->client) {
+      // Towards the upstream under a fresh key: the payload is XORed with both keys at once.
+      uint8_t k[4];
+      e_->keys_.Next(k);
+      for (int i = 0; i < 4; i++) a->key_xor[i] = h.key[i] ^ k[i];
+      std::memcpy(hdr + h.size - 4, k, 4);
+    }
+    e_->GatherAdd(b, hdr, h.size);
+    b->out_frame_left = h.length;
+  }
+  return true;
+}
+
+bool LegVisitor::OnPayload(uint8_t* p, size_t n, uint64_t offset, bool last) {
+  Leg* a = a_;
+  Leg* b = b_;
+  if (a->deaf) return false;
+  if (a->held) {
+    if (offset == 0 && last) return ActHeld(p, n, true);
+    if (offset == 0) a->hold.reserve(static_cast<size_t>(a->header.length));
+    a->hold.insert(a->hold.end(), p, p + n);
+    if (!last) return true;
+    const bool go = ActHeld(a->hold.data(), a->hold.size(), false);
+    a->hold.clear();
+    if (a->hold.capacity() > kHoldKeepBytes) a->hold.shrink_to_fit();
+    return go;
+  }
+  if (!a->forward) return true;
+  if (a->client) XorMask(p, p, n, a->key_xor, static_cast<size_t>(offset & 3));
+  if (n > 0) e_->GatherAdd(b, p, n);
+  b->out_frame_left -= n;
+  if (b->out_frame_left == 0 && !b->deferred.empty()) {
+    e_->FlushGather();
+    std::vector<uint8_t> d;
+    d.swap(b->deferred);
+    e_->Write(b, d.data(), d.size());
+  }
+  return true;
+}
+
+// A whole text or control frame: q holds its payload (in the read when in_read, else the
+// leg's hold), still masked as sent.
+bool LegVisitor::ActHeld(uint8_t* q, size_t n, bool in_read) {
+  Leg* a = a_;
+  Leg* b = b_;
+  const FrameHeader& h = a->header;
+  const bool control = h.opcode >= 0x8;
+  // Control frames and text are read unmasked; binary is re-keyed below in one pass.
+  if (h.masked && (control || a->text)) XorMask(q, q, n, h.key, 0);
+  switch (h.opcode) {
+    case opcode::kPing:
+      e_->CountFrame(a->client, kPing, n);
+      if (a->state == kOpen) e_->SendControl(a, opcode::kPong, q, n);  // per hop
+      return true;
+    case opcode::kPong:
+      e_->CountFrame(a->client, kPong, n);
+      return true;
+    case opcode::kClose:
+      e_->CountFrame(a->client, kCloseKind, n);
+      return e_->OnCloseFrame(a, b, q, n);
+    default:
+      break;
+  }
+  if (a->text && !a->utf8.Push(q, n, h.fin)) {
+    e_->ProtocolError(a, codec_errno::kInvalidUtf8, nullptr);
+    return false;
+  }
+  if (!a->forward || !CanSend(b)) return true;
+  uint8_t hdr[14];
+  std::memcpy(hdr, a->header_raw, h.size);
+  if (a->client) {
+    // Towards the upstream under a fresh key (binary: both keys in one pass).
+    uint8_t k[4];
+    e_->keys_.Next(k);
+    std::memcpy(hdr + h.size - 4, k, 4);
+    if (a->text) {
+      XorMask(q, q, n, k, 0);
+    } else {
+      uint8_t x[4];
+      for (int i = 0; i < 4; i++) x[i] = h.key[i] ^ k[i];
+      XorMask(q, q, n, x, 0);
+    }
+  }
+  if (in_read && a->raw_in_read != nullptr && a->raw_in_read + h.size == q) {
+    // Header and payload lie together in the read: forwarded in place (consecutive frames
+    // coalesce into one span of the write).
+    std::memcpy(a->raw_in_read, hdr, h.size);
+    e_->GatherAdd(b, a->raw_in_read, h.size + n);
+  } else if (in_read) {
+    e_->GatherAdd(b, e_->ArenaCopy(b, hdr, h.size), h.size);
+    if (n > 0) e_->GatherAdd(b, q, n);
+  } else {
+    e_->FlushGather();
+    e_->Write(b, hdr, h.size);
+    e_->Write(b, q, n);
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- engine
+
+Engine::Engine(uv_loop_t* loop, void* owner, Notify notify) : loop_(loop), owner_(owner), notify_(notify) {
+  read_buf_ = static_cast<uint8_t*>(std::malloc(kReadBytes));
+  uv_timer_init(loop_, &sweep_);
+  sweep_.data = this;
+  uv_timer_start(&sweep_, OnSweepCb, 1000, 1000);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&sweep_));
+  sweep_open_ = true;
+  pending_handles_ = 1;
+}
+
+Engine::~Engine() { std::free(read_buf_); }
+
+void Engine::Dispose() {
+  if (disposed_) return;
+  disposed_ = true;
+  CloseAll();
+  if (sweep_open_) {
+    sweep_open_ = false;
+    uv_timer_stop(&sweep_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&sweep_), [](uv_handle_t* h) {
+      static_cast<Engine*>(h->data)->HandleClosed();
+    });
+  }
+}
+
+void Engine::HandleClosed() {
+  if (--pending_handles_ == 0 && disposed_) delete this;
+}
+
+Session* Engine::Find(uint32_t id) {
+  auto it = by_id_.find(id);
+  return it == by_id_.end() ? nullptr : it->second;
+}
+
+uint32_t Engine::Adopt(int client_fd, int upstream_fd, const uint8_t* client_head, size_t client_len,
+                       const uint8_t* upstream_head, size_t upstream_len, const Params& p, std::string* error) {
+  if (disposed_ || read_buf_ == nullptr) {
+    *error = "the engine is closed";
+    return 0;
+  }
+  const int c = fcntl(client_fd, F_DUPFD_CLOEXEC, 0);
+  if (c < 0) {
+    *error = std::string("dup of the client socket: ") + std::strerror(errno);
+    return 0;
+  }
+  const int u = fcntl(upstream_fd, F_DUPFD_CLOEXEC, 0);
+  if (u < 0) {
+    *error = std::string("dup of the upstream socket: ") + std::strerror(errno);
+    close(c);
+    return 0;
+  }
+  for (int fd : {c, u}) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  CursorLimits cl;
+  cl.server = true;
+  cl.max_frame_bytes = p.max_frame_bytes;
+  cl.max_message_bytes = p.max_frame_bytes;
+  cl.max_fragments = p.max_fragments;
+  CursorLimits sl = cl;
+  sl.server = false;
+  uint32_t id = next_id_++;
+  if (id == 0) id = next_id_++;
+  Session* s = new (std::nothrow) Session(this, id, p, cl, sl);
+  if (s == nullptr) {
+    close(c);
+    close(u);
+    *error = "out of memory";
+    return 0;
+  }
+  const uint64_t t = now();
+  s->last_ping = t;
+  if (p.expires_in_ms > 0) s->expires_at = t + static_cast<uint64_t>(p.expires_in_ms);
+  if (p.messages_per_second > 0) {
+    s->msg_rate.rate_per_ms = p.messages_per_second / 1000;
+    s->msg_rate.burst = s->msg_rate.tokens = p.messages_per_second;
+    s->msg_rate.last = t;
+  }
+  if (p.bytes_per_second > 0) {
+    s->byte_rate.rate_per_ms = p.bytes_per_second / 1000;
+    s->byte_rate.burst = s->byte_rate.tokens = p.bytes_per_second;
+    s->byte_rate.last = t;
+  }
+  for (Leg* leg : {&s->client, &s->server}) {
+    leg->fd = leg->client ? c : u;
+    leg->seen = t;
+    uv_poll_init(loop_, &leg->poll, leg->fd);
+    leg->poll.data = leg;
+    leg->poll_open = true;
+    s->handles_open++;
+    pending_handles_++;
+  }
+  s->next = head_;
+  if (head_ != nullptr) head_->prev = s;
+  head_ = s;
+  by_id_[id] = s;
+  count_++;
+  // Bytes that came with the handshakes: the upstream's first frames, the client's.
+  for (Leg* leg : {&s->server, &s->client}) {
+    const uint8_t* src = leg->client ? client_head : upstream_head;
+    size_t left = leg->client ? client_len : upstream_len;
+    while (left > 0 && leg->alive) {
+      const size_t n = left < kReadBytes ? left : kReadBytes;
+      std::memcpy(read_buf_, src, n);
+      Process(leg, read_buf_, n);
+      src += n;
+      left -= n;
+    }
+  }
+  UpdatePoll(&s->server);
+  UpdatePoll(&s->client);
+  return id;
+}
+
+bool Engine::Shutdown(uint32_t id, int code, const std::string& reason) {
+  Session* s = Find(id);
+  if (s == nullptr || s->ended) return false;
+  if (s->closed_first == 0) s->closed_first = 3;
+  SendClose(&s->client, code, reason);
+  SendClose(&s->server, 1001, reason);
+  return true;
+}
+
+bool Engine::Destroy(uint32_t id) {
+  Session* s = Find(id);
+  if (s == nullptr || s->ended) return false;
+  for (Leg* leg : {&s->client, &s->server}) {
+    if (!leg->alive) continue;
+    leg->out.Free();
+    OnEof(leg);
+  }
+  return true;
+}
+
+bool Engine::Flow(uint32_t id, double out[4]) {
+  Session* s = Find(id);
+  if (s == nullptr) return false;
+  out[0] = s->client.paused ? 1 : 0;
+  out[1] = s->server.paused ? 1 : 0;
+  out[2] = static_cast<double>(s->client.out.size());
+  out[3] = static_cast<double>(s->server.out.size());
+  return true;
+}
+
+void Engine::CloseAll() {
+  Session* s = head_;
+  while (s != nullptr) {
+    Session* next = s->next;
+    for (Leg* leg : {&s->client, &s->server}) {
+      if (!leg->alive) continue;
+      leg->out.Free();
+      if (leg->state == kOpen) leg->code = 1006;
+      leg->state = kClosed;
+      CloseDescriptor(leg);
+    }
+    MaybeEnd(s);
+    s = next;
+  }
+}
+
+// ---------------------------------------------------------------- reading
+
+void Engine::OnPoll(Leg* leg, int status, int events) {
+  if (!leg->alive) return;
+  if (status < 0) {
+    leg->out.Free();
+    OnEof(leg);
+    return;
+  }
+  if (events & UV_WRITABLE) DrainBacklog(leg);
+  if (leg->alive && (events & UV_READABLE) && !leg->paused && !leg->read_eof) ReadSome(leg);
+}
+
+bool Engine::ReadSome(Leg* leg) {
+  for (int i = 0; i < 4; i++) {
+    const ssize_t n = recv(leg->fd, read_buf_, kReadBytes, 0);
+    if (n > 0) {
+      leg->seen = now();
+      Process(leg, read_buf_, static_cast<size_t>(n));
+      if (!leg->alive || leg->paused || leg->read_eof || static_cast<size_t>(n) < kReadBytes) return true;
+      continue;
+    }
+    if (n == 0) {
+      OnEof(leg);
+      return false;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+    leg->out.Free();
+    OnEof(leg);
+    return false;
+  }
+  return true;
+}
+
+void Engine::Process(Leg* from, uint8_t* data, size_t len) {
+  if (from->deaf) return;  // read only to see the end of the connection
+  Leg* to = Partner(from);
+  LegVisitor v(this, from, to);
+  from->cursor.Feed(data, len, &v);
+  FlushGather();
+}
+
+// The peer closed its side (or the connection failed): the TypeScript engine's
+// onSocketClosed. What is still queued for it is written before the descriptor closes.
+void Engine::OnEof(Leg* leg) {
+  if (!leg->alive) return;
+  Session* s = leg->session;
+  leg->read_eof = true;
+  leg->deaf = true;
+  leg->cursor.Stop();
+  if (leg->state == kOpen) {
+    if (s->closed_first == 0) s->closed_first = leg->client ? 1 : 2;
+    leg->code = 1006;
+  }
+  leg->state = kClosed;
+  Leg* partner = Partner(leg);
+  if (partner->out_frame_left > 0) {
+    // A frame this side was streaming will never end: the partner's framing is broken,
+    // so it gets no more frames, only the end of its connection.
+    partner->broken = true;
+    partner->out_frame_left = 0;
+    partner->deferred.clear();
+  }
+  if (partner->state == kOpen) {
+    if (leg->client) SendClose(partner, 1001, "client connection lost");
+    else SendClose(partner, 1014, "upstream went away");
+  } else if (partner->state == kCloseReceived) {
+    SendClose(partner, partner->code == 1005 ? 0 : partner->code, partner->reason);
+  }
+  if (partner->broken && partner->alive) EndLeg(partner, kViolationLingerMs);
+  if (partner->paused && partner->alive) {
+    partner->paused = false;
+    UpdatePoll(partner);
+  }
+  if (leg->out.size() == 0) {
+    CloseDescriptor(leg);
+  } else {
+    leg->shut_after_flush = true;
+    leg->kill_at = now() + kViolationLingerMs;
+    UpdatePoll(leg);
+  }
+  MaybeEnd(s);
+}
+
+void Engine::UpdatePoll(Leg* leg) {
+  if (!leg->alive || !leg->poll_open) return;
+  int want = 0;
+  if (!leg->paused && !leg->read_eof) want |= UV_READABLE;
+  if (leg->out.size() > 0) want |= UV_WRITABLE;
+  if (want == leg->events) return;
+  leg->events = want;
+  if (want == 0) uv_poll_stop(&leg->poll);
+  else uv_poll_start(&leg->poll, want, OnPollCb);
+}
+
+// ---------------------------------------------------------------- writing
+
+// A header for `to`'s gather. Whatever flush it takes happens here, before the copy: a
+// flush empties the arena, so one between the copy and its GatherAdd would let the next
+// copy overwrite a header still waiting to be written.
+uint8_t* Engine::ArenaCopy(Leg* to, const uint8_t* p, size_t n) {
+  if ((gather_leg_ != nullptr && gather_leg_ != to) || arena_used_ + n > sizeof(arena_) || iov_n_ >= kIov - 1) FlushGather();
+  uint8_t* d = arena_ + arena_used_;
+  std::memcpy(d, p, n);
+  arena_used_ += n;
+  return d;
+}
+
+void Engine::GatherAdd(Leg* to, const uint8_t* p, size_t n) {
+  if (gather_leg_ != nullptr && gather_leg_ != to) FlushGather();
+  if (iov_n_ > 0 && iov_[iov_n_ - 1].base + iov_[iov_n_ - 1].len == p) {
+    iov_[iov_n_ - 1].len += n;
+    return;
+  }
+  if (iov_n_ == kIov) {
+    // The arena holds headers the pending entries point at: keep it until the flush.
+    FlushGather();
+  }
+  gather_leg_ = to;
+  iov_[iov_n_].base = p;
+  iov_[iov_n_].len = n;
+  iov_n_++;
+}
+
+void Engine::FlushGather() {
+  Leg* to = gather_leg_;
+  const int n = iov_n_;
+  gather_leg_ = nullptr;
+  iov_n_ = 0;
+  if (to == nullptr || n == 0) {
+    arena_used_ = 0;
+    return;
+  }
+  if (!to->alive) {
+    arena_used_ = 0;
+    return;
+  }
+  size_t written = 0;
+  if (to->out.size() == 0) {
+    struct iovec v[kIov];
+    for (int i = 0; i < n; i++) {
+      v[i].iov_base = const_cast<uint8_t*>(iov_[i].base);
+      v[i].iov_len = iov_[i].len;
+    }
+    struct msghdr m;
+    std::memset(&m, 0, sizeof m);
+    m.msg_iov = v;
+    m.msg_iovlen = static_cast<size_t>(n);
+    ssize_t w;
+    do {
+      w = sendmsg(to->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        arena_used_ = 0;
+        to->out.Free();
+        OnEof(to);
+        return;
+      }
+      w = 0;
+    }
+    written = static_cast<size_t>(w);
+  }
+  for (int i = 0; i < n; i++) {
+    if (written >= iov_[i].len) {
+      written -= iov_[i].len;
+      continue;
+    }
+    to->out.Append(iov_[i].base + written, iov_[i].len - written);
+    written = 0;
+  }
+  arena_used_ = 0;
+  AfterWrite(to);
+}
+
+void Engine::Write(Leg* to, const uint8_t* p, size_t n) {
+  if (gather_leg_ == to) FlushGather();
+  if (!to->alive || n == 0) return;
+  size_t w = 0;
+  if (to->out.size() == 0) {
+    ssize_t r;
+    do {
+      r = send(to->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        to->out.Free();
+        OnEof(to);
+        return;
+      }
+      r = 0;
+    }
+    w = static_cast<size_t>(r);
+  }
+  if (w < n) to->out.Append(p + w, n - w);
+  AfterWrite(to);
+}
+
+// Past high water under `pause`: stop reading the partner until this side drains.
+void Engine::AfterWrite(Leg* to) {
+  UpdatePoll(to);
+  Session* s = to->session;
+  if (s->params.policy == 0 && to->out.size() > s->params.high_water) {
+    Leg* partner = Partner(to);
+    if (!partner->paused && partner->alive && partner->state == kOpen) {
+      partner->paused = true;
+      UpdatePoll(partner);
+    }
+  }
+}
+
+void Engine::DrainBacklog(Leg* leg) {
+  while (leg->out.size() > 0) {
+    ssize_t w = send(leg->fd, leg->out.data(), leg->out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      leg->out.Free();
+      if (leg->read_eof) CloseDescriptor(leg), MaybeEnd(leg->session);
+      else OnEof(leg);
+      return;
+    }
+    leg->out.Consume(static_cast<size_t>(w));
+  }
+  Session* s = leg->session;
+  if (leg->out.size() == 0) {
+    leg->out.Free();
+    leg->queued = 0;
+    if (leg->shut_after_flush) {
+      leg->shut_after_flush = false;
+      if (leg->read_eof) {
+        CloseDescriptor(leg);
+        MaybeEnd(s);
+        return;
+      }
+      shutdown(leg->fd, SHUT_WR);
+    }
+    if (!leg->client) CheckBackpressure(s, 0);
+  }
+  UpdatePoll(leg);
+  Leg* partner = Partner(leg);
+  if (partner->paused && leg->out.size() <= s->params.high_water / 2) {
+    partner->paused = false;
+    UpdatePoll(partner);
+  }
+}
+
+void Engine::SendControl(Leg* to, uint8_t op, const uint8_t* payload, size_t n) {
+  if (!to->alive || to->broken || n > 125) return;
+  uint8_t frame[2 + 4 + 125];
+  size_t len = 0;
+  frame[len++] = static_cast<uint8_t>(0x80 | op);
+  if (to->client) {
+    frame[len++] = static_cast<uint8_t>(n);
+    std::memcpy(frame + len, payload, n);
+  } else {
+    frame[len++] = static_cast<uint8_t>(0x80 | n);
+    uint8_t k[4];
+    keys_.Next(k);
+    std::memcpy(frame + len, k, 4);
+    len += 4;
+    XorMask(frame + len, payload, n, k, 0);
+  }
+  len += n;
+  if (to->out_frame_left > 0) {
+    // Not inside a frame that is still streaming to this side: after it.
+    to->deferred.insert(to->deferred.end(), frame, frame + len);
+    return;
+  }
+  Write(to, frame, len);
+}
+
+void Engine::SendClose(Leg* leg, int code, const std::string& reason) {
+  if (leg->state == kOpen) {
+    leg->state = kCloseSent;
+    leg->code = code == 0 ? 1005 : code;
+    leg->reason = reason;
+  } else if (leg->state == kCloseReceived) {
+    leg->state = kClosed;
+  } else {
+    return;
+  }
+  if (!leg->alive) return;
+  if (leg->broken) {
+    EndLeg(leg, kViolationLingerMs);
+    return;
+  }
+  uint8_t payload[125];
+  const size_t n = ClosePayload(code, reason, payload);
+  SendControl(leg, opcode::kClose, payload, n);
+  if (leg->state == kClosed) {
+    EndLeg(leg, kCloseReplyMs);
+  } else {
+    leg->kill_at = now() + kCloseReplyMs;
+    // Its reply must be read, whatever the partner's pace (data after it is discarded).
+    if (leg->paused) {
+      leg->paused = false;
+      UpdatePoll(leg);
+    }
+  }
+}
+
+// The close handshake of `leg` is done: end its TCP connection (cut if it lingers).
+void Engine::EndLeg(Leg* leg, uint64_t linger_ms) {
+  if (!leg->alive) return;
+  if (leg->out.size() > 0 || leg->out_frame_left > 0) leg->shut_after_flush = true;
+  else shutdown(leg->fd, SHUT_WR);
+  leg->kill_at = now() + linger_ms;
+}
+
+void Engine::CloseDescriptor(Leg* leg) {
+  if (!leg->alive) return;
+  leg->alive = false;
+  leg->deaf = true;
+  leg->out.Free();
+  leg->hold.clear();
+  leg->hold.shrink_to_fit();
+  if (leg->poll_open) {
+    leg->poll_open = false;
+    uv_poll_stop(&leg->poll);
+    uv_close(reinterpret_cast<uv_handle_t*>(&leg->poll), OnPollClosedCb);
+  }
+  close(leg->fd);
+  leg->fd = -1;
+}
+
+void Engine::OnPollClosed(Leg* leg) {
+  Session* s = leg->session;
+  s->handles_open--;
+  if (s->handles_open == 0 && s->ended) Free(s);
+  HandleClosed();
+}
+
+// ---------------------------------------------------------------- frames and closes
+
+bool Engine::OnCloseFrame(Leg* from, Leg* to, const uint8_t* p, size_t n) {
+  int code = 0;
+  std::string reason;
+  if (n == 1) {
+    ProtocolError(from, 0, "close frame with a 1-byte payload");
+    return false;
+  }
+  if (n >= 2) {
+    code = (p[0] << 8) | p[1];
+    if (!ValidWireCode(code)) {
+      ProtocolError(from, 0, "invalid close code");
+      return false;
+    }
+    if (!IsUtf8(p + 2, n - 2)) {
+      ProtocolError(from, codec_errno::kInvalidUtf8, nullptr);
+      return false;
+    }
+    reason.assign(reinterpret_cast<const char*>(p + 2), n - 2);
+  }
+  from->deaf = true;  // nothing may follow a close frame
+  Session* s = from->session;
+  if (from->state == kOpen) {
+    // This side starts the close: pass it on, and answer it with the partner's reply.
+    from->state = kCloseReceived;
+    from->code = code == 0 ? 1005 : code;
+    from->reason = reason;
+    if (s->closed_first == 0) s->closed_first = from->client ? 1 : 2;
+    if (to->state == kOpen && to->alive && !to->broken) SendClose(to, code, reason);
+    else SendClose(from, code, reason);  // no partner to ask: echo it
+  } else if (from->state == kCloseSent) {
+    // The reply to our close: this leg is done; a partner waiting for it gets it.
+    from->state = kClosed;
+    EndLeg(from, kCloseReplyMs);
+    if (to->state == kCloseReceived) SendClose(to, code, reason);
+  }
+  return false;
+}
+
+void Engine::ProtocolError(Leg* culprit, int32_t err, const char* detail) {
+  const int code = err != 0 ? CloseCodeOf(err) : 1002;
+  const std::string why = err != 0 ? MessageOf(err) : (detail != nullptr ? detail : "protocol error");
+  if (code == 1009) {
+    if (culprit->client) counters_[slot::kDroppedTooBig]++;
+    Fail(culprit, 1009, why, 1009, culprit->client ? "client message over the size limit" : "upstream message over the size limit");
+  } else if (culprit->client) {
+    Fail(culprit, code, why, 1001, code == 1007 ? "client sent invalid UTF-8" : "client protocol error");
+  } else {
+    Fail(culprit, code, why, 1014, code == 1007 ? "upstream sent invalid UTF-8" : "upstream protocol error");
+  }
+}
+
+// End both sides because `culprit` misbehaved: it gets `code` and its TCP connection is
+// ended promptly; its partner gets `partner_code` with a reason that says why.
+void Engine::Fail(Leg* culprit, int code, const std::string& reason, int partner_code, const std::string& partner_reason) {
+  Session* s = culprit->session;
+  if (s->closed_first == 0) s->closed_first = 3;
+  culprit->deaf = true;
+  culprit->cursor.Stop();
+  Leg* partner = Partner(culprit);
+  if (culprit->out_frame_left == 0 && partner->out_frame_left > 0) {
+    // The culprit was streaming a frame to the partner: that frame will not end.
+    partner->broken = true;
+    partner->out_frame_left = 0;
+    partner->deferred.clear();
+  }
+  if (partner->state == kCloseReceived) SendClose(partner, partner->code == 1005 ? 0 : partner->code, partner->reason);
+  else SendClose(partner, partner_code, partner_reason);
+  if (culprit->state == kOpen || culprit->state == kCloseReceived) {
+    if (culprit->state == kOpen) {
+      culprit->code = code;
+      culprit->reason = reason;
+    }
+    culprit->state = kClosed;
+    if (culprit->alive) {
+      uint8_t payload[125];
+      const size_t n = ClosePayload(code, reason, payload);
+      SendControl(culprit, opcode::kClose, payload, n);
+    }
+  }
+  if (culprit->alive) EndLeg(culprit, kViolationLingerMs);
+}
+
+// Under `close` and `drop`: whether `to`'s backlog is past the channel's budget. `pause`
+// never sheds: reading stops instead (AfterWrite).
+bool Engine::OverBudget(Leg* from, Leg* to) {
+  Session* s = from->session;
+  const Params& p = s->params;
+  if (p.policy == 0 || to->out.size() == 0) return false;
+  const uint64_t bytes = to->out.size();
+  if (to->queued >= p.channel_capacity || bytes > p.channel_bytes) return true;
+  to->queued++;
+  if (from->client) {
+    const double a = static_cast<double>(to->queued) / static_cast<double>(p.channel_capacity);
+    const double b = static_cast<double>(bytes) / static_cast<double>(p.channel_bytes);
+    CheckBackpressure(s, a > b ? a : b);
+  }
+  return false;
+}
+
+void Engine::SlowPeer(Leg* to) {
+  Session* s = to->session;
+  if (!to->client) Fail(&s->client, 1013, "upstream is not keeping up", 1001, "client closed: upstream not keeping up");
+  else Fail(&s->client, 1013, "client is not keeping up", 1001, "client closed: not keeping up");
+}
+
+// Flow controller: fill >= 80 % for >= 2 s is one sustained-backpressure event.
+void Engine::CheckBackpressure(Session* s, double fill) {
+  if (fill >= 0.8) {
+    const uint64_t t = now();
+    if (s->bp_since == 0) {
+      s->bp_since = t;
+    } else if (!s->bp_reported && t - s->bp_since >= 2000) {
+      s->bp_reported = true;
+      counters_[slot::kBackpressureEvents]++;
+      Event e{};
+      e.type = 2;
+      e.id = s->id;
+      e.fill = fill;
+      e.upstream_code = static_cast<int>(s->server.queued);
+      e.bytes_out = static_cast<double>(s->server.out.size());
+      Emit(std::move(e));
+    }
+  } else if (s->bp_since != 0) {
+    s->bp_since = 0;
+    s->bp_reported = false;
+  }
+}
+
+void Engine::CountFrame(bool in, int kind, uint64_t bytes) {
+  counters_[(in ? slot::kFramesIn : slot::kFramesOut) + kind]++;
+  counters_[in ? slot::kBytesIn : slot::kBytesOut] += static_cast<double>(bytes);
+  int i = 0;
+  while (i < 9 && bytes > kSizeBounds[i]) i++;
+  counters_[slot::kSizeBuckets + i]++;
+  counters_[slot::kSizeSum] += static_cast<double>(bytes);
+  counters_[slot::kSizeCount]++;
+}
+
+void Engine::MaybeEnd(Session* s) {
+  if (s->ended || s->client.alive || s->server.alive) return;
+  s->ended = true;
+  Event e{};
+  e.type = 1;
+  e.id = s->id;
+  e.client_code = s->client.code;
+  e.client_reason = s->client.reason;
+  e.upstream_code = s->server.code;
+  e.upstream_reason = s->server.reason;
+  e.closed_first = s->closed_first;
+  e.msgs_in = static_cast<double>(s->client.messages);
+  e.msgs_out = static_cast<double>(s->server.messages);
+  e.bytes_in = static_cast<double>(s->client.bytes);
+  e.bytes_out = static_cast<double>(s->server.bytes);
+  // Unlinked now; freed when both poll handles have closed.
+  if (s->prev != nullptr) s->prev->next = s->next;
+  else head_ = s->next;
+  if (s->next != nullptr) s->next->prev = s->prev;
+  s->prev = s->next = nullptr;
+  by_id_.erase(s->id);
+  count_--;
+  Emit(std::move(e));
+  if (s->handles_open == 0) Free(s);
+}
+
+void Engine::Free(Session* s) { delete s; }
+
+void Engine::Emit(Event&& e) {
+  events_.push_back(std::move(e));
+  if (notify_ != nullptr) notify_(owner_);
+}
+
+void Engine::Sweep() {
+  const uint64_t t = now();
+  Session* s = head_;
+  while (s != nullptr) {
+    Session* next = s->next;
+    Leg* c = &s->client;
+    Leg* u = &s->server;
+    const Params& p = s->params;
+    for (Leg* leg : {c, u}) {
+      if (leg->alive && leg->kill_at != 0 && t >= leg->kill_at) {
+        leg->out.Free();
+        leg->shut_after_flush = false;
+        if (leg->read_eof) {
+          CloseDescriptor(leg);
+          MaybeEnd(s);
+        } else {
+          OnEof(leg);
+        }
+      }
+    }
+    if (s->ended || c->state != kOpen || !c->alive) {
+      s = next;
+      continue;
+    }
+    if (s->expires_at != 0 && t >= s->expires_at) {
+      Fail(c, 1008, "credentials expired", 1001, "client credentials expired");
+      s = next;
+      continue;
+    }
+    // A side paused for a slow partner is not read, so its silence says nothing.
+    if (c->paused) c->seen = t;
+    if (u->paused) u->seen = t;
+    if (t - c->seen > p.timeout_ms + 1000) {
+      if (s->closed_first == 0) s->closed_first = 3;
+      c->code = 1006;
+      c->reason = "client heartbeat timeout";
+      c->state = kClosed;
+      SendClose(u, 1001, "client heartbeat timeout");
+      CloseDescriptor(c);
+      MaybeEnd(s);
+      s = next;
+      continue;
+    }
+    if (u->state == kOpen && u->alive && t - u->seen > p.timeout_ms + 1000) {
+      if (s->closed_first == 0) s->closed_first = 3;
+      u->code = 1006;
+      u->reason = "upstream heartbeat timeout";
+      u->state = kClosed;
+      if (c->out_frame_left > 0) {
+        c->broken = true;
+        c->out_frame_left = 0;
+        c->deferred.clear();
+      }
+      CloseDescriptor(u);
+      SendClose(c, 1014, "upstream heartbeat timeout");
+      MaybeEnd(s);
+      s = next;
+      continue;
+    }
+    if (t - s->last_ping >= p.ping_ms) {
+      s->last_ping = t;
+      SendControl(c, opcode::kPing, nullptr, 0);
+      if (u->state == kOpen && u->alive) SendControl(u, opcode::kPing, nullptr, 0);
+    }
+    if (s->bp_since != 0 || c->paused || u->out.size() > 0) {
+      double fill;
+      if (p.policy == 0) {
+        fill = c->paused ? 1.0 : static_cast<double>(u->out.size()) / static_cast<double>(p.high_water);
+      } else if (u->out.size() == 0) {
+        fill = 0;
+      } else {
+        const double a = static_cast<double>(u->queued) / static_cast<double>(p.channel_capacity);
+        const double b = static_cast<double>(u->out.size()) / static_cast<double>(p.channel_bytes);
+        fill = a > b ? a : b;
+      }
+      CheckBackpressure(s, fill);
+    }
+    s = next;
+  }
+}
+
+}  // namespace engine
+}  // namespace sluice
+
+#endif  // _WIN32

@@ -1,0 +1,163 @@
+/**
+ * The door to the native engine (native/engine/): per proxy, one `Engine` on this
+ * thread's libuv loop. After the handshake, a transparent session's two sockets are handed
+ * over by descriptor (the engine duplicates them; Node's handles are then closed), and the
+ * data phase runs natively: no message crosses into JavaScript. JavaScript gets one event
+ * per session end and per sustained backpressure, batched per loop turn, and the counters
+ * at scrape time.
+ *
+ * Used where it can hold a session: the addon loaded, not Windows, plain TCP on both legs
+ * (TLS runs on the TypeScript engine), transparent routes without permessage-deflate.
+ * `SLUICE_ENGINE=typescript` keeps every session on the TypeScript engine.
+ */
+import type net from 'node:net';
+import { nativeAddon } from '../codec/native.js';
+import { NATIVE_SLOTS } from '../metrics/counters.js';
+
+/** A session ended (type 1) or sustained backpressure began (type 2). */
+export interface EngineEvent {
+  type: 1 | 2;
+  id: number;
+  clientCode?: number;
+  clientReason?: string;
+  upstreamCode?: number;
+  upstreamReason?: string;
+  /** 0 none, 1 client, 2 upstream, 3 proxy. */
+  closedFirst?: number;
+  messagesIn?: number;
+  messagesOut?: number;
+  bytesIn?: number;
+  bytesOut?: number;
+  fill?: number;
+  queuedMessages?: number;
+  queuedBytes?: number;
+}
+
+interface AddonEngine {
+  adopt(clientFd: number, upstreamFd: number, clientHead: Uint8Array, upstreamHead: Uint8Array, params: Float64Array): number;
+  shutdown(id: number, code: number, reason: string): boolean;
+  destroy(id: number): boolean;
+  flow(id: number): number[] | null;
+  close(): void;
+  sync(): void;
+  readonly sessions: number;
+}
+type AddonEngineClass = new (onEvents: (events: EngineEvent[]) => void, counters: Float64Array) => AddonEngine;
+
+const EngineClass = (nativeAddon?.Engine as AddonEngineClass | undefined) ?? null;
+
+/** Why the native engine is not used, or '' when it is. */
+export const nativeEngineUnavailable: string = process.env.SLUICE_ENGINE === 'typescript'
+  ? 'SLUICE_ENGINE=typescript'
+  : process.platform === 'win32'
+    ? 'not on Windows'
+    : EngineClass === null
+      ? (nativeAddon === null ? 'the native addon is not loaded' : 'the addon has no Engine (built from an older native/?)')
+      : '';
+
+/** Per-session settings, in the order of native/engine/engine.h `Params`. */
+export interface EngineParams {
+  maxFrameBytes: number;
+  maxFragments: number;
+  highWaterMark: number;
+  /** 0 pause, 1 close, 2 drop. */
+  policy: number;
+  channelBytes: number;
+  channelCapacity: number;
+  pingMs: number;
+  timeoutMs: number;
+  messagesPerSecond: number;
+  bytesPerSecond: number;
+  /** 0: the credentials do not expire. */
+  expiresInMs: number;
+}
+
+/** The descriptor of a plain TCP socket, or -1 (TLS, closed, or no descriptor on this platform). */
+export function socketFd(socket: net.Socket): number {
+  const handle = (socket as unknown as { _handle?: { fd?: number } | null })._handle;
+  if (!handle || typeof handle.fd !== 'number' || handle.fd < 0) return -1;
+  if ((socket as { encrypted?: boolean }).encrypted) return -1;
+  return handle.fd;
+}
+
+/**
+ * Stop Node reading `socket` and take what it already read but nobody consumed (a paused
+ * socket may hold a few chunks), so that no byte is lost when the descriptor changes hands.
+ */
+function stopAndDrain(socket: net.Socket): Buffer[] {
+  const handle = (socket as unknown as { _handle?: { readStop?: () => number } | null })._handle;
+  handle?.readStop?.();
+  const chunks: Buffer[] = [];
+  for (let c = socket.read() as Buffer | null; c !== null; c = socket.read() as Buffer | null) chunks.push(c);
+  return chunks;
+}
+
+export class NativeEngine {
+  /** The engine's counters (slots of engine.h), filled by `sync()`. */
+  readonly counters = new Float64Array(NATIVE_SLOTS);
+  private readonly engine: AddonEngine;
+  private readonly params = new Float64Array(11);
+
+  constructor(onEvents: (events: EngineEvent[]) => void) {
+    if (EngineClass === null) throw new Error(`native engine unavailable: ${nativeEngineUnavailable}`);
+    this.engine = new EngineClass(onEvents, this.counters);
+  }
+
+  /**
+   * Hands both sockets to the engine. `clientHead`/`upstreamHead`: bytes that came with
+   * the two handshakes. Node's sockets are closed here (the engine holds duplicates).
+   * Returns the engine's session id.
+   */
+  adopt(client: net.Socket, clientHead: Buffer, upstream: net.Socket, upstreamHead: Buffer, p: EngineParams): number {
+    const cfd = socketFd(client);
+    const ufd = socketFd(upstream);
+    if (cfd < 0 || ufd < 0) throw new Error('adopt: a socket without a descriptor');
+    const extra = stopAndDrain(client);
+    stopAndDrain(upstream);
+    const head = extra.length > 0 ? Buffer.concat([clientHead, ...extra]) : clientHead;
+    const v = this.params;
+    v[0] = p.maxFrameBytes;
+    v[1] = p.maxFragments;
+    v[2] = p.highWaterMark;
+    v[3] = p.policy;
+    v[4] = p.channelBytes;
+    v[5] = p.channelCapacity;
+    v[6] = p.pingMs;
+    v[7] = p.timeoutMs;
+    v[8] = p.messagesPerSecond;
+    v[9] = p.bytesPerSecond;
+    v[10] = p.expiresInMs;
+    const id = this.engine.adopt(cfd, ufd, head, upstreamHead, v);
+    // The engine holds its own descriptors: Node's handles go (no shutdown, just close).
+    client.destroy();
+    upstream.destroy();
+    return id;
+  }
+
+  shutdown(id: number, code: number, reason: string): void {
+    this.engine.shutdown(id, code, reason);
+  }
+
+  destroy(id: number): void {
+    this.engine.destroy(id);
+  }
+
+  flow(id: number): number[] | null {
+    return this.engine.flow(id);
+  }
+
+  /** Copy the counters out of the engine (at scrape time). */
+  sync(): Float64Array {
+    this.engine.sync();
+    return this.counters;
+  }
+
+  get sessions(): number {
+    return this.engine.sessions;
+  }
+
+  /** Cut what is left and free the engine (after a drain). */
+  close(): void {
+    this.engine.close();
+  }
+}
