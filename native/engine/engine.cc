@@ -733,14 +733,14 @@ void Engine::SendControl(Leg* to, uint8_t op, const uint8_t* payload, size_t n) 
   frame[len++] = static_cast<uint8_t>(0x80 | op);
   if (to->client) {
     frame[len++] = static_cast<uint8_t>(n);
-    std::memcpy(frame + len, payload, n);
+    if (n > 0) std::memcpy(frame + len, payload, n);
   } else {
     frame[len++] = static_cast<uint8_t>(0x80 | n);
     uint8_t k[4];
     keys_.Next(k);
     std::memcpy(frame + len, k, 4);
     len += 4;
-    XorMask(frame + len, payload, n, k, 0);
+    if (n > 0) XorMask(frame + len, payload, n, k, 0);
   }
   len += n;
   if (to->out_frame_left > 0) {
