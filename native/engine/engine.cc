@@ -16,6 +16,11 @@
 #include "../mask.h"
 #include "../utf8.h"
 
+// macOS has no MSG_NOSIGNAL; Node ignores SIGPIPE there as here, so 0 is enough.
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0
+#endif
+
 namespace sluice {
 namespace engine {
 
