@@ -187,12 +187,15 @@ shardTest('reload reaches every shard', async (t) => {
   t.ok(proxy.stats().shards.every((s) => s.sessions > 0), 'sessions on /a in both shards');
 
   await t.rejects(proxy.reload({ routes: [{ path: 'nope', upstreams: [] }] }), { code: 'SLUICE_ERR_CONFIG' }, 'a bad config is refused');
+  // Listened for before the reload: a shard may close its sessions (jitter within 200 ms)
+  // before the other shard's acknowledgement lets reload() resolve.
+  const closing = onA.map((ws) => closed(ws).then((c) => c.code));
   await proxy.reload({
     workers: 2, listen: { host: '127.0.0.1', port: 0 }, log: silent, drain: { timeoutMs: 200 },
     routes: [{ path: '/b', upstreams: [{ url: 'builtin:echo' }] }],
   });
   // Removed route: every session, in both shards, gets 1012.
-  const codes = await Promise.all(onA.map((ws) => closed(ws).then((c) => c.code)));
+  const codes = await Promise.all(closing);
   t.same(codes, Array(onA.length).fill(1012));
   // Every shard has the new routes: /a is gone everywhere, /b is served by both.
   for (let i = 0; i < 10; i++) {
