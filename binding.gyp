@@ -7,6 +7,8 @@
         "native/engine/binding.cc",
         "native/engine/engine.cc",
         "native/engine/frame_cursor.cc",
+        "native/engine/handshake.cc",
+        "native/engine/http_head.cc",
         "native/engine/listener.cc",
         "native/engine/utf8_stream.cc",
         "native/envelope.cc",

@@ -86,7 +86,8 @@ const selectedPeers = pick(PEERS, opts.peers, 'peer');
 const selectedWorkloads = pick(WORKLOADS, opts.workloads, 'workload');
 
 function pick(list, csv, what) {
-  if (!csv) return list;
+  // Optional entries (design comparisons) run only when named.
+  if (!csv) return list.filter((x) => !x.optional);
   const names = csv.split(',').map((s) => s.trim()).filter(Boolean);
   for (const n of names) {
     if (!list.some((x) => x.name === n)) {

@@ -708,7 +708,8 @@ Napi::Value IsUtf8Fn(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), IsUtf8(b.data, b.len));
 }
 
-// listenReusePort(host: string, port: number, backlog: number): number (a descriptor).
+// listenReusePort(host: string, port: number, backlog: number, reusePort = true): number (a
+// descriptor, bound and listening; without reusePort a port in use fails as it should).
 Napi::Value ListenReusePortFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 3 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsNumber()) {
@@ -722,12 +723,23 @@ Napi::Value ListenReusePortFn(const Napi::CallbackInfo& info) {
     return Napi::Value();
   }
   std::string error;
-  int fd = ListenReusePort(info[0].As<Napi::String>().Utf8Value(), static_cast<int>(port), static_cast<int>(backlog), &error);
+  const bool reuse = info.Length() < 4 || !info[3].IsBoolean() || info[3].As<Napi::Boolean>().Value();
+  int fd = ListenReusePort(info[0].As<Napi::String>().Utf8Value(), static_cast<int>(port), static_cast<int>(backlog), &error,
+                           reuse);
   if (fd < 0) {
     Napi::Error::New(env, error).ThrowAsJavaScriptException();
     return Napi::Value();
   }
   return Napi::Number::New(env, fd);
+}
+
+// socketPort(fd): the local port of a bound socket, or -1.
+Napi::Value SocketPortFn(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsNumber()) {
+    ThrowType(info.Env(), "socketPort(fd: number)");
+    return Napi::Value();
+  }
+  return Napi::Number::New(info.Env(), SocketPort(info[0].As<Napi::Number>().Int32Value()));
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -757,6 +769,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("poolStats", Napi::Function::New<PoolStats>(env, "poolStats"));
   exports.Set("isUtf8", Napi::Function::New<IsUtf8Fn>(env, "isUtf8"));
   exports.Set("listenReusePort", Napi::Function::New<ListenReusePortFn>(env, "listenReusePort"));
+  exports.Set("socketPort", Napi::Function::New<SocketPortFn>(env, "socketPort"));
   InitEngine(env, exports);
   return exports;
 }

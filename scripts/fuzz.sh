@@ -24,18 +24,22 @@ declare -A sources=(
   [envelope]="native/envelope.cc"
   [utf8]="native/utf8.cc"
   [frame_cursor]="native/engine/frame_cursor.cc native/engine/utf8_stream.cc native/frame.cc native/frame_run.cc native/mask.cc native/utf8.cc"
+  [http_head]="native/engine/http_head.cc"
 )
 
 # Seed corpus (small, committed); regenerate with: node native/fuzz/make-corpus.mjs
-if [ ! -d "$root/native/fuzz/corpus/frame_parser" ]; then
-  node "$root/native/fuzz/make-corpus.mjs"
-fi
+for d in frame_parser envelope utf8 http_head; do
+  if [ ! -d "$root/native/fuzz/corpus/$d" ]; then
+    node "$root/native/fuzz/make-corpus.mjs"
+    break
+  fi
+done
 
 # The engine's per-read path reads the same wire format: it starts from the parser's seeds.
 declare -A corpus=([frame_cursor]=frame_parser)
 
 status=0
-for target in frame_parser envelope utf8 frame_cursor; do
+for target in frame_parser envelope utf8 frame_cursor http_head; do
   srcs=()
   for s in ${sources[$target]}; do srcs+=("$root/$s"); done
   echo "== build $target"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the ASan/UBSan addon and runs checks against it through SLUICE_NATIVE_PATH:
 # native/smoke.mjs, the codec tests (test/codec*.test.ts), and the native engine end to
-# end (conformance, flood, proxy: every session of those runs in the sanitized engine).
+# end (conformance, flood, proxy, hardening, engine-accept: every connection of those is
+# accepted, handshaken and proxied by the sanitized engine).
 # Exits non-zero on a failing check or on any sanitizer report.
 set -uo pipefail
 
@@ -21,7 +22,8 @@ status=0
 echo "== native smoke (ASan)"
 node native/smoke.mjs 2>&1 | tee -a "$log" || status=1
 
-tests=(test/codec*.test.ts test/conformance.test.ts test/flood.test.ts test/proxy.test.ts)
+tests=(test/codec*.test.ts test/conformance.test.ts test/flood.test.ts test/proxy.test.ts test/hardening.test.ts)
+[ -e test/engine-accept.test.ts ] && tests+=(test/engine-accept.test.ts)
 if [ -e "${tests[0]}" ]; then
   echo "== tap ${tests[*]} (ASan)"
   npx tap --reporter=terse "${tests[@]}" 2>&1 | tee -a "$log" || status=1

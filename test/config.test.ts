@@ -24,7 +24,7 @@ t.test('an empty config is the built-in default: /echo on 127.0.0.1:8080', async
   const c = parseConfig({});
   t.same(c.listen, { host: '127.0.0.1', port: 8080 });
   t.same(c.routes, [{
-    path: '/echo', mode: 'transparent', balance: 'round_robin', backpressure: 'pause', compression: false,
+    path: '/echo', mode: 'transparent', balance: 'round_robin', backpressure: 'pause', compression: false, http: false,
     health: { intervalMs: 0, timeoutMs: 2000, coolOffMs: 5000 }, upstreams: [{ url: 'builtin:echo', weight: 1 }],
     maxConnections: 0,
   }]);
@@ -125,6 +125,11 @@ t.test('enums and kinds', async (t) => {
     'routes[0].backpressure: expected one of pause|close|drop, got "wait"',
     'routes[0].compression: expected true or false, got "yes"',
   ]);
+  t.same(problems({ routes: [route(), route({ path: '/b', http: 'yes' })] }), ['routes[1].http: expected true or false, got "yes"']);
+  t.equal(parseConfig({ routes: [route({ http: true })] }).routes[0].http, true);
+  t.equal(parseConfig({ routes: [route()] }).routes[0].http, false, 'http defaults to false');
+  t.same(problems({ routes: [{ path: '/e', http: true, upstreams: [{ url: 'builtin:echo' }] }] }),
+    ['routes[0].http: expected false on a route with a builtin:echo upstream (the built-in echo has no HTTP side), got true']);
   t.same(problems({ listen: 5 }), ['listen: expected a mapping of settings, got 5']);
   t.same(problems([]), ['(top level): expected a mapping of settings, got []']);
 });

@@ -168,3 +168,28 @@ t.test('default process metrics, and JSON export', async (t) => {
   t.equal(hist?.type, 'histogram');
   t.doesNotThrow(() => registry.resetMetrics(), 'resetMetrics does not break on the scraped histograms');
 });
+
+t.test('sluice_http_requests_total: by route and status, summed over shards', async (t) => {
+  const a = new ProxyCounters();
+  a.httpRequest('/h', 200);
+  a.httpRequest('/h', 200);
+  a.httpRequest('/h', 502);
+  a.httpRequest('', 404);
+  const b = new ProxyCounters();
+  b.httpRequest('/h', 200);
+  b.httpRequest('/ws', 426);
+  const one = createMetricsRegistry(a, { defaultMetrics: false });
+  t.same(block(await one.metrics(), 'sluice_http_requests_total'), [
+    '# TYPE sluice_http_requests_total counter',
+    'sluice_http_requests_total{route="/h",status="200"} 2',
+    'sluice_http_requests_total{route="/h",status="502"} 1',
+    'sluice_http_requests_total{route="",status="404"} 1',
+  ]);
+  const shards = createMetricsRegistry(() => [a, structuredClone(b)], { defaultMetrics: false });
+  t.same(block(await shards.metrics(), 'sluice_http_requests_total').slice(1), [
+    'sluice_http_requests_total{route="/h",status="200"} 3',
+    'sluice_http_requests_total{route="/h",status="502"} 1',
+    'sluice_http_requests_total{route="",status="404"} 1',
+    'sluice_http_requests_total{route="/ws",status="426"} 1',
+  ]);
+});

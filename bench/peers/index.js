@@ -27,6 +27,9 @@ export const PEERS = [
   nodeHttpProxy,
   sluicePeer({ name: 'sluice', describe: 'sluice, native codec' }),
   sluicePeer({ name: 'sluice-ts', describe: 'sluice, SLUICE_NO_NATIVE=1', env: { SLUICE_NO_NATIVE: '1' } }),
+  // The other handshake design (issue #13): Node's HTTP server accepts and parses, the
+  // upstream handshake runs in TypeScript, and both sockets are handed to the native engine.
+  sluicePeer({ name: 'sluice-node-accept', describe: 'sluice, SLUICE_ACCEPT=node (Node parses, engine adopts)', env: { SLUICE_ACCEPT: 'node' }, optional: true }),
   sluicePeer({ name: 'sluice-2shards', describe: 'sluice, workers: 2 (two worker-thread shards)', template: 'sluice-2shards.yaml.template' }),
   // Envelope routes: the client speaks v2 (binary) or v1 (JSON + base64), the backend plain
   // WebSocket; the load generator wraps its payload and checks the wrapped echo.

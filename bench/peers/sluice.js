@@ -10,10 +10,12 @@ const root = path.resolve(here, '..', '..');
 const cli = path.join(root, 'dist', 'cli.js');
 
 /** A sluice peer; `env` is added to its environment (e.g. SLUICE_NO_NATIVE=1). */
-export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.template', loadgenArgs = [] }) {
+export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.template', loadgenArgs = [], optional = false }) {
   return {
     name,
     describe,
+    /** Not in the default set (run it with --peers). */
+    optional,
     /** Extra load generator flags for this peer (the envelope routes speak v1/v2). */
     loadgenArgs,
     check() {

@@ -3,12 +3,13 @@
 // events, never per message.
 #include "binding.h"
 
-#ifndef _WIN32
+#ifdef __linux__
 
 #include <cmath>
 #include <string>
 
 #include "engine.h"
+#include "http_head.h"
 
 namespace sluice {
 
@@ -28,6 +29,12 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       InstanceMethod<&EngineWrap::Flow>("flow"),
       InstanceMethod<&EngineWrap::Close>("close"),
       InstanceMethod<&EngineWrap::Sync>("sync"),
+      InstanceMethod<&EngineWrap::Listen>("listen"),
+      InstanceMethod<&EngineWrap::StopListening>("stopListening"),
+      InstanceMethod<&EngineWrap::Refuse>("refuse"),
+      InstanceMethod<&EngineWrap::Release>("release"),
+      InstanceMethod<&EngineWrap::Dial>("dial"),
+      InstanceMethod<&EngineWrap::AbortDial>("abortDial"),
       InstanceAccessor<&EngineWrap::Sessions>("sessions"),
     });
   }
@@ -87,7 +94,24 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       Napi::Object o = Napi::Object::New(env);
       o.Set("type", Napi::Number::New(env, e.type));
       o.Set("id", Napi::Number::New(env, e.id));
-      if (e.type == 1) {
+      if (e.type == 3) {
+        o.Set("method", Latin1(env, e.text));
+        o.Set("target", Latin1(env, e.text2));
+        o.Set("remote", Napi::String::New(env, e.client_reason));
+        Napi::Array headers = Napi::Array::New(env, e.list.size());
+        for (size_t j = 0; j < e.list.size(); j++) headers.Set(static_cast<uint32_t>(j), Latin1(env, e.list[j]));
+        o.Set("headers", headers);
+      } else if (e.type == 4) {
+        o.Set("kind", Napi::Number::New(env, e.client_code));
+        o.Set("message", Napi::String::New(env, e.client_reason));
+        o.Set("status", Napi::Number::New(env, e.upstream_code));
+        o.Set("statusText", Latin1(env, e.upstream_reason));
+        o.Set("body", Napi::Buffer<char>::Copy(env, e.body.data(), e.body.size()));
+      } else if (e.type == 5) {
+        o.Set("protocol", Latin1(env, e.client_reason));
+      } else if (e.type == 6) {
+        // the client went away during the handshake: nothing more to say
+      } else if (e.type == 1) {
         o.Set("clientCode", Napi::Number::New(env, e.client_code));
         o.Set("clientReason", Napi::String::New(env, e.client_reason));
         o.Set("upstreamCode", Napi::Number::New(env, e.upstream_code));
@@ -134,6 +158,39 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     context_ = nullptr;
   }
 
+  // Session params from a Float64Array of kParamCount (engine.h Params, in order).
+  static bool ReadParams(Napi::Env env, Napi::Value value, Params* p) {
+    Napi::TypedArray pa = value.As<Napi::TypedArray>();
+    if (pa.TypedArrayType() != napi_float64_array || pa.ElementLength() < static_cast<size_t>(engine::kParamCount)) {
+      Napi::TypeError::New(env, "params must be a Float64Array of 11").ThrowAsJavaScriptException();
+      return false;
+    }
+    const double* v = pa.As<Napi::Float64Array>().Data();
+    for (int i = 0; i < engine::kParamCount; i++) {
+      if (!(v[i] >= 0) || !std::isfinite(v[i])) {
+        Napi::RangeError::New(env, "params must be finite and non-negative").ThrowAsJavaScriptException();
+        return false;
+      }
+    }
+    p->max_frame_bytes = static_cast<uint64_t>(v[0]);
+    p->max_fragments = static_cast<uint64_t>(v[1]);
+    p->high_water = static_cast<uint64_t>(v[2]);
+    p->policy = static_cast<int>(v[3]);
+    p->channel_bytes = static_cast<uint64_t>(v[4]);
+    p->channel_capacity = static_cast<uint64_t>(v[5]);
+    p->ping_ms = static_cast<uint64_t>(v[6]);
+    p->timeout_ms = static_cast<uint64_t>(v[7]);
+    p->messages_per_second = v[8];
+    p->bytes_per_second = v[9];
+    p->expires_in_ms = v[10];
+    if (p->policy > 2 || p->max_frame_bytes > 0xffffffffull || p->high_water == 0 || p->channel_bytes == 0 ||
+        p->channel_capacity == 0) {
+      Napi::RangeError::New(env, "params out of range").ThrowAsJavaScriptException();
+      return false;
+    }
+    return true;
+  }
+
   // adopt(clientFd, upstreamFd, clientHead: Uint8Array, upstreamHead: Uint8Array, params: Float64Array): number
   Napi::Value Adopt(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -160,30 +217,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       Napi::RangeError::New(env, "adopt: descriptors must be non-negative integers").ThrowAsJavaScriptException();
       return Napi::Value();
     }
-    const double* v = pa.As<Napi::Float64Array>().Data();
-    for (int i = 0; i < engine::kParamCount; i++) {
-      if (!(v[i] >= 0) || !std::isfinite(v[i])) {
-        Napi::RangeError::New(env, "adopt: params must be finite and non-negative").ThrowAsJavaScriptException();
-        return Napi::Value();
-      }
-    }
     Params p;
-    p.max_frame_bytes = static_cast<uint64_t>(v[0]);
-    p.max_fragments = static_cast<uint64_t>(v[1]);
-    p.high_water = static_cast<uint64_t>(v[2]);
-    p.policy = static_cast<int>(v[3]);
-    p.channel_bytes = static_cast<uint64_t>(v[4]);
-    p.channel_capacity = static_cast<uint64_t>(v[5]);
-    p.ping_ms = static_cast<uint64_t>(v[6]);
-    p.timeout_ms = static_cast<uint64_t>(v[7]);
-    p.messages_per_second = v[8];
-    p.bytes_per_second = v[9];
-    p.expires_in_ms = v[10];
-    if (p.policy > 2 || p.max_frame_bytes > 0xffffffffull || p.high_water == 0 || p.channel_bytes == 0 ||
-        p.channel_capacity == 0) {
-      Napi::RangeError::New(env, "adopt: params out of range").ThrowAsJavaScriptException();
-      return Napi::Value();
-    }
+    if (!ReadParams(env, pa, &p)) return Napi::Value();
     Napi::Uint8Array chb = ch.As<Napi::Uint8Array>();
     Napi::Uint8Array uhb = uh.As<Napi::Uint8Array>();
     std::string error;
@@ -247,6 +282,111 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value Sync(const Napi::CallbackInfo& info) {
     SyncCounters();
     return info.Env().Undefined();
+  }
+
+  static Napi::String Latin1(Napi::Env env, const std::string& s) {
+    napi_value v;
+    napi_create_string_latin1(env, s.data(), s.size(), &v);
+    return Napi::String(env, v);
+  }
+
+  static bool Whole(const Napi::Value& v, double lo, double hi) {
+    if (!v.IsNumber()) return false;
+    const double d = v.As<Napi::Number>().DoubleValue();
+    return d >= lo && d <= hi && std::floor(d) == d;
+  }
+
+  // listen(fd, headTimeoutMs, maxHeadBytes, maxFields): the engine accepts on fd (it owns it now).
+  Napi::Value Listen(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 4 || !Whole(info[0], 0, 1 << 30) || !Whole(info[1], 1, 1e9) || !Whole(info[2], 64, 1 << 24) ||
+        !Whole(info[3], 1, engine::kMaxHeadFields)) {
+      Napi::TypeError::New(env, "listen(fd, headTimeoutMs, maxHeadBytes 64.., maxFields 1..256)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (engine_ == nullptr) {
+      Napi::Error::New(env, "listen: the engine is closed").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    engine::ListenOptions o;
+    o.head_timeout_ms = static_cast<uint64_t>(info[1].As<Napi::Number>().DoubleValue());
+    o.max_head_bytes = static_cast<size_t>(info[2].As<Napi::Number>().DoubleValue());
+    o.max_fields = info[3].As<Napi::Number>().Int32Value();
+    std::string error;
+    if (!engine_->Listen(info[0].As<Napi::Number>().Int32Value(), o, &error)) {
+      Napi::Error::New(env, "listen: " + error).ThrowAsJavaScriptException();
+    }
+    return env.Undefined();
+  }
+
+  Napi::Value StopListening(const Napi::CallbackInfo& info) {
+    if (engine_ != nullptr) engine_->StopListening();
+    return info.Env().Undefined();
+  }
+
+  // refuse(id, answer: Uint8Array): the client gets these bytes, then the connection ends.
+  Napi::Value Refuse(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsTypedArray() ||
+        info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+      Napi::TypeError::New(env, "refuse(id, answer: Uint8Array)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (engine_ == nullptr) return Napi::Boolean::New(env, false);
+    Napi::Uint8Array a = info[1].As<Napi::Uint8Array>();
+    return Napi::Boolean::New(env, engine_->Refuse(info[0].As<Napi::Number>().Uint32Value(), a.Data(), a.ByteLength()));
+  }
+
+  // release(id): [fd, bytes read so far] for Node's HTTP server, or null.
+  Napi::Value Release(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) {
+      Napi::TypeError::New(env, "release(id)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (engine_ == nullptr) return env.Null();
+    std::string bytes;
+    const int fd = engine_->Release(info[0].As<Napi::Number>().Uint32Value(), &bytes);
+    if (fd < 0) return env.Null();
+    Napi::Array a = Napi::Array::New(env, 2);
+    a.Set(0u, Napi::Number::New(env, fd));
+    a.Set(1u, Napi::Buffer<char>::Copy(env, bytes.data(), bytes.size()));
+    return a;
+  }
+
+  // dial(id, ip, port, request: Uint8Array, offered: string, fallbackProtocol: string, params: Float64Array)
+  Napi::Value Dial(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 7 || !info[0].IsNumber() || !info[1].IsString() || !Whole(info[2], 1, 65535) ||
+        !info[3].IsTypedArray() || !info[4].IsString() || !info[5].IsString() || !info[6].IsTypedArray()) {
+      Napi::TypeError::New(env, "dial(id, ip, port, request, offered, fallbackProtocol, params)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (engine_ == nullptr) return Napi::Boolean::New(env, false);
+    Params p;
+    if (!ReadParams(env, info[6], &p)) return Napi::Value();
+    Napi::TypedArray rq = info[3].As<Napi::TypedArray>();
+    if (rq.TypedArrayType() != napi_uint8_array) {
+      Napi::TypeError::New(env, "dial: request must be a Uint8Array").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    Napi::Uint8Array r = rq.As<Napi::Uint8Array>();
+    std::string error;
+    const bool ok = engine_->Dial(info[0].As<Napi::Number>().Uint32Value(), info[1].As<Napi::String>().Utf8Value(),
+                                  info[2].As<Napi::Number>().Int32Value(),
+                                  std::string(reinterpret_cast<const char*>(r.Data()), r.ByteLength()),
+                                  info[4].As<Napi::String>().Utf8Value(), info[5].As<Napi::String>().Utf8Value(), p, &error);
+    return Napi::Boolean::New(env, ok);
+  }
+
+  Napi::Value AbortDial(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) {
+      Napi::TypeError::New(env, "abortDial(id)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (engine_ == nullptr) return Napi::Boolean::New(env, false);
+    return Napi::Boolean::New(env, engine_->AbortDial(info[0].As<Napi::Number>().Uint32Value()));
   }
 
   Napi::Value Sessions(const Napi::CallbackInfo& info) {

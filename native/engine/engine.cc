@@ -1,9 +1,13 @@
 #include "engine.h"
 
-#ifndef _WIN32
+#ifdef __linux__
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -12,6 +16,7 @@
 #include <cstring>
 #include <new>
 
+#include "http_head.h"
 #include "../codec_abi.h"
 #include "../mask.h"
 #include "../utf8.h"
@@ -28,7 +33,7 @@ namespace {
 
 // One read buffer per engine (per thread); a frame that fits in a read is checked and
 // forwarded in place.
-constexpr size_t kReadBytes = 256 * 1024;
+constexpr size_t kReadBytes = kReadBufferBytes;
 // Data frames up to this size are kept whole until their last byte arrived, so a side that
 // vanishes mid-frame leaves its partner with whole frames only (and a close frame: 1014 or
 // 1001). Larger frames stream as they arrive, with a copy of nothing; if their sender
@@ -87,25 +92,53 @@ size_t ClosePayload(int code, const std::string& reason, uint8_t out[125]) {
   return n + 2;
 }
 
-void OnPollCb(uv_poll_t* handle, int status, int events) {
-  Leg* leg = static_cast<Leg*>(handle->data);
-  leg->session->engine->OnPoll(leg, status, events);
-}
+void OnEpollCb(uv_poll_t* handle, int, int) { static_cast<Engine*>(handle->data)->OnEpoll(); }
 
-void OnPollClosedCb(uv_handle_t* handle) {
-  Leg* leg = static_cast<Leg*>(handle->data);
-  leg->session->engine->OnPollClosed(leg);
-}
+void OnKickCb(uv_timer_t* t) { static_cast<Engine*>(t->data)->RunReady(); }
+
+void OnHandleClosedCb(uv_handle_t* h) { static_cast<Engine*>(h->data)->HandleClosed(); }
+
+// Events per epoll_wait; more wait for the next turn of the loop (libuv sees the epoll
+// descriptor still readable).
+constexpr int kEpollBatch = 256;
 
 void OnSweepCb(uv_timer_t* t) { static_cast<Engine*>(t->data)->Sweep(); }
+
+}  // namespace
+
+// ---------------------------------------------------------------- small parts
+
+void LimitsOf(const Params& p, CursorLimits* client, CursorLimits* server) {
+  client->server = true;
+  client->max_frame_bytes = p.max_frame_bytes;
+  client->max_message_bytes = p.max_frame_bytes;
+  client->max_fragments = p.max_fragments;
+  *server = *client;
+  server->server = false;
+}
+
+// Timers and rate limits of a session whose data phase starts now.
+void StartClocks(Session* s, uint64_t t) {
+  const Params& p = s->params;
+  s->last_ping = t;
+  s->client.seen = s->server.seen = t;
+  if (p.expires_in_ms > 0) s->expires_at = t + static_cast<uint64_t>(p.expires_in_ms);
+  if (p.messages_per_second > 0) {
+    s->msg_rate.rate_per_ms = p.messages_per_second / 1000;
+    s->msg_rate.burst = s->msg_rate.tokens = p.messages_per_second;
+    s->msg_rate.last = t;
+  }
+  if (p.bytes_per_second > 0) {
+    s->byte_rate.rate_per_ms = p.bytes_per_second / 1000;
+    s->byte_rate.burst = s->byte_rate.tokens = p.bytes_per_second;
+    s->byte_rate.last = t;
+  }
+}
 
 bool CanSend(const Leg* leg) {
   return leg->alive && !leg->broken && (leg->state == kOpen || leg->state == kCloseReceived);
 }
 
-}  // namespace
-
-// ---------------------------------------------------------------- small parts
 
 bool Backlog::Append(const uint8_t* p, size_t n) {
   if (n == 0) return true;
@@ -327,27 +360,177 @@ bool LegVisitor::ActHeld(uint8_t* q, size_t n, bool in_read) {
 
 Engine::Engine(uv_loop_t* loop, void* owner, Notify notify) : loop_(loop), owner_(owner), notify_(notify) {
   read_buf_ = static_cast<uint8_t*>(std::malloc(kReadBytes));
+  request_head_ = new (std::nothrow) RequestHead;
+  response_head_ = new (std::nothrow) ResponseHead;
   uv_timer_init(loop_, &sweep_);
   sweep_.data = this;
   uv_timer_start(&sweep_, OnSweepCb, 1000, 1000);
   uv_unref(reinterpret_cast<uv_handle_t*>(&sweep_));
   sweep_open_ = true;
   pending_handles_ = 1;
+  uv_timer_init(loop_, &kick_);
+  kick_.data = this;
+  uv_unref(reinterpret_cast<uv_handle_t*>(&kick_));
+  kick_open_ = true;
+  pending_handles_++;
+  // One epoll per engine: every descriptor is registered once, edge-triggered, for
+  // reading and writing, and never modified (as nginx does): no epoll_ctl per state change.
+  // libuv watches the epoll descriptor itself; it holds the loop open only while the
+  // engine has connections or listens (UpdateRef).
+  epfd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epfd_ >= 0 && uv_poll_init(loop_, &ep_poll_, epfd_) == 0) {
+    ep_poll_.data = this;
+    uv_poll_start(&ep_poll_, UV_READABLE, OnEpollCb);
+    uv_unref(reinterpret_cast<uv_handle_t*>(&ep_poll_));
+    ep_open_ = true;
+    pending_handles_++;
+  } else if (epfd_ >= 0) {
+    close(epfd_);
+    epfd_ = -1;
+  }
 }
 
-Engine::~Engine() { std::free(read_buf_); }
+Engine::~Engine() {
+  std::free(read_buf_);
+  delete request_head_;
+  delete response_head_;
+}
 
 void Engine::Dispose() {
   if (disposed_) return;
   disposed_ = true;
+  StopListening();
   CloseAll();
+  Reap();
   if (sweep_open_) {
     sweep_open_ = false;
     uv_timer_stop(&sweep_);
-    uv_close(reinterpret_cast<uv_handle_t*>(&sweep_), [](uv_handle_t* h) {
-      static_cast<Engine*>(h->data)->HandleClosed();
-    });
+    uv_close(reinterpret_cast<uv_handle_t*>(&sweep_), OnHandleClosedCb);
   }
+  if (kick_open_) {
+    kick_open_ = false;
+    uv_timer_stop(&kick_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&kick_), OnHandleClosedCb);
+  }
+  if (ep_open_) {
+    ep_open_ = false;
+    uv_poll_stop(&ep_poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&ep_poll_), OnHandleClosedCb);
+  }
+  if (epfd_ >= 0) close(epfd_);
+  epfd_ = -1;
+}
+
+// ---------------------------------------------------------------- readiness
+
+bool Engine::Watch(Leg* leg) {
+  struct epoll_event ev;
+  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  ev.data.ptr = leg;
+  if (epfd_ < 0 || epoll_ctl(epfd_, EPOLL_CTL_ADD, leg->fd, &ev) != 0) return false;
+  leg->watched = true;
+  return true;
+}
+
+// Before the descriptor closes or changes hands: a copy of it elsewhere (a child between
+// fork and exec) would otherwise keep the registration, and its events, alive.
+void Engine::Unwatch(Leg* leg) {
+  if (!leg->watched) return;
+  leg->watched = false;
+  epoll_ctl(epfd_, EPOLL_CTL_DEL, leg->fd, nullptr);
+}
+
+void Engine::OnEpoll() {
+  if (epfd_ < 0) return;
+  struct epoll_event evs[kEpollBatch];
+  const int n = epoll_wait(epfd_, evs, kEpollBatch, 0);
+  in_dispatch_ = true;
+  for (int i = 0; i < n; i++) {
+    Leg* leg = static_cast<Leg*>(evs[i].data.ptr);
+    if (leg == nullptr) {
+      OnAccept();
+      continue;
+    }
+    // A leg ended earlier in this batch is still in memory (freed by Reap, below).
+    if (!leg->watched) continue;
+    OnLegEvent(leg, evs[i].events);
+  }
+  in_dispatch_ = false;
+  RunReady();
+}
+
+void Engine::OnLegEvent(Leg* leg, uint32_t ev) {
+  if (leg->session->stage != kStageData) {
+    OnHandshakeEvent(leg, ev);
+    return;
+  }
+  if (!leg->alive) return;
+  if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) leg->readable = true;
+  if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) leg->hup = true;
+  if ((ev & EPOLLOUT) && leg->out.size() > 0) DrainBacklog(leg);
+  if (leg->alive && leg->readable && !leg->paused && !leg->read_eof) ReadSome(leg);
+  if (leg->alive && (ev & EPOLLERR) && !leg->read_eof) {
+    // Failed (reset): what was readable has been read; the rest cannot go.
+    leg->out.Free();
+    OnEof(leg);
+  }
+}
+
+// Read `leg` again soon: it stopped with bytes still waiting (fairness cap, or it was
+// paused), and no new edge will say so.
+void Engine::Schedule(Leg* leg) {
+  if (leg->in_ready || !leg->alive) return;
+  leg->in_ready = true;
+  ready_.push_back(leg);
+  if (!in_dispatch_ && kick_open_) uv_timer_start(&kick_, OnKickCb, 0, 0);
+}
+
+// A paused leg may be read again.
+void Engine::Resume(Leg* leg) {
+  leg->paused = false;
+  if (leg->readable) Schedule(leg);
+}
+
+void Engine::RunReady() {
+  // Legs scheduled while these run wait for the next round (a busy pair cannot starve the loop).
+  for (int round = 0; round < 4 && !ready_.empty(); round++) {
+    std::vector<Leg*> batch;
+    batch.swap(ready_);
+    for (Leg* leg : batch) {
+      leg->in_ready = false;
+      if (leg->watched && leg->alive && leg->readable && !leg->paused && !leg->read_eof) ReadSome(leg);
+    }
+  }
+  if (!ready_.empty() && kick_open_) uv_timer_start(&kick_, OnKickCb, 0, 0);
+  Reap();
+}
+
+// Sessions whose end was reached are freed here, outside any dispatch that may still hold
+// pointers to their legs.
+void Engine::Reap() {
+  if (in_dispatch_ || graveyard_.empty()) return;
+  std::vector<Session*> dead;
+  dead.swap(graveyard_);
+  for (Session* s : dead) {
+    if (s->client.in_ready || s->server.in_ready) {
+      // Still in the ready list: freed once that has run.
+      graveyard_.push_back(s);
+      continue;
+    }
+    delete s;
+  }
+  UpdateRef();
+}
+
+// The loop stays alive while the engine has connections or listens (as Node's own sockets
+// keep it alive), not for an idle engine.
+void Engine::UpdateRef() {
+  if (!ep_open_) return;
+  const bool want = count_ > 0 || handshakes_ > 0 || listen_open_;
+  if (want == ep_ref_) return;
+  ep_ref_ = want;
+  if (want) uv_ref(reinterpret_cast<uv_handle_t*>(&ep_poll_));
+  else uv_unref(reinterpret_cast<uv_handle_t*>(&ep_poll_));
 }
 
 void Engine::HandleClosed() {
@@ -377,13 +560,8 @@ uint32_t Engine::Adopt(int client_fd, int upstream_fd, const uint8_t* client_hea
     return 0;
   }
   for (int fd : {c, u}) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-  CursorLimits cl;
-  cl.server = true;
-  cl.max_frame_bytes = p.max_frame_bytes;
-  cl.max_message_bytes = p.max_frame_bytes;
-  cl.max_fragments = p.max_fragments;
-  CursorLimits sl = cl;
-  sl.server = false;
+  CursorLimits cl, sl;
+  LimitsOf(p, &cl, &sl);
   uint32_t id = next_id_++;
   if (id == 0) id = next_id_++;
   Session* s = new (std::nothrow) Session(this, id, p, cl, sl);
@@ -393,33 +571,20 @@ uint32_t Engine::Adopt(int client_fd, int upstream_fd, const uint8_t* client_hea
     *error = "out of memory";
     return 0;
   }
-  const uint64_t t = now();
-  s->last_ping = t;
-  if (p.expires_in_ms > 0) s->expires_at = t + static_cast<uint64_t>(p.expires_in_ms);
-  if (p.messages_per_second > 0) {
-    s->msg_rate.rate_per_ms = p.messages_per_second / 1000;
-    s->msg_rate.burst = s->msg_rate.tokens = p.messages_per_second;
-    s->msg_rate.last = t;
+  StartClocks(s, now());
+  s->client.fd = c;
+  s->server.fd = u;
+  if (!Watch(&s->client) || !Watch(&s->server)) {
+    *error = std::string("cannot watch the sockets: ") + std::strerror(errno);
+    Unwatch(&s->client);
+    close(c);
+    close(u);
+    delete s;
+    return 0;
   }
-  if (p.bytes_per_second > 0) {
-    s->byte_rate.rate_per_ms = p.bytes_per_second / 1000;
-    s->byte_rate.burst = s->byte_rate.tokens = p.bytes_per_second;
-    s->byte_rate.last = t;
-  }
-  for (Leg* leg : {&s->client, &s->server}) {
-    leg->fd = leg->client ? c : u;
-    leg->seen = t;
-    uv_poll_init(loop_, &leg->poll, leg->fd);
-    leg->poll.data = leg;
-    leg->poll_open = true;
-    s->handles_open++;
-    pending_handles_++;
-  }
-  s->next = head_;
-  if (head_ != nullptr) head_->prev = s;
-  head_ = s;
-  by_id_[id] = s;
+  Link(s);
   count_++;
+  UpdateRef();
   // Bytes that came with the handshakes: the upstream's first frames, the client's.
   for (Leg* leg : {&s->server, &s->client}) {
     const uint8_t* src = leg->client ? client_head : upstream_head;
@@ -432,14 +597,17 @@ uint32_t Engine::Adopt(int client_fd, int upstream_fd, const uint8_t* client_hea
       left -= n;
     }
   }
-  UpdatePoll(&s->server);
-  UpdatePoll(&s->client);
+  // Whatever waits in the sockets already: no edge will announce it.
+  for (Leg* leg : {&s->server, &s->client}) {
+    leg->readable = true;
+    Schedule(leg);
+  }
   return id;
 }
 
 bool Engine::Shutdown(uint32_t id, int code, const std::string& reason) {
   Session* s = Find(id);
-  if (s == nullptr || s->ended) return false;
+  if (s == nullptr || s->ended || s->stage != kStageData) return false;
   if (s->closed_first == 0) s->closed_first = 3;
   SendClose(&s->client, code, reason);
   SendClose(&s->server, 1001, reason);
@@ -448,7 +616,7 @@ bool Engine::Shutdown(uint32_t id, int code, const std::string& reason) {
 
 bool Engine::Destroy(uint32_t id) {
   Session* s = Find(id);
-  if (s == nullptr || s->ended) return false;
+  if (s == nullptr || s->ended || s->stage != kStageData) return false;
   for (Leg* leg : {&s->client, &s->server}) {
     if (!leg->alive) continue;
     leg->out.Free();
@@ -459,7 +627,7 @@ bool Engine::Destroy(uint32_t id) {
 
 bool Engine::Flow(uint32_t id, double out[4]) {
   Session* s = Find(id);
-  if (s == nullptr) return false;
+  if (s == nullptr || s->stage != kStageData) return false;
   out[0] = s->client.paused ? 1 : 0;
   out[1] = s->server.paused ? 1 : 0;
   out[2] = static_cast<double>(s->client.out.size());
@@ -471,6 +639,11 @@ void Engine::CloseAll() {
   Session* s = head_;
   while (s != nullptr) {
     Session* next = s->next;
+    if (s->stage != kStageData) {
+      EndHandshake(s, false);
+      s = next;
+      continue;
+    }
     for (Leg* leg : {&s->client, &s->server}) {
       if (!leg->alive) continue;
       leg->out.Free();
@@ -485,36 +658,36 @@ void Engine::CloseAll() {
 
 // ---------------------------------------------------------------- reading
 
-void Engine::OnPoll(Leg* leg, int status, int events) {
-  if (!leg->alive) return;
-  if (status < 0) {
-    leg->out.Free();
-    OnEof(leg);
-    return;
-  }
-  if (events & UV_WRITABLE) DrainBacklog(leg);
-  if (leg->alive && (events & UV_READABLE) && !leg->paused && !leg->read_eof) ReadSome(leg);
-}
-
+// Edge-triggered: read until the socket runs dry (a short read says so: data arriving
+// after it raises a new edge; but an end already signalled is seen only by reading on, to
+// the 0), the leg pauses or ends, or the fairness cap, after which the leg waits in the
+// ready list for its turn.
 bool Engine::ReadSome(Leg* leg) {
   for (int i = 0; i < 4; i++) {
     const ssize_t n = recv(leg->fd, read_buf_, kReadBytes, 0);
     if (n > 0) {
       leg->seen = now();
+      if (static_cast<size_t>(n) < kReadBytes && !leg->hup) leg->readable = false;
       Process(leg, read_buf_, static_cast<size_t>(n));
-      if (!leg->alive || leg->paused || leg->read_eof || static_cast<size_t>(n) < kReadBytes) return true;
+      if (!leg->alive || leg->paused || leg->read_eof || !leg->readable) return true;
       continue;
     }
     if (n == 0) {
+      leg->readable = false;
       OnEof(leg);
       return false;
     }
     if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      leg->readable = false;
+      return true;
+    }
+    leg->readable = false;
     leg->out.Free();
     OnEof(leg);
     return false;
   }
+  Schedule(leg);
   return true;
 }
 
@@ -531,6 +704,11 @@ void Engine::Process(Leg* from, uint8_t* data, size_t len) {
 void Engine::OnEof(Leg* leg) {
   if (!leg->alive) return;
   Session* s = leg->session;
+  if (s->stage != kStageData) {
+    // A client that failed while its refusal was written, or during the handshakes.
+    EndHandshake(s, s->stage != kStageRefusal && s->stage != kStageHead);
+    return;
+  }
   leg->read_eof = true;
   leg->deaf = true;
   leg->cursor.Stop();
@@ -554,29 +732,14 @@ void Engine::OnEof(Leg* leg) {
     SendClose(partner, partner->code == 1005 ? 0 : partner->code, partner->reason);
   }
   if (partner->broken && partner->alive) EndLeg(partner, kViolationLingerMs);
-  if (partner->paused && partner->alive) {
-    partner->paused = false;
-    UpdatePoll(partner);
-  }
+  if (partner->paused && partner->alive) Resume(partner);
   if (leg->out.size() == 0) {
     CloseDescriptor(leg);
   } else {
     leg->shut_after_flush = true;
     leg->kill_at = now() + kViolationLingerMs;
-    UpdatePoll(leg);
   }
   MaybeEnd(s);
-}
-
-void Engine::UpdatePoll(Leg* leg) {
-  if (!leg->alive || !leg->poll_open) return;
-  int want = 0;
-  if (!leg->paused && !leg->read_eof) want |= UV_READABLE;
-  if (leg->out.size() > 0) want |= UV_WRITABLE;
-  if (want == leg->events) return;
-  leg->events = want;
-  if (want == 0) uv_poll_stop(&leg->poll);
-  else uv_poll_start(&leg->poll, want, OnPollCb);
 }
 
 // ---------------------------------------------------------------- writing
@@ -684,14 +847,11 @@ void Engine::Write(Leg* to, const uint8_t* p, size_t n) {
 
 // Past high water under `pause`: stop reading the partner until this side drains.
 void Engine::AfterWrite(Leg* to) {
-  UpdatePoll(to);
   Session* s = to->session;
   if (s->params.policy == 0 && to->out.size() > s->params.high_water) {
     Leg* partner = Partner(to);
-    if (!partner->paused && partner->alive && partner->state == kOpen) {
-      partner->paused = true;
-      UpdatePoll(partner);
-    }
+    // Not read from now on (the registration stays: the next read waits for Resume).
+    if (!partner->paused && partner->alive && partner->state == kOpen) partner->paused = true;
   }
 }
 
@@ -723,12 +883,8 @@ void Engine::DrainBacklog(Leg* leg) {
     }
     if (!leg->client) CheckBackpressure(s, 0);
   }
-  UpdatePoll(leg);
   Leg* partner = Partner(leg);
-  if (partner->paused && leg->out.size() <= s->params.high_water / 2) {
-    partner->paused = false;
-    UpdatePoll(partner);
-  }
+  if (partner->paused && leg->out.size() <= s->params.high_water / 2) Resume(partner);
 }
 
 void Engine::SendControl(Leg* to, uint8_t op, const uint8_t* payload, size_t n) {
@@ -779,10 +935,7 @@ void Engine::SendClose(Leg* leg, int code, const std::string& reason) {
   } else {
     leg->kill_at = now() + kCloseReplyMs;
     // Its reply must be read, whatever the partner's pace (data after it is discarded).
-    if (leg->paused) {
-      leg->paused = false;
-      UpdatePoll(leg);
-    }
+    if (leg->paused) Resume(leg);
   }
 }
 
@@ -801,20 +954,9 @@ void Engine::CloseDescriptor(Leg* leg) {
   leg->out.Free();
   leg->hold.clear();
   leg->hold.shrink_to_fit();
-  if (leg->poll_open) {
-    leg->poll_open = false;
-    uv_poll_stop(&leg->poll);
-    uv_close(reinterpret_cast<uv_handle_t*>(&leg->poll), OnPollClosedCb);
-  }
+  Unwatch(leg);
   close(leg->fd);
   leg->fd = -1;
-}
-
-void Engine::OnPollClosed(Leg* leg) {
-  Session* s = leg->session;
-  s->handles_open--;
-  if (s->handles_open == 0 && s->ended) Free(s);
-  HandleClosed();
 }
 
 // ---------------------------------------------------------------- frames and closes
@@ -958,6 +1100,10 @@ void Engine::CountFrame(bool in, int kind, uint64_t bytes) {
 }
 
 void Engine::MaybeEnd(Session* s) {
+  if (s->stage != kStageData) {
+    if (!s->client.alive) EndHandshake(s, false);
+    return;
+  }
   if (s->ended || s->client.alive || s->server.alive) return;
   s->ended = true;
   Event e{};
@@ -973,17 +1119,14 @@ void Engine::MaybeEnd(Session* s) {
   e.bytes_in = static_cast<double>(s->client.bytes);
   e.bytes_out = static_cast<double>(s->server.bytes);
   // Unlinked now; freed when both poll handles have closed.
-  if (s->prev != nullptr) s->prev->next = s->next;
-  else head_ = s->next;
-  if (s->next != nullptr) s->next->prev = s->prev;
-  s->prev = s->next = nullptr;
-  by_id_.erase(s->id);
+  Unlink(s);
   count_--;
+  UpdateRef();
   Emit(std::move(e));
-  if (s->handles_open == 0) Free(s);
+  Free(s);
 }
 
-void Engine::Free(Session* s) { delete s; }
+void Engine::Free(Session* s) { graveyard_.push_back(s); }
 
 void Engine::Emit(Event&& e) {
   events_.push_back(std::move(e));
@@ -992,9 +1135,21 @@ void Engine::Emit(Event&& e) {
 
 void Engine::Sweep() {
   const uint64_t t = now();
+  if (listen_paused_) ResumeListening();
   Session* s = head_;
   while (s != nullptr) {
     Session* next = s->next;
+    if (s->stage != kStageData) {
+      // Handshakes: the request head's deadline (408), a refused client's linger. The
+      // decision, the dial and the upstream's answer are timed in JavaScript.
+      if (s->stage == kStageHead && t >= s->hs->deadline) {
+        Answer(s, 408, "Request Timeout");
+      } else if (s->stage == kStageRefusal && s->client.kill_at != 0 && t >= s->client.kill_at) {
+        EndHandshake(s, false);
+      }
+      s = next;
+      continue;
+    }
     Leg* c = &s->client;
     Leg* u = &s->server;
     const Params& p = s->params;
@@ -1069,9 +1224,10 @@ void Engine::Sweep() {
     }
     s = next;
   }
+  Reap();
 }
 
 }  // namespace engine
 }  // namespace sluice
 
-#endif  // _WIN32
+#endif  // __linux__

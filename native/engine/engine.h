@@ -42,6 +42,9 @@ constexpr int kBackpressureEvents = 26;
 constexpr int kCount = 27;
 }  // namespace slot
 
+// The engine's read buffer (one per engine).
+constexpr size_t kReadBufferBytes = 256 * 1024;
+
 enum Kind { kText = 0, kBinary = 1, kPing = 2, kPong = 3, kCloseKind = 4 };
 
 // Per-session settings, from JavaScript (a Float64Array, in this order).
@@ -88,6 +91,45 @@ struct TokenBucket {
 
 class Engine;
 struct Session;
+struct RequestHead;
+struct ResponseHead;
+
+// Where a session is: its handshakes (the engine accepted the client), or its data phase.
+enum Stage {
+  kStageHead = 0,          // reading the client's request head
+  kStageDecide = 1,        // JavaScript decides (route, auth, limits, upstream)
+  kStageConnect = 2,       // dialling the upstream
+  kStageUpstreamHead = 3,  // our upgrade request sent, reading the upstream's answer
+  kStageRefusal = 4,       // an HTTP answer goes to the client, then the connection ends
+  kStageData = 5,          // a WebSocket session
+};
+
+// What the listener applies to the request heads it reads.
+struct ListenOptions {
+  uint64_t head_timeout_ms = 10000;
+  size_t max_head_bytes = 16384;
+  int max_fields = 100;
+};
+
+// A session's handshakes, while the engine does them (freed when the data phase starts).
+struct Handshake {
+  std::string client_in;      // bytes read from the client: its head, then any that followed
+  size_t head_bytes = 0;
+  std::string client_key;     // Sec-WebSocket-Key
+  std::string remote;         // the client's address
+  uint64_t deadline = 0;      // the request head must be complete by then (408)
+  bool dialing = false;       // the upstream socket (server leg's fd) is being dialled
+  std::string request;        // our upgrade request, and how much of it has gone
+  size_t request_sent = 0;
+  std::string upstream_in;    // the upstream's answer
+  char expect_accept[29] = {0};
+  std::string offered;        // the subprotocols offered upstream, comma separated
+  std::string fallback_protocol;  // answered to the client when the upstream picks none
+  int refusal_status = 0;     // a non-101 answer being read (its body follows)
+  std::string refusal_text;
+  size_t refusal_body_at = 0;
+  size_t refusal_body_len = 0;
+};
 
 enum LegState { kOpen = 0, kCloseSent = 1, kCloseReceived = 2, kClosed = 3 };
 
@@ -96,9 +138,10 @@ struct Leg {
   Session* session;
   bool client;
   int fd = -1;
-  uv_poll_t poll;
-  bool poll_open = false;
-  int events = 0;
+  bool watched = false;   // registered with the engine's epoll
+  bool readable = false;  // the last edge said readable and no read has run dry since
+  bool in_ready = false;  // queued to be read again (engine's ready list)
+  bool hup = false;       // the peer's end (or an error) was signalled: read until recv says so
   FrameCursor cursor;
   int state = kOpen;
   bool alive = true;     // the descriptor is open
@@ -135,6 +178,9 @@ struct Session {
   Session(Engine* e, uint32_t session_id, const Params& p, const CursorLimits& client_limits,
           const CursorLimits& server_limits)
       : engine(e), id(session_id), params(p), client(this, true, client_limits), server(this, false, server_limits) {}
+  ~Session() { delete hs; }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
   Engine* engine;
   uint32_t id;
   Params params;
@@ -147,15 +193,21 @@ struct Session {
   bool bp_reported = false;
   TokenBucket msg_rate;
   TokenBucket byte_rate;
-  int handles_open = 0;
   bool ended = false;
+  int stage = kStageData;
+  Handshake* hs = nullptr;
   Session* prev = nullptr;
   Session* next = nullptr;
 };
 
 // What JavaScript is told, batched per loop turn.
 struct Event {
-  int type;  // 1 end, 2 backpressure
+  // 1 end, 2 backpressure; handshakes: 3 a request head (text: method, text2: target,
+  // list: header names and values, client_reason: remote address), 4 the dial failed
+  // (client_code: 1 unreachable, 2 bad handshake, 3 refused with upstream_code as status,
+  // client_reason: message, upstream_reason: status text, body), 5 opened (client_reason:
+  // the subprotocol), 6 the client went away during the handshake.
+  int type;
   uint32_t id;
   int client_code;
   std::string client_reason;
@@ -164,7 +216,14 @@ struct Event {
   int closed_first;
   double msgs_in, msgs_out, bytes_in, bytes_out;
   double fill;
+  std::string text, text2, body;
+  std::vector<std::string> list;
 };
+
+// The cursor limits of each leg, from a session's params.
+void LimitsOf(const Params& p, CursorLimits* client, CursorLimits* server);
+// Heartbeat clocks, expiry and rate limits of a session whose data phase starts at t.
+void StartClocks(Session* s, uint64_t t);
 
 class Engine {
  public:
@@ -184,13 +243,30 @@ class Engine {
   bool Destroy(uint32_t id);
   bool Flow(uint32_t id, double out[4]);
   void CloseAll();
+
+  // The engine accepts on `fd` (a listening socket it now owns) and reads request heads;
+  // each complete one is an event (type 3) that JavaScript answers with one of:
+  bool Listen(int fd, const ListenOptions& o, std::string* error);
+  void StopListening();
+  // an HTTP answer (the connection ends after it);
+  bool Refuse(uint32_t id, const uint8_t* p, size_t n);
+  // the connection itself, for Node's HTTP server (returns the descriptor and the bytes
+  // read so far, or -1);
+  int Release(uint32_t id, std::string* bytes);
+  // or an upstream to dial: an IPv4/IPv6 address, our upgrade request without its
+  // Sec-WebSocket-Key line and final CRLF (the engine adds them), the subprotocols offered.
+  // Ends in event 5 (the session runs; the client got its 101) or 4.
+  bool Dial(uint32_t id, const std::string& ip, int port, const std::string& request, const std::string& offered,
+            const std::string& fallback_protocol, const Params& p, std::string* error);
+  // Give up the dial in progress (the upstream timed out): the session waits for Refuse.
+  bool AbortDial(uint32_t id);
   size_t sessions() const { return count_; }
   double* counters() { return counters_; }
   std::vector<Event>& events() { return events_; }
 
   // Internal (callbacks).
-  void OnPoll(Leg* leg, int status, int events);
-  void OnPollClosed(Leg* leg);
+  void OnEpoll();
+  void RunReady();
   void Sweep();
   void HandleClosed();
 
@@ -198,10 +274,36 @@ class Engine {
   ~Engine();
   friend class LegVisitor;
   Session* Find(uint32_t id);
+  // Readiness (edge-triggered epoll: one registration per descriptor, never modified).
+  bool Watch(Leg* leg);
+  void Unwatch(Leg* leg);
+  void OnLegEvent(Leg* leg, uint32_t ev);
+  void Schedule(Leg* leg);
+  void Resume(Leg* leg);
+  void Reap();
+  void UpdateRef();
+  // Handshakes.
+  void OnAccept();
+  void OnHandshakeEvent(Leg* leg, uint32_t ev);
+  void OnDialEvent(Session* s, uint32_t ev);
+  void ReadHead(Session* s);
+  void Answer(Session* s, int status, const char* text);
+  void StartRefusal(Session* s, const uint8_t* p, size_t n);
+  void DiscardRefused(Session* s);
+  void ReadUpstreamHead(Session* s);
+  void SendRequest(Session* s);
+  void DialFailed(Session* s, int kind, const std::string& message, int status = 0, const std::string& text = "",
+                  const std::string& body = "");
+  void CloseDial(Session* s);
+  void StartData(Session* s, std::string protocol);  // by value: it may live in s->hs
+  void EndHandshake(Session* s, bool tell);
+  void Accepted(int fd, const struct sockaddr* addr);
+  void ResumeListening();
+  void Link(Session* s);
+  void Unlink(Session* s);
   void Process(Leg* from, uint8_t* data, size_t len);
   bool ReadSome(Leg* leg);
   void OnEof(Leg* leg);
-  void UpdatePoll(Leg* leg);
   // Output.
   uint8_t* ArenaCopy(Leg* to, const uint8_t* p, size_t n);
   void GatherAdd(Leg* to, const uint8_t* p, size_t n);
@@ -252,6 +354,25 @@ class Engine {
   int iov_n_ = 0;
   uint8_t arena_[kIov * 14];
   size_t arena_used_ = 0;
+  // Readiness: the engine's own epoll (edge-triggered), watched by libuv as one descriptor.
+  int epfd_ = -1;
+  uv_poll_t ep_poll_;
+  bool ep_open_ = false;
+  bool ep_ref_ = false;
+  uv_timer_t kick_;  // runs the ready list soon when it fills outside a dispatch
+  bool kick_open_ = false;
+  bool in_dispatch_ = false;
+  std::vector<Leg*> ready_;
+  std::vector<Session*> graveyard_;  // freed after the dispatch that ended them
+  // The listener (engine accept).
+  int listen_fd_ = -1;
+  bool listen_open_ = false;
+  bool listen_paused_ = false;  // out of descriptors: retried at the next sweep
+  ListenOptions listen_options_;
+  size_t handshakes_ = 0;
+  // Scratch space of the head parsers (large: kept off the stack).
+  RequestHead* request_head_ = nullptr;
+  ResponseHead* response_head_ = nullptr;
 };
 
 }  // namespace engine

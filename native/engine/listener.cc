@@ -3,10 +3,11 @@
 #if defined(_WIN32)
 
 namespace sluice {
-int ListenReusePort(const std::string&, int, int, std::string* error) {
+int ListenReusePort(const std::string&, int, int, std::string* error, bool) {
   *error = "SO_REUSEPORT listeners are not available on Windows";
   return -1;
 }
+int SocketPort(int) { return -1; }
 }  // namespace sluice
 
 #else
@@ -23,7 +24,7 @@ int ListenReusePort(const std::string&, int, int, std::string* error) {
 
 namespace sluice {
 
-int ListenReusePort(const std::string& host, int port, int backlog, std::string* error) {
+int ListenReusePort(const std::string& host, int port, int backlog, std::string* error, bool reuse_port) {
   if (port < 0 || port > 65535) {
     *error = "port out of range";
     return -1;
@@ -53,7 +54,7 @@ int ListenReusePort(const std::string& host, int port, int backlog, std::string*
     fcntl(fd, F_SETFD, FD_CLOEXEC);
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+    if ((reuse_port && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
         bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
       last = std::strerror(errno);
       close(fd);
@@ -65,6 +66,15 @@ int ListenReusePort(const std::string& host, int port, int backlog, std::string*
   freeaddrinfo(list);
   if (fd < 0) *error = std::string("cannot listen on ") + host + ":" + service + ": " + last;
   return fd;
+}
+
+int SocketPort(int fd) {
+  sockaddr_storage a;
+  socklen_t len = sizeof a;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) return -1;
+  if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in*>(&a)->sin_port);
+  if (a.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&a)->sin6_port);
+  return -1;
 }
 
 }  // namespace sluice

@@ -81,10 +81,46 @@ const utf8Seeds = ['', 'plain ascii text that is longer than sixteen bytes', 'hÃ
   .map((s) => Buffer.from(s))
   .concat([[0xc0, 0x80], [0xe0, 0x80, 0x80], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0xf5, 0x80, 0x80, 0x80], [0xe2, 0x82], [0xff], [0x61, 0x80]].map((a) => Buffer.from(a)));
 
-for (const [target, seeds] of [['frame_parser', frameSeeds], ['envelope', envSeeds], ['utf8', utf8Seeds]]) {
+// http_head_fuzz.cc reads its input as wire bytes (no prefix); each seed is parsed both as a
+// request and as a response. A browser's upgrade request (and one after a leading CRLF, with
+// a frame behind it), upstream answers (101, 101 without a reason, 400 with a body), then
+// one of each refusal: bare LF, obs-fold, space before the colon, a NUL in a value, HTTP/2.0,
+// a non-token method, and a head cut short.
+const browser = [
+  'GET /chat?room=1 HTTP/1.1',
+  'Host: example.com:8080',
+  'Connection: Upgrade',
+  'Pragma: no-cache',
+  'Cache-Control: no-cache',
+  'User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36',
+  'Upgrade: websocket',
+  'Origin: https://example.com',
+  'Sec-WebSocket-Version: 13',
+  'Accept-Encoding: gzip, deflate, br',
+  'Accept-Language: en-US,en;q=0.9',
+  'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
+  'Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits',
+  'Sec-WebSocket-Protocol: chat, superchat',
+].join('\r\n') + '\r\n\r\n';
+const headSeeds = [
+  browser,
+  Buffer.concat([Buffer.from('\r\n' + browser), frame(0x81, Buffer.from('hello'), true)]),
+  'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n\r\n',
+  'HTTP/1.1 101\r\nupgrade:WebSocket\r\nconnection: keep-alive, upgrade\r\nX-Empty:\r\nX-Obs: caf\xe9\t \r\n\r\n',
+  'HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nbad request',
+  'GET / HTTP/1.1\nHost: a\r\n\r\n',
+  'GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n',
+  'GET / HTTP/1.1\r\nHost : a\r\n\r\n',
+  'GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n',
+  'GET / HTTP/2.0\r\n\r\n',
+  'G(T /x HTTP/1.1\r\n\r\n',
+  'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConn',
+].map((s) => (typeof s === 'string' ? Buffer.from(s, 'latin1') : s));
+
+for (const [target, seeds] of [['frame_parser', frameSeeds], ['envelope', envSeeds], ['utf8', utf8Seeds], ['http_head', headSeeds]]) {
   const d = path.join(dir, target);
   rmSync(d, { recursive: true, force: true });
   mkdirSync(d, { recursive: true });
   seeds.forEach((s, i) => writeFileSync(path.join(d, `seed-${String(i).padStart(2, '0')}`), s));
 }
-console.log(`corpus: ${frameSeeds.length} frame_parser, ${envSeeds.length} envelope, ${utf8Seeds.length} utf8 seeds in ${dir}`);
+console.log(`corpus: ${frameSeeds.length} frame_parser, ${envSeeds.length} envelope, ${utf8Seeds.length} utf8, ${headSeeds.length} http_head seeds in ${dir}`);

@@ -52,6 +52,8 @@ export const DEFAULTS = {
     // A proxy that silently loses messages is worse than one that says so (DESIGN "Backpressure").
     backpressure: 'pause' as BackpressurePolicy,
     compression: false,
+    /** Plain HTTP requests on a route get 426 unless the route asks for them to be proxied. */
+    http: false,
     health: { intervalMs: 0, timeoutMs: 2000, coolOffMs: 5000 },
     upstreamWeight: 1,
     /** 0: no per-route limit (limits.maxConnections still applies). */
@@ -259,6 +261,7 @@ const routeSchema = section({
   upstreams: z.array(upstreamSchema, { error: 'expected a list of upstreams' })
     .min(1, { error: 'expected at least one upstream' }),
   compression: bool().default(DEFAULTS.route.compression),
+  http: bool().default(DEFAULTS.route.http),
   health: healthSchema.prefault({}),
   tls: section({
     caFile: nonEmptyString('a file path').optional(),
@@ -343,6 +346,15 @@ export const proxyConfigSchema = section({
     } else {
       seen.set(key, i);
     }
+    // The built-in echo is a WebSocket endpoint only: there is nothing to proxy HTTP to.
+    if (route.http && route.upstreams.some((u) => u.url === BUILTIN_ECHO_URL)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['routes', i, 'http'],
+        message: `expected false on a route with a ${BUILTIN_ECHO_URL} upstream (the built-in echo has no HTTP side)`,
+        input: route.http,
+      });
+    }
   });
 });
 
@@ -372,6 +384,7 @@ export interface RouteConfigInput {
   backpressure?: BackpressurePolicy;
   upstreams: Array<{ url: string; weight?: number }>;
   compression?: boolean;
+  http?: boolean;
   health?: Partial<RouteConfig['health']>;
   tls?: { caFile?: string; rejectUnauthorized?: boolean; servername?: string };
   auth?: RouteAuthInput;

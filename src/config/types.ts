@@ -76,6 +76,11 @@ export interface RouteConfig {
   upstreams: UpstreamConfig[];
   /** permessage-deflate: the client's offer is passed to the upstream and compressed frames pass through. */
   compression: boolean;
+  /**
+   * Plain HTTP requests (not upgrades) matching this route are proxied as HTTP/1.1 to the
+   * upstream the balancer picks (ws:// → http://, wss:// → https://); false: they get 426.
+   */
+  http: boolean;
   health: HealthCheckConfig;
   /** Upstream TLS for wss:// upstreams. */
   tls?: { caFile?: string; rejectUnauthorized: boolean; servername?: string };

@@ -6,7 +6,7 @@
  * per session end and per sustained backpressure, batched per loop turn, and the counters
  * at scrape time.
  *
- * Used where it can hold a session: the addon loaded, not Windows, plain TCP on both legs
+ * Used where it can hold a session: the addon loaded, on Linux, plain TCP on both legs
  * (TLS runs on the TypeScript engine), transparent routes without permessage-deflate.
  * `SLUICE_ENGINE=typescript` keeps every session on the TypeScript engine.
  */
@@ -14,10 +14,27 @@ import type net from 'node:net';
 import { nativeAddon } from '../codec/native.js';
 import { NATIVE_SLOTS } from '../metrics/counters.js';
 
-/** A session ended (type 1) or sustained backpressure began (type 2). */
+/**
+ * A session ended (type 1) or sustained backpressure began (type 2); and of the handshakes
+ * the engine runs when it accepts: a request head (3), a failed dial (4), a session opened
+ * (5, the client got its 101), a client gone during its handshake (6).
+ */
 export interface EngineEvent {
-  type: 1 | 2;
+  type: 1 | 2 | 3 | 4 | 5 | 6;
   id: number;
+  /** 3: the request line and header names and values (latin1, as sent), the client's address. */
+  method?: string;
+  target?: string;
+  headers?: string[];
+  remote?: string;
+  /** 4: 1 unreachable, 2 bad handshake, 3 refused (status, statusText and body of the upstream's answer). */
+  kind?: number;
+  message?: string;
+  status?: number;
+  statusText?: string;
+  body?: Buffer;
+  /** 5: the subprotocol answered to the client. */
+  protocol?: string;
   clientCode?: number;
   clientReason?: string;
   upstreamCode?: number;
@@ -40,6 +57,12 @@ interface AddonEngine {
   flow(id: number): number[] | null;
   close(): void;
   sync(): void;
+  listen(fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number): void;
+  stopListening(): void;
+  refuse(id: number, answer: Uint8Array): boolean;
+  release(id: number): [number, Buffer] | null;
+  dial(id: number, ip: string, port: number, request: Uint8Array, offered: string, fallbackProtocol: string, params: Float64Array): boolean;
+  abortDial(id: number): boolean;
   readonly sessions: number;
 }
 type AddonEngineClass = new (onEvents: (events: EngineEvent[]) => void, counters: Float64Array) => AddonEngine;
@@ -49,8 +72,8 @@ const EngineClass = (nativeAddon?.Engine as AddonEngineClass | undefined) ?? nul
 /** Why the native engine is not used, or '' when it is. */
 export const nativeEngineUnavailable: string = process.env.SLUICE_ENGINE === 'typescript'
   ? 'SLUICE_ENGINE=typescript'
-  : process.platform === 'win32'
-    ? 'not on Windows'
+  : process.platform !== 'linux'
+    ? `the native engine runs on Linux (epoll); this is ${process.platform}`
     : EngineClass === null
       ? (nativeAddon === null ? 'the native addon is not loaded' : 'the addon has no Engine (built from an older native/?)')
       : '';
@@ -115,6 +138,50 @@ export class NativeEngine {
     const extra = stopAndDrain(client);
     stopAndDrain(upstream);
     const head = extra.length > 0 ? Buffer.concat([clientHead, ...extra]) : clientHead;
+    this.fillParams(p);
+    const id = this.engine.adopt(cfd, ufd, head, upstreamHead, this.params);
+    // The engine holds its own descriptors: Node's handles go (no shutdown, just close).
+    client.destroy();
+    upstream.destroy();
+    return id;
+  }
+
+  /**
+   * The engine accepts on `fd` (it owns the descriptor from now on) and reads request
+   * heads itself: each becomes a type 3 event, answered with refuse(), release() or dial().
+   */
+  listen(fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number): void {
+    this.engine.listen(fd, headTimeoutMs, maxHeadBytes, maxFields);
+  }
+
+  stopListening(): void {
+    this.engine.stopListening();
+  }
+
+  /** The client gets `answer` (an HTTP response), then its connection ends. */
+  refuse(id: number, answer: string | Uint8Array): boolean {
+    return this.engine.refuse(id, typeof answer === 'string' ? Buffer.from(answer, 'latin1') : answer);
+  }
+
+  /** The connection, for Node's HTTP server: its descriptor and the bytes read so far. */
+  release(id: number): [number, Buffer] | null {
+    return this.engine.release(id);
+  }
+
+  /**
+   * Dial `ip`:`port` and send `request` (our upgrade request without Sec-WebSocket-Key and
+   * the final CRLF). Ends in a type 5 event (the session runs) or a type 4 (failed).
+   */
+  dial(id: number, ip: string, port: number, request: string, offered: string, fallbackProtocol: string, p: EngineParams): boolean {
+    this.fillParams(p);
+    return this.engine.dial(id, ip, port, Buffer.from(request, 'latin1'), offered, fallbackProtocol, this.params);
+  }
+
+  abortDial(id: number): boolean {
+    return this.engine.abortDial(id);
+  }
+
+  private fillParams(p: EngineParams): void {
     const v = this.params;
     v[0] = p.maxFrameBytes;
     v[1] = p.maxFragments;
@@ -127,11 +194,6 @@ export class NativeEngine {
     v[8] = p.messagesPerSecond;
     v[9] = p.bytesPerSecond;
     v[10] = p.expiresInMs;
-    const id = this.engine.adopt(cfd, ufd, head, upstreamHead, v);
-    // The engine holds its own descriptors: Node's handles go (no shutdown, just close).
-    client.destroy();
-    upstream.destroy();
-    return id;
   }
 
   shutdown(id: number, code: number, reason: string): void {

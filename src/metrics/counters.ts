@@ -42,6 +42,11 @@ export class ProxyCounters {
   /** closes[code] — the close code the client side ended with. */
   readonly closes: Record<string, number> = {};
   shardRestarts = 0;
+  /**
+   * Plain HTTP requests answered (not upgrades): httpRequests[route path][status], route ""
+   * when no route matched (sluice_http_requests_total).
+   */
+  readonly httpRequests: Record<string, Record<string, number>> = {};
 
   /** Count one forwarded message of any kind (control frames; keyed access, not for data). */
   message(direction: Direction, kind: FrameKind, bytes: number): void {
@@ -117,6 +122,13 @@ export class ProxyCounters {
     else if (slot === 24) this.dropped.backpressure += d;
     else if (slot === 25) this.dropped.too_big += d;
     else if (slot === 26) this.backpressureEvents += d;
+  }
+
+  /** Count one plain HTTP request by the route it matched ("" for none) and the status its client got. */
+  httpRequest(route: string, status: number): void {
+    const byStatus = this.httpRequests[route] ?? (this.httpRequests[route] = {});
+    const key = String(status);
+    byStatus[key] = (byStatus[key] ?? 0) + 1;
   }
 
   sessionOpened(): void {

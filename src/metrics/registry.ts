@@ -29,7 +29,7 @@ import {
 export type CounterSnapshot = Pick<ProxyCounters,
   | 'frames' | 'frameBytes' | 'frameBytesBuckets' | 'frameBytesSum' | 'frameBytesCount' | 'dropped'
   | 'backpressureEvents' | 'envelopeErrors' | 'sessionSecondsBuckets' | 'sessionSecondsSum' | 'sessionSecondsCount'
-  | 'activeSessions' | 'sessionsTotal' | 'closes' | 'shardRestarts'>;
+  | 'activeSessions' | 'sessionsTotal' | 'closes' | 'shardRestarts' | 'httpRequests'>;
 
 /** One proxy's counters, or a function returning every shard's (sync or async). */
 export type CounterSource = CounterSnapshot | (() => readonly CounterSnapshot[] | Promise<readonly CounterSnapshot[]>);
@@ -61,6 +61,7 @@ export function sumCounters(list: readonly CounterSnapshot[]): CounterSnapshot {
     sessionsTotal: 0,
     closes: {},
     shardRestarts: 0,
+    httpRequests: {},
   };
   for (const c of list) {
     for (const d of DIRECTIONS) {
@@ -80,6 +81,10 @@ export function sumCounters(list: readonly CounterSnapshot[]): CounterSnapshot {
     total.sessionsTotal += c.sessionsTotal;
     for (const [code, n] of Object.entries(c.closes)) total.closes[code] = (total.closes[code] ?? 0) + n;
     total.shardRestarts += c.shardRestarts;
+    for (const [route, byStatus] of Object.entries(c.httpRequests ?? {})) {
+      const into = total.httpRequests[route] ?? (total.httpRequests[route] = {});
+      for (const [status, n] of Object.entries(byStatus)) into[status] = (into[status] ?? 0) + n;
+    }
   }
   return total;
 }
@@ -225,6 +230,19 @@ export function createMetricsRegistry(counters: CounterSource, opts: MetricsRegi
       const c = await snapshot();
       this.reset();
       this.inc(c.shardRestarts);
+    },
+  });
+  new Counter({
+    name: 'sluice_http_requests_total',
+    help: 'Plain HTTP requests (not upgrades) answered, by route path ("" when none matched) and the status the client got.',
+    labelNames: ['route', 'status'],
+    registers,
+    async collect() {
+      const c = await snapshot();
+      this.reset();
+      for (const [route, byStatus] of Object.entries(c.httpRequests)) {
+        for (const [status, n] of Object.entries(byStatus)) this.inc({ route, status }, n);
+      }
     },
   });
 

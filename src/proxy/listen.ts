@@ -26,3 +26,27 @@ export function listenOptions(host: string, port: number, reusePort: boolean): n
     `shards share port ${port} through SO_REUSEPORT, which needs the native addon or Node >= 22.12 (this is ${process.version}` +
     `${process.env.SLUICE_NO_NATIVE === '1' ? ' with SLUICE_NO_NATIVE=1' : ''}); use workers: 1 or either of those`);
 }
+
+interface ListenAddon {
+  listenReusePort?: (host: string, port: number, backlog: number, reusePort?: boolean) => number;
+  socketPort?: (fd: number) => number;
+}
+
+/**
+ * A listening socket for the native engine to accept on (its descriptor): SO_REUSEPORT
+ * only for shards, so that a second instance on a port in use fails as it should.
+ */
+export function listenSocket(host: string, port: number, reusePort: boolean): number {
+  const addon = nativeAddon as ListenAddon | null;
+  if (!addon?.listenReusePort) throw new SluiceError('SLUICE_ERR_LISTEN', 'the native addon cannot listen (built from an older native/?)');
+  try {
+    return addon.listenReusePort(host, port, 511, reusePort);
+  } catch (err) {
+    throw new SluiceError('SLUICE_ERR_LISTEN', `${(err as Error).message} (in use, or not an address of this machine)`);
+  }
+}
+
+/** The local port of a listening descriptor. */
+export function socketPort(fd: number): number {
+  return (nativeAddon as ListenAddon | null)?.socketPort?.(fd) ?? -1;
+}

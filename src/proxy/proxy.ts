@@ -9,7 +9,8 @@ import dc from 'node:diagnostics_channel';
 import { readFileSync } from 'node:fs';
 import http, { type IncomingMessage } from 'node:http';
 import https from 'node:https';
-import type net from 'node:net';
+import dns from 'node:dns';
+import net from 'node:net';
 import type { Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import { codecInfo, poolStats } from '../codec/index.js';
@@ -21,18 +22,21 @@ import { ProxyCounters } from '../metrics/counters.js';
 import { createMetricsRegistry } from '../metrics/index.js';
 import { startAdminServer, type AdminServer } from '../admin/index.js';
 import { Balancer, Upstream } from './balancer.js';
-import { listenOptions } from './listen.js';
+import { listenOptions, listenSocket, socketPort } from './listen.js';
 import { routeKey, type ConnectionLedger } from './ledger.js';
 import { startEchoServer, type EchoServer } from './echo.js';
 import { dial, UpstreamError, type DialResult } from './handshake.js';
+import { HttpForwarder } from './http-forward.js';
 import { compileRoutes, mapTarget, matchRoute, type RouteMatcher } from './router.js';
 import { Session, isValidWireCloseCode, type SessionHost } from './session.js';
 import { NativeSession } from './native-session.js';
-import { NativeEngine, nativeEngineUnavailable, socketFd, type EngineEvent } from '../engine/index.js';
+import { EngineClient, SocketClient, type HandshakeClient } from './handshake-client.js';
+import { NativeEngine, nativeEngineUnavailable, socketFd, type EngineEvent, type EngineParams } from '../engine/index.js';
 import { negotiateEnvelope, type EnvelopeVersion } from '../protocol/index.js';
 import { AccessPolicy, ConnectionRateLimiter, MessageRateLimiter, type AccessDecision } from '../policy/index.js';
 
 const BUILTIN_ECHO = 'builtin:echo';
+const EMPTY = Buffer.alloc(0);
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 /** Upstreams tried for one client before it gets 502 (the pick and up to two more). */
 const MAX_DIAL_TRIES = 3;
@@ -60,6 +64,29 @@ export interface ProxyHooks {
   ledger?: ConnectionLedger;
   /** Internal (shards): listen with SO_REUSEPORT, so that every shard can bind the same port. */
   reusePort?: boolean;
+}
+
+/** What onUpgrade reads of a request: Node's IncomingMessage, or a head the engine read. */
+export interface UpgradeRequest {
+  method?: string;
+  /** Node's parser accepts versions other than 1.x; the engine's refuses them itself. */
+  httpVersion?: string;
+  url?: string;
+  headers: http.IncomingHttpHeaders;
+  rawHeaders: string[];
+}
+
+/** Upstream host names resolved for the engine's dials, with when to look again. */
+const resolved = new Map<string, { address: string; until: number }>();
+const RESOLVE_TTL_MS = 30_000;
+
+async function resolveHost(host: string): Promise<string> {
+  if (net.isIP(host) !== 0) return host;
+  const hit = resolved.get(host);
+  if (hit !== undefined && hit.until > Date.now()) return hit.address;
+  const { address } = await dns.promises.lookup(host);
+  resolved.set(host, { address, until: Date.now() + RESOLVE_TTL_MS });
+  return address;
 }
 
 /** A route as the running proxy holds it. */
@@ -127,8 +154,12 @@ export class Proxy implements SessionHost {
   port = 0;
   private server: http.Server | null = null;
   private listening = false;
-  /** Client sockets between their upgrade request and a session (or a refusal). */
-  private readonly handshaking = new Set<net.Socket>();
+  /** Clients between their upgrade request and a session (or a refusal). */
+  private readonly handshaking = new Set<HandshakeClient>();
+  /** Handshakes the native engine runs (it accepted the connection), by engine id. */
+  private readonly engineHandshakes = new Map<number, EngineClient>();
+  /** The native engine accepts on the listening socket (else Node's HTTP server does). */
+  private engineAccepts = false;
   private echo: EchoServer | null = null;
   private echoUrl = '';
   private routes: RouteRuntime[] = [];
@@ -149,6 +180,15 @@ export class Proxy implements SessionHost {
   private closing: Promise<void> | null = null;
   private readonly hooks: ProxyHooks;
   private connectionRate: ConnectionRateLimiter | null = null;
+  /** Requests that are not upgrades: routed as upgrades are, refused or proxied as HTTP (http-forward.ts). */
+  private readonly plainHttp: HttpForwarder = new HttpForwarder({
+    proxy: this,
+    counters: this.count,
+    match: (host, path) => matchRoute(this.matchers, host, path),
+    allow: (remote, now) => this.connectionRate === null || this.connectionRate.allow(remote, now),
+    stripCredentials: stripCredentialParams,
+    healthChanged: (up, healthy, reason) => this.healthChanged(up, healthy, reason),
+  });
 
   constructor(input: unknown, hooks: ProxyHooks = {}) {
     this.hooks = hooks;
@@ -165,6 +205,14 @@ export class Proxy implements SessionHost {
   /** What the native engine reports, once per loop turn. */
   private onEngineEvents(events: EngineEvent[]): void {
     for (const e of events) {
+      if (e.type >= 3) {
+        if (e.type === 3) {
+          this.onEngineRequest(e);
+        } else {
+          this.engineHandshakes.get(e.id)?.settle(e);
+        }
+        continue;
+      }
       const s = this.nativeSessions.get(e.id);
       if (s === undefined) continue;
       if (e.type === 1) {
@@ -283,18 +331,9 @@ export class Proxy implements SessionHost {
       : http.createServer(options);
     // One more than allowed, so that too many headers are seen (Node drops the rest silently).
     server.maxHeadersCount = limits.maxHeaderCount + 1;
-    server.on('upgrade', (req: IncomingMessage, socket: net.Socket, head: Buffer) => this.onUpgrade(req, socket, head));
-    server.on('request', (req: IncomingMessage, res: http.ServerResponse) => {
-      req.resume();
-      if (req.headers.upgrade !== undefined) {
-        // An upgrade whose Connection header lacks the "upgrade" token (RFC 6455 §4.2.1).
-        res.writeHead(400, { 'Content-Type': 'text/plain', Connection: 'close' });
-        res.end('sluice: the Connection header lacks "upgrade"\n');
-        return;
-      }
-      res.writeHead(426, { Upgrade: 'websocket', 'Content-Type': 'text/plain', Connection: 'close' });
-      res.end('sluice: this endpoint speaks WebSocket\n');
-    });
+    server.on('upgrade', (req: IncomingMessage, socket: net.Socket, head: Buffer) => this.onUpgrade(req, new SocketClient(socket), head));
+    // Not an upgrade: 404, 426, or proxied as HTTP on `http: true` routes (http-forward.ts).
+    server.on('request', (req: IncomingMessage, res: http.ServerResponse) => this.plainHttp.handle(req, res));
     server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
       // Node's own answers: 431 for an oversized head, 408 for a slow one, 400 otherwise.
       const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large'
@@ -306,14 +345,27 @@ export class Proxy implements SessionHost {
     });
     this.server = server;
     try {
-      const opts = listenOptions(listen.host, listen.port, this.hooks.reusePort === true);
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(opts, () => {
-          server.off('error', reject);
-          resolve();
+      const engine = this.engine;
+      if (engine !== null && !listen.tls && process.env.SLUICE_ACCEPT !== 'node' && limits.maxHeaderCount < 255) {
+        // The engine accepts and reads request heads itself; Node's server (never
+        // listening) gets the connections the engine hands over (plain HTTP, and routes
+        // the engine cannot carry). 8 KiB above maxHeaderBytes leaves room for the request
+        // line; the header bytes and count are checked exactly in onUpgrade, as for Node.
+        const fd = listenSocket(listen.host, listen.port, this.hooks.reusePort === true);
+        this.port = socketPort(fd);
+        engine.listen(fd, limits.handshakeTimeoutMs, limits.maxHeaderBytes + 8192, limits.maxHeaderCount + 1);
+        this.engineAccepts = true;
+      } else {
+        const opts = listenOptions(listen.host, listen.port, this.hooks.reusePort === true);
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(opts, () => {
+            server.off('error', reject);
+            resolve();
+          });
         });
-      });
+        this.port = (server.address() as net.AddressInfo).port;
+      }
     } catch (err) {
       this.stopRoutes();
       this.echo?.close();
@@ -325,7 +377,6 @@ export class Proxy implements SessionHost {
       throw new SluiceError('SLUICE_ERR_LISTEN', `cannot listen on ${listen.host}:${listen.port}: ${e.code ?? e.message} (in use, or not an address of this machine)`);
     }
     this.listening = true;
-    this.port = (server.address() as net.AddressInfo).port;
     this.sweepTimer = setInterval(() => this.sweep(), 1000);
     this.sweepTimer.unref();
     // Library use: the admin server comes with the proxy. (The CLI runs its own, since
@@ -349,7 +400,8 @@ export class Proxy implements SessionHost {
   stopAccepting(): void {
     if (this.server !== null && this.listening) {
       this.listening = false;
-      this.server.close();
+      if (this.engineAccepts) this.engine?.stopListening();
+      else this.server.close();
     }
   }
 
@@ -357,11 +409,11 @@ export class Proxy implements SessionHost {
     this.draining = true;
     for (const s of this.sessions) s.shutdown(code, reason);
     const deadline = Date.now() + drainMs;
-    while ((this.sessions.size > 0 || this.pendingUpgrades > 0) && Date.now() < deadline) {
+    while ((this.sessions.size > 0 || this.pendingUpgrades > 0 || this.plainHttp.inFlight > 0) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 20));
     }
     for (const s of this.sessions) s.destroy();
-    for (const socket of this.handshaking) socket.destroy();
+    for (const client of this.handshaking) client.destroy();
     // Destroyed sockets report 'close' on a later turn: wait (briefly) so that every
     // session has ended, been counted and logged when close() resolves.
     const cutoff = Date.now() + 1000;
@@ -370,6 +422,7 @@ export class Proxy implements SessionHost {
     // Keep-alive connections that never asked for an upgrade.
     this.server?.closeAllConnections();
     this.server = null;
+    this.plainHttp.close();
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
     this.sweepTimer = null;
     this.stopRoutes();
@@ -489,11 +542,8 @@ export class Proxy implements SessionHost {
 
   // ------------------------------------------------------------------ upgrades
 
-  private onUpgrade(req: IncomingMessage, socket: net.Socket, head: Buffer): void {
+  private onUpgrade(req: UpgradeRequest, client: HandshakeClient, head: Buffer): void {
     const started = Date.now();
-    // Nothing is read until a session owns the socket (or it is refused).
-    socket.pause();
-    socket.on('error', () => {});
     const rawUrl = req.url ?? '/';
     const q = rawUrl.indexOf('?');
     const path = q < 0 ? rawUrl : rawUrl.slice(0, q);
@@ -518,18 +568,17 @@ export class Proxy implements SessionHost {
       if (!HOP_HEADERS.has(name)) headers.push([name, value]);
     }
     const headerCount = raw.length / 2;
-    let remote = socket.remoteAddress ?? '';
+    let remote = client.remoteAddress;
     if (remote.startsWith('::ffff:')) remote = remote.slice(7);
 
-    this.handshaking.add(socket);
+    this.handshaking.add(client);
     let aborted = false;
     const refuse = (status: string, body: string, extra = '') => {
-      this.handshaking.delete(socket);
+      this.handshaking.delete(client);
       if (aborted) return;
       aborted = true;
       const text = `${body}\n`;
-      socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(text)}\r\n${extra}Connection: close\r\n\r\n${text}`);
-      socket.destroySoon();
+      client.answer(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(text)}\r\n${extra}Connection: close\r\n\r\n${text}`);
     };
     const limits = this.config.limits;
     if (this.draining) return refuse('503 Service Unavailable', 'sluice: draining');
@@ -541,7 +590,9 @@ export class Proxy implements SessionHost {
     if (headerCount > limits.maxHeaderCount || headerBytes > limits.maxHeaderBytes) {
       return refuse('431 Request Header Fields Too Large', 'sluice: too many or too large request headers');
     }
-    if (req.method !== 'GET' || (req.headers.upgrade ?? '').toLowerCase() !== 'websocket' || key.length !== 24 || version !== '13') {
+    const httpVersion = req.httpVersion ?? '1.1';
+    if (req.method !== 'GET' || (httpVersion !== '1.1' && httpVersion !== '1.0') ||
+      (req.headers.upgrade ?? '').toLowerCase() !== 'websocket' || key.length !== 24 || version !== '13') {
       return refuse('400 Bad Request', 'sluice: bad WebSocket upgrade', version !== '13' ? 'Sec-WebSocket-Version: 13\r\n' : '');
     }
     // RFC 6455 §4.2.1: the Connection header must carry the "upgrade" token.
@@ -595,10 +646,10 @@ export class Proxy implements SessionHost {
 
     const onAbort = () => {
       aborted = true;
-      this.handshaking.delete(socket);
+      this.handshaking.delete(client);
       clearTimeout(deadline);
     };
-    socket.once('close', onAbort);
+    client.onGone(onAbort);
     this.pendingUpgrades++;
     route.counts.pending++;
     this.publishCounts(route.key, route.counts);
@@ -627,6 +678,40 @@ export class Proxy implements SessionHost {
       const consumed = decision?.consumedProtocol;
       const upstreamProtocols = consumed ? protocols.filter((p) => p !== consumed) : protocols;
       const candidates = route.balancer.order(remote, hashValue, Date.now(), MAX_DIAL_TRIES);
+      const expiresAt = decision?.ok ? (decision.expiresAt ?? 0) : 0;
+      const failed = (err: UpstreamError) => {
+        settle();
+        this.logger.warn({ event: 'upstream_refused', route: route.config.path, code: err.code, status: err.status }, err.message);
+        if (aborted) return;
+        if (err.body !== undefined) {
+          this.handshaking.delete(client);
+          aborted = true;
+          client.answer(Buffer.concat([
+            Buffer.from(`HTTP/1.1 ${`${err.status} ${err.statusText}`.trim()}\r\nContent-Length: ${err.body.length}\r\nConnection: close\r\n\r\n`, 'latin1'),
+            err.body,
+          ]));
+        } else {
+          const text = err.status === 504 ? '504 Gateway Timeout' : '502 Bad Gateway';
+          refuse(text, `sluice: ${err.message}`);
+        }
+      };
+      if (client instanceof EngineClient) {
+        // The engine dials, sends our request, checks the answer and writes the 101 itself.
+        void this.dialThroughEngine(client, route, candidates, matched, path, upstreamQuery, fwd, upstreamProtocols, consumed ?? '', expiresAt)
+          .then(({ upstream, protocol }) => {
+            this.handshaking.delete(client);
+            client.offGone();
+            // Counted as a session before its pending place is given back: the count other
+            // shards read never dips (the client has its 101 already and may connect again).
+            this.nativeOpened(client.id, route, upstream, {
+              remote, origin, protocol, handshakeMs: Date.now() - started,
+              tokenProtocol: protocol !== '' && protocol === consumed,
+            });
+            settle();
+          }, failed);
+        return;
+      }
+      const socket = client.socket!;
       void this.dialFirst(route, candidates, matched, path, upstreamQuery, fwd, upstreamProtocols, deflateOffer).then(
         ({ upstream, result }) => {
           settle();
@@ -638,34 +723,18 @@ export class Proxy implements SessionHost {
             refuse('503 Service Unavailable', removed ? 'sluice: route removed' : 'sluice: draining');
             return;
           }
-          socket.off('close', onAbort);
-          this.handshaking.delete(socket);
+          client.offGone();
+          this.handshaking.delete(client);
           this.startSession(socket, head, route, upstream, result, {
             // A token carried as a subprotocol entry is answered back when the upstream picks
             // none: a browser that offered subprotocols fails a handshake that picks none.
             key, protocol: clientProtocol ?? (result.protocol || consumed || ''),
             extensions: result.extensions,
-            remote, origin, started, envelope, expiresAt: decision?.ok ? (decision.expiresAt ?? 0) : 0,
+            remote, origin, started, envelope, expiresAt,
             tokenProtocol: clientProtocol === null && result.protocol === '' && consumed !== undefined,
           });
         },
-        (err: UpstreamError) => {
-          settle();
-          this.logger.warn({ event: 'upstream_refused', route: route.config.path, code: err.code, status: err.status }, err.message);
-          if (aborted) return;
-          if (err.body !== undefined) {
-            this.handshaking.delete(socket);
-            aborted = true;
-            socket.end(Buffer.concat([
-              Buffer.from(`HTTP/1.1 ${`${err.status} ${err.statusText}`.trim()}\r\nContent-Length: ${err.body.length}\r\nConnection: close\r\n\r\n`, 'latin1'),
-              err.body,
-            ]));
-            socket.destroySoon();
-          } else {
-            const text = err.status === 504 ? '504 Gateway Timeout' : '502 Bad Gateway';
-            refuse(text, `sluice: ${err.message}`);
-          }
-        },
+        failed,
       );
     };
     if (route.access === null) {
@@ -702,17 +771,25 @@ export class Proxy implements SessionHost {
       } catch (err) {
         upstream.sessions--;
         last = err as UpstreamError;
-        // A refusal with the upstream's own status is an answer, not a failure to retry.
-        if (last.body !== undefined) throw last;
-        upstream.failures++;
-        upstream.lastError = last.message;
-        const wasHealthy = upstream.healthy(Date.now());
-        upstream.downUntil = Date.now() + route.config.health.coolOffMs;
-        if (wasHealthy) this.healthChanged(upstream, false, last.message);
-        if (last.status === 504) throw last; // do not multiply a slow backend's wait
+        if (this.dialFailed(route, upstream, last)) throw last;
       }
     }
     throw last ?? new UpstreamError('SLUICE_ERR_UPSTREAM_UNREACHABLE', 502, 'no upstream');
+  }
+
+  /**
+   * A dial that failed: the upstream is held out for coolOffMs (unless it answered with its
+   * own refusal). Returns whether to stop here rather than try the next upstream.
+   */
+  private dialFailed(route: RouteRuntime, upstream: Upstream, err: UpstreamError): boolean {
+    // A refusal with the upstream's own status is an answer, not a failure to retry.
+    if (err.body !== undefined) return true;
+    upstream.failures++;
+    upstream.lastError = err.message;
+    const wasHealthy = upstream.healthy(Date.now());
+    upstream.downUntil = Date.now() + route.config.health.coolOffMs;
+    if (wasHealthy) this.healthChanged(upstream, false, err.message);
+    return err.status === 504; // do not multiply a slow backend's wait
   }
 
   private startSession(
@@ -783,23 +860,9 @@ export class Proxy implements SessionHost {
       this.publishCounts(route.key, route.counts);
       return;
     }
-    const limits = this.config.limits;
-    const hb = this.config.heartbeat;
     let engineId: number;
     try {
-      engineId = engine.adopt(socket, head, dialed.socket, dialed.head, {
-        maxFrameBytes: limits.maxFrameBytes,
-        maxFragments: 1024,
-        highWaterMark: limits.highWaterMark,
-        policy: route.config.backpressure === 'pause' ? 0 : route.config.backpressure === 'close' ? 1 : 2,
-        channelBytes: limits.channelBytes,
-        channelCapacity: limits.channelCapacity,
-        pingMs: hb.pingIntervalSeconds * 1000,
-        timeoutMs: hb.pongTimeoutSeconds * 1000,
-        messagesPerSecond: limits.messagesPerSecond,
-        bytesPerSecond: limits.bytesPerSecond,
-        expiresInMs: m.expiresAt > 0 ? Math.max(1, m.expiresAt - Date.now()) : 0,
-      });
+      engineId = engine.adopt(socket, head, dialed.socket, dialed.head, this.engineParams(route, m.expiresAt));
     } catch (err) {
       this.logger.error({ event: 'engine_adopt_failed', route: route.config.path, err }, 'the native engine could not take a session');
       socket.destroy();
@@ -808,8 +871,36 @@ export class Proxy implements SessionHost {
       this.publishCounts(route.key, route.counts);
       return;
     }
+    this.nativeOpened(engineId, route, upstream, { ...m, handshakeMs });
+  }
+
+  /** Settings of a session in the native engine. */
+  private engineParams(route: RouteRuntime, expiresAt: number): EngineParams {
+    const limits = this.config.limits;
+    const hb = this.config.heartbeat;
+    return {
+      maxFrameBytes: limits.maxFrameBytes,
+      maxFragments: 1024,
+      highWaterMark: limits.highWaterMark,
+      policy: route.config.backpressure === 'pause' ? 0 : route.config.backpressure === 'close' ? 1 : 2,
+      channelBytes: limits.channelBytes,
+      channelCapacity: limits.channelCapacity,
+      pingMs: hb.pingIntervalSeconds * 1000,
+      timeoutMs: hb.pongTimeoutSeconds * 1000,
+      messagesPerSecond: limits.messagesPerSecond,
+      bytesPerSecond: limits.bytesPerSecond,
+      expiresInMs: expiresAt > 0 ? Math.max(1, expiresAt - Date.now()) : 0,
+    };
+  }
+
+  /** A session the native engine holds now: count it, log it, and say what reloads and drains ask. */
+  private nativeOpened(
+    engineId: number, route: RouteRuntime, upstream: Upstream,
+    m: { remote: string; origin: string; protocol: string; tokenProtocol: boolean; handshakeMs: number },
+  ): void {
+    const engine = this.engine!;
     const s = new NativeSession(this.nextId++, engine, engineId, route.config, route.key, upstream, {
-      remoteAddress: m.remote, origin: m.origin, protocol: m.protocol, handshakeMs,
+      remoteAddress: m.remote, origin: m.origin, protocol: m.protocol, handshakeMs: m.handshakeMs,
     });
     this.nativeSessions.set(engineId, s);
     this.sessions.add(s);
@@ -818,10 +909,108 @@ export class Proxy implements SessionHost {
     this.count.sessionOpened();
     const info = {
       event: 'session_open', session: s.id, route: route.config.path, upstream: upstream.href, remote: m.remote,
-      origin: m.origin, subprotocol: m.tokenProtocol ? '[credential]' : m.protocol, handshakeMs, envelope: null, engine: 'native',
+      origin: m.origin, subprotocol: m.tokenProtocol ? '[credential]' : m.protocol, handshakeMs: m.handshakeMs, envelope: null, engine: 'native',
     };
     this.logger.info(info, 'session opened');
     if (chOpen.hasSubscribers) chOpen.publish(info);
+    // Opened while the proxy drained, or after a reload removed its route: it goes at once.
+    if (this.draining) s.shutdown(1001, 'proxy shutting down');
+    else if (!this.routes.some((r) => r.key === route.key)) s.shutdown(1012, 'route removed by reload');
+  }
+
+  // ------------------------------------------------------------------ the engine's handshakes
+
+  /**
+   * A request head the engine read. Upgrades it can carry through (transparent routes on
+   * ws:// upstreams, no permessage-deflate) are decided here as Node's are; everything
+   * else (plain HTTP, envelope routes, compression, wss:// upstreams) is handed to Node's
+   * HTTP server with the bytes read so far.
+   */
+  private onEngineRequest(e: EngineEvent): void {
+    const engine = this.engine!;
+    const raw = e.headers ?? [];
+    const headers: http.IncomingHttpHeaders = {};
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+      const name = raw[i].toLowerCase();
+      const prev = headers[name];
+      headers[name] = prev === undefined ? raw[i + 1] : `${prev as string}, ${raw[i + 1]}`;
+    }
+    const connection = (headers.connection ?? '').toLowerCase().split(',').map((t) => t.trim());
+    const isUpgrade = headers.upgrade !== undefined && connection.includes('upgrade');
+    if (!isUpgrade || !this.engineCanCarry(headers, e.target ?? '/')) {
+      this.handToNode(e.id);
+      return;
+    }
+    const client = new EngineClient(engine, e.id, e.remote ?? '', (id) => this.engineHandshakes.delete(id));
+    this.engineHandshakes.set(e.id, client);
+    this.onUpgrade({ method: e.method, url: e.target, headers, rawHeaders: raw }, client, EMPTY);
+  }
+
+  /** Whether the route this request goes to can run in the engine (else Node takes it). */
+  private engineCanCarry(headers: http.IncomingHttpHeaders, target: string): boolean {
+    const q = target.indexOf('?');
+    const path = q < 0 ? target : target.slice(0, q);
+    const host = (headers.host ?? '').replace(/:\d+$/, '').toLowerCase();
+    const matched = matchRoute(this.matchers, host, path);
+    if (!matched) return true; // a 404, answered the same either way
+    const rc = matched.route.config;
+    if (rc.mode !== 'transparent') return false;
+    if (rc.compression && /permessage-deflate/i.test(String(headers['sec-websocket-extensions'] ?? ''))) return false;
+    return matched.route.balancer.upstreams.every((u) => u.url.protocol === 'ws:');
+  }
+
+  /** The connection goes to Node's HTTP server, which parses the bytes the engine read again. */
+  private handToNode(id: number): void {
+    const taken = this.engine?.release(id);
+    if (!taken || this.server === null) {
+      if (taken) new net.Socket({ fd: taken[0] }).destroy();
+      return;
+    }
+    const [fd, bytes] = taken;
+    const socket = new net.Socket({ fd, readable: true, writable: true });
+    socket.unshift(bytes);
+    this.server.emit('connection', socket);
+  }
+
+  /** dialFirst through the engine: each candidate in turn until one answers 101. */
+  private async dialThroughEngine(
+    client: EngineClient, route: RouteRuntime, candidates: Upstream[], matched: RouteMatcher<RouteRuntime>, path: string,
+    query: string, headers: Array<[string, string]>, protocols: string[], fallbackProtocol: string, expiresAt: number,
+  ): Promise<{ upstream: Upstream; protocol: string }> {
+    const engine = this.engine!;
+    let last: UpstreamError | undefined;
+    for (const upstream of candidates) {
+      upstream.sessions++;
+      const url = upstream.url;
+      const hostName = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
+      let request = `GET ${mapTarget(matched, url, path, query)} HTTP/1.1\r\nHost: ${url.host}\r\nUpgrade: websocket\r\n` +
+        'Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n';
+      if (protocols.length > 0) request += `Sec-WebSocket-Protocol: ${protocols.join(', ')}\r\n`;
+      for (const [name, value] of headers) request += `${name}: ${value}\r\n`;
+      let err: UpstreamError;
+      try {
+        const ip = await resolveHost(hostName);
+        if (client.ended) throw new UpstreamError('SLUICE_ERR_UPSTREAM_UNREACHABLE', 502, 'client gone');
+        const outcome = client.outcome();
+        engine.dial(client.id, ip, Number(url.port || 80), request, protocols.join(','), fallbackProtocol,
+          this.engineParams(route, expiresAt));
+        const timer = setTimeout(() => client.abandonDial(), this.config.limits.upstreamTimeoutMs);
+        const o = await outcome;
+        clearTimeout(timer);
+        if (o.ok) {
+          upstream.failures = 0;
+          return { upstream, protocol: o.protocol };
+        }
+        err = upstreamErrorOf(url.host, o.event, this.config.limits.upstreamTimeoutMs);
+      } catch (e) {
+        err = e instanceof UpstreamError ? e
+          : new UpstreamError('SLUICE_ERR_UPSTREAM_UNREACHABLE', 502, `upstream ${url.host}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      }
+      upstream.sessions--;
+      last = err;
+      if (client.ended || this.dialFailed(route, upstream, err)) throw err;
+    }
+    throw last ?? new UpstreamError('SLUICE_ERR_UPSTREAM_UNREACHABLE', 502, 'no upstream');
   }
 
   stats(): ProxyStats {
@@ -847,6 +1036,24 @@ export class Proxy implements SessionHost {
       shards: [{ id: 0, sessions: this.sessions.size, restarts: 0 }],
     };
   }
+}
+
+/** The error of a dial the engine ran (its type 4 event; null: the upstream was too slow). */
+function upstreamErrorOf(host: string, e: EngineEvent | null, timeoutMs: number): UpstreamError {
+  if (e === null) {
+    return new UpstreamError('SLUICE_ERR_UPSTREAM_TIMEOUT', 504, `upstream ${host} did not complete the handshake within ${timeoutMs} ms`);
+  }
+  const message = e.message ?? '';
+  if (e.kind === 1) return new UpstreamError('SLUICE_ERR_UPSTREAM_UNREACHABLE', 502, `upstream ${host}: ${message}`);
+  if (e.kind === 3) {
+    const status = e.status ?? 502;
+    const passThrough = status >= 400 && status < 500;
+    return new UpstreamError('SLUICE_ERR_UPSTREAM_REFUSED', passThrough ? status : 502, `upstream ${host} ${message}`,
+      passThrough ? (e.statusText ?? '') : '', passThrough ? e.body : undefined);
+  }
+  // The checks of a 101 read "upstream host: why"; the rest "upstream host closed ...".
+  const sep = /^(101|wrong|picked|negotiated)/.test(message) ? ': ' : ' ';
+  return new UpstreamError('SLUICE_ERR_UPSTREAM_BAD_HANDSHAKE', 502, `upstream ${host}${sep}${message}`);
 }
 
 /** The query string without the parameters that carry this route's credentials. */

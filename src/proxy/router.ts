@@ -32,7 +32,12 @@ export function compileRoutes<R>(routes: Array<{ route: R; config: RouteConfig }
   return out;
 }
 
-/** Find the route for a request (`host` without its port, lower-cased). */
+/** The `host` {@link matchRoute} takes: a Host header without its port, lower-cased. */
+export function requestHost(hostHeader: string): string {
+  return hostHeader.replace(/:\d+$/, '').toLowerCase();
+}
+
+/** Find the route for a request (`host` without its port, lower-cased: {@link requestHost}). */
 export function matchRoute<R>(matchers: Array<RouteMatcher<R>>, host: string, path: string): RouteMatcher<R> | undefined {
   for (const m of matchers) {
     if (m.host !== '' && m.host !== host) continue;
