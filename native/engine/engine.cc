@@ -391,6 +391,7 @@ Engine::Engine(uv_loop_t* loop, void* owner, Notify notify) : loop_(loop), owner
 }
 
 Engine::~Engine() {
+  for (Session* s : graveyard_) delete s;
   std::free(read_buf_);
   delete request_head_;
   delete response_head_;
@@ -401,6 +402,8 @@ void Engine::Dispose() {
   disposed_ = true;
   StopListening();
   CloseAll();
+  for (Leg* leg : ready_) leg->in_ready = false;
+  ready_.clear();
   Reap();
   if (sweep_open_) {
     sweep_open_ = false;
