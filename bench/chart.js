@@ -30,7 +30,7 @@ function esc(s) {
 /** Renders `summary` (from bench/run.js) as an SVG document string. */
 export function renderChart(summary, meta = {}) {
   const workloads = [...new Set(summary.map((s) => s.workload))].filter((w) =>
-    /^echo-|^churn$/.test(w),
+    /^echo-|^wss-|^churn$/.test(w),
   );
   const peers = [...new Set(summary.map((s) => s.peer))];
   const colW = Math.max(190, peers.length * 26 + 40);

@@ -76,6 +76,9 @@ PLAN.idleConns = Math.min(PLAN.idleConns, idleCeiling);
 const WORKLOADS = [
   { name: 'echo-64B', kind: 'closed', size: 64, connections: 50, inflight: 10 },
   { name: 'echo-4KiB', kind: 'closed', size: 4096, connections: 50, inflight: 10 },
+  // echo-4KiB over wss: the peer terminates TLS (self-signed certificate made per run), the
+  // leg to the echo backend stays plain ws. Only peers with `tls: true` run it.
+  { name: 'wss-4KiB', kind: 'closed', size: 4096, connections: 50, inflight: 10, tls: true },
   { name: 'echo-64KiB', kind: 'closed', size: 65536, connections: 50, inflight: 10 },
   { name: 'latency-64B', kind: 'open', size: 64, connections: 50, loadShare: 0.5 },
   { name: 'idle', kind: 'idle', size: 64 },
@@ -261,6 +264,8 @@ function emptyRow(peer, workload, round) {
     cycleP99Ms: null,
     cpuSeconds: null,
     backendCpuSecondsPerMillion: null,
+    loadgenCpuSecondsPerMillion: null,
+    tls: null,
     skipped: false,
     reason: null,
   };
@@ -286,7 +291,47 @@ async function peerPort() {
   }
 }
 
-async function startPeer(state, label) {
+/**
+ * The run's self-signed certificate (P-256, CN and SAN 127.0.0.1), made with the openssl
+ * CLI on first use: { certFile, keyFile, pemFile (key + certificate, for HAProxy) }.
+ * Throws when openssl is missing or fails.
+ */
+let tlsFiles = null;
+let tlsError = null;
+function benchCertificate() {
+  if (tlsFiles) return tlsFiles;
+  if (tlsError) throw new Error(tlsError);
+  const dir = fs.mkdtempSync(path.join(tmpRoot, 'tls-'));
+  const certFile = path.join(dir, 'cert.pem');
+  const keyFile = path.join(dir, 'key.pem');
+  const pemFile = path.join(dir, 'key+cert.pem');
+  try {
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
+      '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', keyFile, '-out', certFile],
+    { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (err) {
+    tlsError = `no certificate for the TLS workload (openssl req failed: ${String(err.stderr || err.message).trim().slice(0, 200)})`;
+    throw new Error(tlsError);
+  }
+  fs.writeFileSync(pemFile, fs.readFileSync(keyFile, 'utf8') + fs.readFileSync(certFile, 'utf8'));
+  tlsFiles = { certFile, keyFile, pemFile };
+  return tlsFiles;
+}
+
+/** Why `state`'s peer does not run workload `w` (a TLS workload on a peer without a TLS listener), or null. */
+function notApplicable(state, w) {
+  if (w.tls && !state.peer.tls) return 'not applicable: no TLS listener configured for this peer';
+  if (w.tls) {
+    try {
+      benchCertificate();
+    } catch (err) {
+      return err.message;
+    }
+  }
+  return null;
+}
+
+async function startPeer(state, label, w) {
   let lastError = null;
   // Two attempts: a port picked free can still be taken by an outgoing connection
   // before the peer binds it.
@@ -294,7 +339,8 @@ async function startPeer(state, label) {
     const dir = fs.mkdtempSync(path.join(tmpRoot, `${state.peer.name}-`));
     const port = state.peer.direct ? null : await peerPort();
     try {
-      const inst = await state.peer.start({ dir, port, echoPort: echo.port, nofile });
+      const tls = w?.tls ? benchCertificate() : undefined;
+      const inst = await state.peer.start({ dir, port, echoPort: echo.port, nofile, tls });
       if (inst.pid) log(`started ${state.peer.name} pid ${inst.pid} (${label})`);
       return { ...inst, dir };
     } catch (err) {
@@ -350,7 +396,7 @@ async function measureTraffic(state, inst, w, round, rate) {
     }
     rssMax = Math.max(rssMax, kib * 1024);
   };
-  const result = await runLoadgen([...trafficArgs(w, inst.port, { duration, rate }), ...(state.peer.loadgenArgs ?? [])], {
+  const result = await runLoadgen([...trafficArgs(w, inst.port, { duration, rate }), ...(w.tls ? ['--tls'] : []), ...(state.peer.loadgenArgs ?? [])], {
     timeoutMs: (PLAN.warmup + duration + 30) * 1000,
     onEvent: (ev) => {
       if (ev.event === 'measure-start') {
@@ -376,6 +422,7 @@ async function measureTraffic(state, inst, w, round, rate) {
   row.connections = result.connections ?? null;
   row.msgsPerSec = result.msgsPerSec ?? null;
   row.mbPerSec = result.mbPerSec ?? null;
+  row.tls = result.tls ?? null; // wss: the negotiated version and cipher, as the load generator saw them
   const units = w.kind === 'churn' ? result.cycles : result.messages;
   if (inst.pid && units > 0) {
     row.cpuSeconds = cpu1 - cpu0;
@@ -383,6 +430,8 @@ async function measureTraffic(state, inst, w, round, rate) {
     row.rssBytes = rssMax;
   }
   if (units > 0) row.backendCpuSecondsPerMillion = ((be1 - be0) / units) * 1e6;
+  // The client's own cost (it does TLS too in wss): a saturated load generator shows here.
+  if (units > 0 && result.loadgenCpuSec != null) row.loadgenCpuSecondsPerMillion = (result.loadgenCpuSec / units) * 1e6;
   if (w.kind === 'open') {
     row.rate = result.rate ?? null;
     Object.assign(row, pickLatency(result.latency, ''));
@@ -497,12 +546,15 @@ async function runWorkload(w, states, rows, meta) {
   const instances = new Map();
   await Promise.all(
     usable().map(async (s) => {
-      const inst = await startPeer(s, w.name);
+      if (notApplicable(s, w)) return;
+      const inst = await startPeer(s, w.name, w);
       if (inst) instances.set(s.peer.name, inst);
     }),
   );
   for (let round = 1; round <= PLAN.rounds; round++) {
     for (const s of states) {
+      const na = notApplicable(s, w);
+      if (na) { rows.push({ ...emptyRow(s.peer.name, w.name, round), skipped: true, reason: na }); continue; }
       let inst = instances.get(s.peer.name);
       if (!inst) { rows.push(unavailableRow(s, w, round)); continue; }
       const row = await measureTraffic(s, inst, w, round, rate);
@@ -510,7 +562,7 @@ async function runWorkload(w, states, rows, meta) {
       rows.push(row);
       if (!alive(inst)) {
         // Crashed: start a new one so the remaining rounds still measure something.
-        inst = await startPeer(s, `${w.name} restart`);
+        inst = await startPeer(s, `${w.name} restart`, w);
         if (inst) instances.set(s.peer.name, inst);
         else instances.delete(s.peer.name);
       }
@@ -614,7 +666,7 @@ function markdown(summary, meta) {
     const rows = summary.filter((s) => s.workload === w.name);
     lines.push('');
     if (w.kind === 'closed') {
-      lines.push(`### ${w.name}: ${w.connections} connections × ${w.inflight} in flight, ${w.size} B binary echo`);
+      lines.push(`### ${w.name}: ${w.connections} connections × ${w.inflight} in flight, ${w.size} B binary echo${w.tls ? ' over wss (TLS 1.3 to the proxy, plain ws to the backend)' : ''}`);
       lines.push('');
       lines.push('| peer | msgs/s vs nginx | CPU/msg vs nginx | msgs/s | MB/s | CPU s / 1M msgs | peak RSS | status |');
       lines.push('|---|---:|---:|---:|---:|---:|---:|---|');

@@ -110,6 +110,24 @@ t.test('--quick --json writes rows with the documented schema', async (t) => {
   t.match(res.stdout, /\| node-http-proxy \|/, 'markdown table on stdout');
 });
 
+t.test('wss-4KiB: sluice terminates TLS, peers without a TLS listener are not applicable', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-run-test-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const out = path.join(dir, 'out.json');
+  const res = await runBench([
+    '--quick', '--rounds', '1', '--peers', 'direct,sluice', '--workloads', 'wss-4KiB', '--json', out, '--out-dir', dir, '--no-chart',
+  ]);
+  t.equal(res.code, 0, res.stderr.slice(-2000));
+  const rows = JSON.parse(fs.readFileSync(out, 'utf8'));
+  const find = (peer: string) => rows.find((r: any) => r.peer === peer && r.workload === 'wss-4KiB');
+  const wss = find('sluice');
+  t.equal(wss.valid, true, wss.reason ?? '');
+  t.match(wss.tls, /^TLSv1\.3 /, 'the load generator spoke TLS 1.3');
+  t.ok(wss.msgsPerSec > 0 && wss.cpuSecondsPerMillion > 0, 'throughput and proxy CPU measured');
+  t.equal(find('direct').skipped, true);
+  t.match(find('direct').reason, /not applicable/);
+});
+
 t.test('Ctrl-C stops every peer, the backend and the load generator', async (t) => {
   let snapshot = new Map<number, string>();
   let interrupted = false;

@@ -6,6 +6,8 @@
 // sequence number and the per-connection payload pattern. Modes: closed loop
 // (throughput), open loop (latency, coordinated-omission corrected), idle
 // (memory per held connection) and churn (connect, one message, close).
+// `--tls` speaks wss: an OpenSSL client handshake after the TCP connect, then the
+// same WebSocket traffic through SSL_read / SSL_write.
 //
 // Progress events go to stderr as JSON lines (the harness reads the proxy's CPU
 // counters on `measure-start` / `measure-end`); the result is one JSON object on
@@ -16,6 +18,8 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -66,7 +70,24 @@ struct Options {
   std::string envelope;       // "", "v1" or "v2": speak sluice's envelope (DESIGN "Protocols")
   std::string authorization;
   std::vector<std::string> headers;  // extra "Name: value" lines
+  bool tls = false;           // wss: TLS client handshake after connect, no certificate check
 };
+
+/** The TLS client context (--tls), shared by every worker; null for plain ws. */
+static SSL_CTX* g_tls_ctx = nullptr;
+
+/** OpenSSL's error queue (or the SSL_get_error code) as one line; clears the queue. */
+static std::string tls_error(int code) {
+  std::string out;
+  char buf[256];
+  while (unsigned long e = ERR_get_error()) {
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!out.empty()) out += "; ";
+    out += buf;
+  }
+  if (out.empty()) out = code == SSL_ERROR_SYSCALL ? std::string("syscall: ") + strerror(errno) : "SSL_get_error " + std::to_string(code);
+  return out;
+}
 
 static int64_t now_ns() {
   timespec ts;
@@ -134,6 +155,8 @@ enum class State { Unused, Connecting, Handshake, Open, Closing, Closed, Failed 
 struct Conn {
   int id = 0;
   int fd = -1;
+  SSL* ssl = nullptr;          // --tls: the session (while State::Connecting, its handshake)
+  int tls_wlen = 0;            // an SSL_write to repeat with this length (WANT_WRITE/READ), or 0
   State st = State::Unused;
   std::string expected_accept;
   std::string protocol;
@@ -163,6 +186,7 @@ struct Stats {
   std::vector<int64_t> latencies;  // ns; open loop: per message, churn: per cycle
   std::vector<std::string> messages;
   std::string protocol;
+  std::string tls;             // --tls: negotiated version and cipher (first connection)
   void note(const std::string& m) {
     if (messages.size() < 8) messages.push_back(m);
   }
@@ -273,9 +297,62 @@ class Worker {
     else if (c.st == State::Handshake) { stats.handshake_failures++; connecting_--; }
     stats.errors++;
     stats.note("connection " + std::to_string(c.id) + ": " + why);
+    drop_fd(c);
+    c.st = State::Failed;
+  }
+
+  void drop_fd(Conn& c) {
+    if (c.ssl) { SSL_free(c.ssl); c.ssl = nullptr; }  // no close_notify: the socket closes anyway
+    c.tls_wlen = 0;
     if (c.fd >= 0) close(c.fd);
     c.fd = -1;
-    c.st = State::Failed;
+  }
+
+  /** --tls: drives the client handshake; true once it is done. Fails the connection on error. */
+  bool tls_handshake(Conn& c) {
+    if (!c.ssl) {
+      c.ssl = SSL_new(g_tls_ctx);
+      if (!c.ssl || SSL_set_fd(c.ssl, c.fd) != 1) { fail(c, "TLS: " + tls_error(0)); return false; }
+      SSL_set_connect_state(c.ssl);
+    }
+    ERR_clear_error();
+    int r = SSL_connect(c.ssl);
+    if (r == 1) {
+      if (stats.tls.empty()) stats.tls = std::string(SSL_get_version(c.ssl)) + " " + SSL_get_cipher_name(c.ssl);
+      return true;
+    }
+    int e = SSL_get_error(c.ssl, r);
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) fail(c, "TLS handshake: " + tls_error(e));
+    return false;
+  }
+
+  /** SSL_read with read()'s results: > 0, 0 at EOF, -1 with errno EAGAIN; -2: failed (reported). */
+  ssize_t tls_read(Conn& c, uint8_t* p, size_t len) {
+    ERR_clear_error();
+    int r = SSL_read(c.ssl, p, int(std::min<size_t>(len, INT32_MAX)));
+    if (r > 0) return r;
+    int e = SSL_get_error(c.ssl, r);
+    // WANT_WRITE (a post-handshake message to answer) waits for the next event like WANT_READ.
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) { errno = EAGAIN; return -1; }
+    if (e == SSL_ERROR_ZERO_RETURN) return 0;  // close_notify, or EOF (SSL_OP_IGNORE_UNEXPECTED_EOF)
+    fail(c, "TLS read: " + tls_error(e));
+    return -2;
+  }
+
+  /**
+   * SSL_write with send()'s results (-2: failed, reported). A write that wanted to be
+   * repeated is repeated with the same length: `out` only grows at its end meanwhile, and
+   * may move (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER); partial writes are on.
+   */
+  ssize_t tls_write(Conn& c, const uint8_t* p, size_t len) {
+    int n = c.tls_wlen ? c.tls_wlen : int(std::min<size_t>(len, 1u << 20));
+    ERR_clear_error();
+    int r = SSL_write(c.ssl, p, n);
+    if (r > 0) { c.tls_wlen = 0; return r; }
+    int e = SSL_get_error(c.ssl, r);
+    if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) { c.tls_wlen = n; errno = EAGAIN; return -1; }
+    fail(c, "TLS write: " + tls_error(e));
+    return -2;
   }
 
   void start_connect(Conn& c) {
@@ -289,7 +366,7 @@ class Worker {
     sa.sin_family = AF_INET;
     sa.sin_port = htons(uint16_t(o_.port));
     inet_pton(AF_INET, o_.host.c_str(), &sa.sin_addr);
-    c.out.clear(); c.opos = 0; c.ibeg = c.iend = 0; c.frag_op = -1;
+    c.out.clear(); c.opos = 0; c.ibeg = c.iend = 0; c.frag_op = -1; c.tls_wlen = 0;
     c.send_seq = c.recv_seq = 0; c.outstanding = 0; c.got_close = false;
     int r = connect(c.fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
     if (r < 0 && errno != EINPROGRESS) { fail(c, std::string("connect: ") + strerror(errno)); return; }
@@ -475,8 +552,7 @@ class Worker {
 
   void finish_cycle(Conn& c) {
     // Churn: the close handshake finished; count the cycle and start the next one.
-    if (c.fd >= 0) close(c.fd);
-    c.fd = -1;
+    drop_fd(c);
     c.st = State::Closed;
     stats.cycles++;
     if (now_ >= sh_.t_measure.load() && now_ < sh_.t_end.load()) {
@@ -555,7 +631,13 @@ class Worker {
           return;
         }
       }
-      ssize_t n = read(c.fd, c.in.data() + c.iend, c.in.size() - c.iend);
+      ssize_t n;
+      if (c.ssl) {
+        n = tls_read(c, c.in.data() + c.iend, c.in.size() - c.iend);
+        if (n == -2) return;
+      } else {
+        n = read(c.fd, c.in.data() + c.iend, c.in.size() - c.iend);
+      }
       if (n > 0) {
         c.iend += size_t(n);
         if (c.st == State::Handshake) {
@@ -595,7 +677,13 @@ class Worker {
 
   void flush(Conn& c) {
     while (c.opos < c.out.size()) {
-      ssize_t n = send(c.fd, c.out.data() + c.opos, c.out.size() - c.opos, MSG_NOSIGNAL);
+      ssize_t n;
+      if (c.ssl) {
+        n = tls_write(c, c.out.data() + c.opos, c.out.size() - c.opos);
+        if (n == -2) return;
+      } else {
+        n = send(c.fd, c.out.data() + c.opos, c.out.size() - c.opos, MSG_NOSIGNAL);
+      }
       if (n > 0) { c.opos += size_t(n); continue; }
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EAGAIN) {
@@ -614,11 +702,15 @@ class Worker {
 
   void on_event(Conn& c, uint32_t ev) {
     if (c.st == State::Connecting) {
-      int err = 0;
-      socklen_t len = sizeof err;
-      getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len);
-      if (err) { fail(c, std::string("connect: ") + strerror(err)); return; }
-      if (!(ev & EPOLLOUT)) return;
+      if (!c.ssl) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) { fail(c, std::string("connect: ") + strerror(err)); return; }
+        if (!(ev & EPOLLOUT)) return;
+      }
+      // --tls: the TLS handshake runs in State::Connecting, one step per event.
+      if (g_tls_ctx && !tls_handshake(c)) return;
       send_handshake(c);
     }
     if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) do_read(c);
@@ -759,8 +851,7 @@ class Worker {
       send_control(c, 0x8, code, 2);
       flush(c);
     }
-    close(c.fd);
-    c.fd = -1;
+    drop_fd(c);
     c.st = State::Closed;
   }
 };
@@ -809,6 +900,7 @@ static Options parse(int argc, char** argv) {
       o.envelope = val();
       if (o.envelope != "v1" && o.envelope != "v2") usage("--envelope is v1 or v2");
     }
+    else if (a == "--tls") o.tls = true;
     else if (a == "--help" || a == "-h") usage("usage");
     else usage(("unknown flag " + a).c_str());
   }
@@ -825,6 +917,7 @@ static Options parse(int argc, char** argv) {
     if (o.envelope == "v1" && o.size < (min_size + 2) / 3 * 3) usage("--envelope v1 needs --size of at least a whole base64 group past the header");
   }
   if (o.path.empty() || o.path[0] != '/') usage("--path must start with /");
+  if (o.tls && o.mode == Mode::Churn) usage("--tls is not supported in churn mode");
   return o;
 }
 
@@ -876,6 +969,20 @@ int main(int argc, char** argv) {
   using namespace loadgen;
   signal(SIGPIPE, SIG_IGN);
   Options o = parse(argc, argv);
+  if (o.tls) {
+    // A benchmark client: TLS 1.3, no certificate check (self-signed bench certificate),
+    // no session resumption, writes that may be partial and retried from a moved buffer.
+    g_tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!g_tls_ctx) usage(("TLS: " + tls_error(0)).c_str());
+    SSL_CTX_set_min_proto_version(g_tls_ctx, TLS1_3_VERSION);
+    // One cipher suite, so every peer runs the same one whatever its preference: the one
+    // browsers list first (Go's TLS, in Caddy, prefers it over AES-256 anyway).
+    SSL_CTX_set_ciphersuites(g_tls_ctx, "TLS_AES_128_GCM_SHA256");
+    SSL_CTX_set_verify(g_tls_ctx, SSL_VERIFY_NONE, nullptr);
+    SSL_CTX_set_session_cache_mode(g_tls_ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_options(g_tls_ctx, SSL_OP_NO_TICKET | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_mode(g_tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  }
   raise_nofile(size_t(o.connections) + 64);
   // A benchmark must stop by itself even if the harness that started it is gone.
   double budget = o.connect_timeout + o.warmup + o.duration + o.drain + 60 + (o.mode == Mode::Idle ? (o.hold > 0 ? o.hold : 600) : 0);
@@ -944,6 +1051,7 @@ int main(int argc, char** argv) {
     total.latencies.insert(total.latencies.end(), s.latencies.begin(), s.latencies.end());
     for (auto& m : s.messages) total.note(m);
     if (total.protocol.empty()) total.protocol = s.protocol;
+    if (total.tls.empty()) total.tls = s.tls;
   }
   uint64_t lost = total.sent > total.received ? total.sent - total.received : 0;
   if (lost > 0) total.note(std::to_string(lost) + " messages were not echoed back");
@@ -988,6 +1096,7 @@ int main(int argc, char** argv) {
   add("mbPerSec", window > 0 && o.mode != Mode::Churn ? num(double(total.window_bytes) / window / 1e6) : "null");
   add("loadgenCpuSec", o.mode == Mode::Idle ? "null" : num(cpu1 - cpu0));
   add("protocol", total.protocol.empty() ? "null" : "\"" + json_escape(total.protocol) + "\"");
+  if (o.tls) add("tls", total.tls.empty() ? "null" : "\"" + json_escape(total.tls) + "\"");
   if (o.mode == Mode::Churn) {
     add("cycles", std::to_string(total.window_cycles));
     add("closesWithoutFrame", std::to_string(total.closes_without_frame));

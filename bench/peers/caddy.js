@@ -21,10 +21,13 @@ export default {
       return null;
     }
   },
-  async start({ dir, port, echoPort }) {
+  /** Runs the wss workload: `tls <cert> <key>` with TLS 1.3 only, certificates from the run. */
+  tls: true,
+  async start({ dir, port, echoPort, tls }) {
     const conf = renderTemplate(fs.readFileSync(path.join(here, 'Caddyfile.template'), 'utf8'), {
       PORT: port,
       ECHO_PORT: echoPort,
+      TLS: tls ? `\ttls ${tls.certFile} ${tls.keyFile} {\n\t\tprotocols tls1.3\n\t}` : '',
     });
     const file = path.join(dir, 'Caddyfile');
     fs.writeFileSync(file, conf);

@@ -19,12 +19,16 @@ export default {
       return null;
     }
   },
-  async start({ dir, port, echoPort, nofile }) {
+  /** Runs the wss workload: `bind ... ssl crt <key+cert pem> ssl-min-ver TLSv1.3`. */
+  tls: true,
+  async start({ dir, port, echoPort, nofile, tls }) {
     const conf = renderTemplate(fs.readFileSync(path.join(here, 'haproxy.cfg.template'), 'utf8'), {
       PORT: port,
       ECHO_PORT: echoPort,
       // Two descriptors per proxied connection, plus listeners and logs.
       MAXCONN: Math.max(1000, Math.floor((nofile - 100) / 2)),
+      // TLS terminated on the frontend (the backend stays plain); no tickets, as nginx.
+      BIND_TLS: tls ? ` ssl crt ${tls.pemFile} ssl-min-ver TLSv1.3 no-tls-tickets` : '',
     });
     const file = path.join(dir, 'haproxy.cfg');
     fs.writeFileSync(file, conf);

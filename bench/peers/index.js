@@ -25,7 +25,7 @@ export const PEERS = [
   haproxy,
   caddy,
   nodeHttpProxy,
-  sluicePeer({ name: 'sluice', describe: 'sluice, native codec' }),
+  sluicePeer({ name: 'sluice', describe: 'sluice, native codec', tls: true }),
   sluicePeer({ name: 'sluice-ts', describe: 'sluice, SLUICE_NO_NATIVE=1', env: { SLUICE_NO_NATIVE: '1' } }),
   // The other handshake design (issue #13): Node's HTTP server accepts and parses, the
   // upstream handshake runs in TypeScript, and both sockets are handed to the native engine.

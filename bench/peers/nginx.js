@@ -7,6 +7,20 @@ import { findExecutable, renderTemplate, spawnGroup, waitForPort } from './proce
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 
+/**
+ * The server block's TLS settings for the wss workload: the run's certificate, TLS 1.3
+ * only (as the other peers), no session cache or tickets (the load generator never
+ * resumes), nginx's default ciphers.
+ */
+function tlsLines({ certFile, keyFile }) {
+  return [
+    `        ssl_certificate ${certFile};`,
+    `        ssl_certificate_key ${keyFile};`,
+    '        ssl_protocols TLSv1.3;',
+    '        ssl_session_tickets off;',
+  ].join('\n');
+}
+
 export default {
   name: 'nginx',
   describe: 'nginx, 1 worker',
@@ -20,7 +34,9 @@ export default {
       return String(err.stderr ?? '').trim() || null;
     }
   },
-  async start({ dir, port, echoPort, nofile }) {
+  /** Runs the wss workload: `listen ... ssl`, TLS 1.3 (see tlsLines). */
+  tls: true,
+  async start({ dir, port, echoPort, nofile, tls }) {
     const conf = renderTemplate(fs.readFileSync(path.join(here, 'nginx.conf.template'), 'utf8'), {
       DIR: dir,
       PORT: port,
@@ -30,6 +46,8 @@ export default {
       // once fewer than 1/16 of worker_connections are free, which would refuse
       // proxied connections well before the descriptors run out.
       WORKER_CONNECTIONS: Math.max(1024, Math.ceil(nofile * 1.1)),
+      LISTEN_SSL: tls ? ' ssl' : '',
+      TLS: tls ? tlsLines(tls) : '',
     });
     const file = path.join(dir, 'nginx.conf');
     fs.writeFileSync(file, conf);

@@ -10,7 +10,7 @@ const root = path.resolve(here, '..', '..');
 const cli = path.join(root, 'dist', 'cli.js');
 
 /** A sluice peer; `env` is added to its environment (e.g. SLUICE_NO_NATIVE=1). */
-export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.template', loadgenArgs = [], optional = false }) {
+export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.template', loadgenArgs = [], optional = false, tls = false }) {
   return {
     name,
     describe,
@@ -18,6 +18,8 @@ export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.t
     optional,
     /** Extra load generator flags for this peer (the envelope routes speak v1/v2). */
     loadgenArgs,
+    /** Runs the wss workload: `listen.tls` (the template must have {{LISTEN_TLS}}). */
+    tls,
     check() {
       return fs.existsSync(cli) ? null : 'dist/cli.js not built: run npm run build';
     },
@@ -28,11 +30,12 @@ export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.t
         return null;
       }
     },
-    async start({ dir, port, echoPort, nofile }) {
+    async start({ dir, port, echoPort, nofile, tls: files }) {
       const conf = renderTemplate(fs.readFileSync(path.join(here, template), 'utf8'), {
         PORT: port,
         ECHO_PORT: echoPort,
         MAXCONN: Math.max(1000, Math.floor((nofile - 100) / 2)),
+        LISTEN_TLS: files ? `, tls: { certFile: ${JSON.stringify(files.certFile)}, keyFile: ${JSON.stringify(files.keyFile)} }` : '',
       });
       const file = path.join(dir, 'sluice.yaml');
       fs.writeFileSync(file, conf);
