@@ -244,25 +244,31 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                                                      info[2].As<Napi::String>().Utf8Value()));
   }
 
+  // The session id of a one-argument call, or false with a TypeError thrown.
+  static bool IdArg(const Napi::CallbackInfo& info, const char* usage, uint32_t* id) {
+    if (info.Length() < 1 || !info[0].IsNumber()) {
+      Napi::TypeError::New(info.Env(), usage).ThrowAsJavaScriptException();
+      return false;
+    }
+    *id = info[0].As<Napi::Number>().Uint32Value();
+    return true;
+  }
+
   Napi::Value Destroy(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsNumber()) {
-      Napi::TypeError::New(env, "destroy(id)").ThrowAsJavaScriptException();
-      return Napi::Value();
-    }
+    uint32_t id;
+    if (!IdArg(info, "destroy(id)", &id)) return Napi::Value();
     if (engine_ == nullptr) return Napi::Boolean::New(env, false);
-    return Napi::Boolean::New(env, engine_->Destroy(info[0].As<Napi::Number>().Uint32Value()));
+    return Napi::Boolean::New(env, engine_->Destroy(id));
   }
 
   // flow(id): [clientPaused, upstreamPaused, clientPendingBytes, upstreamPendingBytes] or null.
   Napi::Value Flow(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsNumber()) {
-      Napi::TypeError::New(env, "flow(id)").ThrowAsJavaScriptException();
-      return Napi::Value();
-    }
+    uint32_t id;
+    if (!IdArg(info, "flow(id)", &id)) return Napi::Value();
     double out[4];
-    if (engine_ == nullptr || !engine_->Flow(info[0].As<Napi::Number>().Uint32Value(), out)) return env.Null();
+    if (engine_ == nullptr || !engine_->Flow(id, out)) return env.Null();
     Napi::Array a = Napi::Array::New(env, 4);
     for (uint32_t i = 0; i < 4; i++) a.Set(i, Napi::Number::New(env, out[i]));
     return a;
@@ -340,13 +346,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   // release(id): [fd, bytes read so far] for Node's HTTP server, or null.
   Napi::Value Release(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsNumber()) {
-      Napi::TypeError::New(env, "release(id)").ThrowAsJavaScriptException();
-      return Napi::Value();
-    }
+    uint32_t id;
+    if (!IdArg(info, "release(id)", &id)) return Napi::Value();
     if (engine_ == nullptr) return env.Null();
     std::string bytes;
-    const int fd = engine_->Release(info[0].As<Napi::Number>().Uint32Value(), &bytes);
+    const int fd = engine_->Release(id, &bytes);
     if (fd < 0) return env.Null();
     Napi::Array a = Napi::Array::New(env, 2);
     a.Set(0u, Napi::Number::New(env, fd));
@@ -376,17 +380,16 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                                   info[2].As<Napi::Number>().Int32Value(),
                                   std::string(reinterpret_cast<const char*>(r.Data()), r.ByteLength()),
                                   info[4].As<Napi::String>().Utf8Value(), info[5].As<Napi::String>().Utf8Value(), p, &error);
+    if (!ok) Napi::Error::New(env, "dial: " + error).ThrowAsJavaScriptException();
     return Napi::Boolean::New(env, ok);
   }
 
   Napi::Value AbortDial(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsNumber()) {
-      Napi::TypeError::New(env, "abortDial(id)").ThrowAsJavaScriptException();
-      return Napi::Value();
-    }
+    uint32_t id;
+    if (!IdArg(info, "abortDial(id)", &id)) return Napi::Value();
     if (engine_ == nullptr) return Napi::Boolean::New(env, false);
-    return Napi::Boolean::New(env, engine_->AbortDial(info[0].As<Napi::Number>().Uint32Value()));
+    return Napi::Boolean::New(env, engine_->AbortDial(id));
   }
 
   Napi::Value Sessions(const Napi::CallbackInfo& info) {

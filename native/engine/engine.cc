@@ -2,11 +2,9 @@
 
 #ifdef __linux__
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -497,12 +495,12 @@ void Engine::Resume(Leg* leg) {
 void Engine::RunReady() {
   // Legs scheduled while these run wait for the next round (a busy pair cannot starve the loop).
   for (int round = 0; round < 4 && !ready_.empty(); round++) {
-    std::vector<Leg*> batch;
-    batch.swap(ready_);
-    for (Leg* leg : batch) {
+    ready_batch_.swap(ready_);
+    for (Leg* leg : ready_batch_) {
       leg->in_ready = false;
       if (leg->watched && leg->alive && leg->readable && !leg->paused && !leg->read_eof) ReadSome(leg);
     }
+    ready_batch_.clear();  // kept: no allocation per round
   }
   if (!ready_.empty() && kick_open_) uv_timer_start(&kick_, OnKickCb, 0, 0);
   Reap();
@@ -1121,7 +1119,7 @@ void Engine::MaybeEnd(Session* s) {
   e.msgs_out = static_cast<double>(s->server.messages);
   e.bytes_in = static_cast<double>(s->client.bytes);
   e.bytes_out = static_cast<double>(s->server.bytes);
-  // Unlinked now; freed when both poll handles have closed.
+  // Unlinked now; freed by Reap once no dispatch can still hold its legs.
   Unlink(s);
   count_--;
   UpdateRef();

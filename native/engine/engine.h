@@ -229,8 +229,8 @@ class Engine {
  public:
   using Notify = void (*)(void* owner);
   Engine(uv_loop_t* loop, void* owner, Notify notify);
-  // Closes every session and the timer; the engine deletes itself once libuv has closed
-  // all of its handles (their callbacks reach it until then).
+  // Closes the listener, every session, the timers and the epoll handle; the engine deletes
+  // itself once libuv has closed its handles (their callbacks reach it until then).
   void Dispose();
 
   // Takes copies (dup) of both descriptors; processes the bytes that came with the two
@@ -363,6 +363,7 @@ class Engine {
   bool kick_open_ = false;
   bool in_dispatch_ = false;
   std::vector<Leg*> ready_;
+  std::vector<Leg*> ready_batch_;  // the round RunReady is reading
   std::vector<Session*> graveyard_;  // freed after the dispatch that ended them
   // The listener (engine accept).
   int listen_fd_ = -1;

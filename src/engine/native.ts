@@ -136,14 +136,18 @@ export class NativeEngine {
     const ufd = socketFd(upstream);
     if (cfd < 0 || ufd < 0) throw new Error('adopt: a socket without a descriptor');
     const extra = stopAndDrain(client);
-    stopAndDrain(upstream);
+    const upstreamExtra = stopAndDrain(upstream);
     const head = extra.length > 0 ? Buffer.concat([clientHead, ...extra]) : clientHead;
+    const uhead = upstreamExtra.length > 0 ? Buffer.concat([upstreamHead, ...upstreamExtra]) : upstreamHead;
     this.fillParams(p);
-    const id = this.engine.adopt(cfd, ufd, head, upstreamHead, this.params);
-    // The engine holds its own descriptors: Node's handles go (no shutdown, just close).
-    client.destroy();
-    upstream.destroy();
-    return id;
+    try {
+      return this.engine.adopt(cfd, ufd, head, uhead, this.params);
+    } finally {
+      // The engine holds its own descriptors (or refused them): Node's handles go (no
+      // shutdown, just close).
+      client.destroy();
+      upstream.destroy();
+    }
   }
 
   /**

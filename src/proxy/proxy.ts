@@ -26,8 +26,8 @@ import { listenOptions, listenSocket, socketPort } from './listen.js';
 import { routeKey, type ConnectionLedger } from './ledger.js';
 import { startEchoServer, type EchoServer } from './echo.js';
 import { dial, UpstreamError, type DialResult } from './handshake.js';
-import { HttpForwarder } from './http-forward.js';
-import { compileRoutes, mapTarget, matchRoute, type RouteMatcher } from './router.js';
+import { HttpForwarder, forwardedHeaders } from './http-forward.js';
+import { compileRoutes, mapTarget, matchRoute, requestHost, type RouteMatcher } from './router.js';
 import { Session, isValidWireCloseCode, type SessionHost } from './session.js';
 import { NativeSession } from './native-session.js';
 import { EngineClient, SocketClient, type HandshakeClient } from './handshake-client.js';
@@ -554,7 +554,7 @@ export class Proxy implements SessionHost {
     const offered = req.headers['sec-websocket-protocol'] ?? '';
     const extensions = req.headers['sec-websocket-extensions'] ?? '';
     const origin = req.headers.origin ?? '';
-    const forwardedFor = req.headers['x-forwarded-for'] ?? '';
+    const forwardedFor = String(req.headers['x-forwarded-for'] ?? '');
     const connectionTokens = (req.headers.connection ?? '').toLowerCase();
     const headers: Array<[string, string]> = [];
     const headerMap = new Map<string, string>();
@@ -600,7 +600,7 @@ export class Proxy implements SessionHost {
     if (!connection.includes('upgrade')) {
       return refuse('400 Bad Request', 'sluice: the Connection header lacks "upgrade"');
     }
-    const host = hostHeader.replace(/:\d+$/, '').toLowerCase();
+    const host = requestHost(hostHeader);
     const matched = matchRoute(this.matchers, host, path);
     if (!matched) return refuse('404 Not Found', `sluice: no route for ${path}`);
     const origins = this.config.origins;
@@ -618,12 +618,7 @@ export class Proxy implements SessionHost {
     // Connection-listed headers are hop-by-hop too (RFC 9110 §7.6.1).
     const extraHop = connection.filter((t) => t !== '' && t !== 'upgrade');
     const fwd = extraHop.length > 0 ? headers.filter(([n]) => !extraHop.includes(n)) : headers;
-    fwd.push(
-      ['X-Forwarded-For', forwardedFor ? `${forwardedFor}, ${remote}` : remote],
-      ['X-Forwarded-Proto', this.config.listen.tls ? 'https' : 'http'],
-      ['X-Forwarded-Host', hostHeader],
-      ['X-Real-IP', remote],
-    );
+    fwd.push(...forwardedHeaders(forwardedFor, remote, this.config.listen.tls !== undefined, hostHeader));
     const offeredList = offered.split(',').map((p) => p.trim()).filter((p) => p !== '');
     // Envelope routes: the client's sluice.v1/v2 offer is ours to answer; the rest goes on.
     let envelope: EnvelopeVersion | null = null;
@@ -714,10 +709,10 @@ export class Proxy implements SessionHost {
       const socket = client.socket!;
       void this.dialFirst(route, candidates, matched, path, upstreamQuery, fwd, upstreamProtocols, deflateOffer).then(
         ({ upstream, result }) => {
-          settle();
           // A reload that removed this route while we dialled: its sessions got 1012 already.
           const removed = !this.routes.some((r) => r.key === route.key);
           if (aborted || this.draining || removed) {
+            settle();
             upstream.sessions--;
             result.socket.destroy();
             refuse('503 Service Unavailable', removed ? 'sluice: route removed' : 'sluice: draining');
@@ -733,6 +728,9 @@ export class Proxy implements SessionHost {
             remote, origin, started, envelope, expiresAt,
             tokenProtocol: clientProtocol === null && result.protocol === '' && consumed !== undefined,
           });
+          // Given back once the session (or the engine's hand-over) holds the place: the
+          // count other shards read never dips in between.
+          settle();
         },
         failed,
       );
@@ -950,7 +948,7 @@ export class Proxy implements SessionHost {
   private engineCanCarry(headers: http.IncomingHttpHeaders, target: string): boolean {
     const q = target.indexOf('?');
     const path = q < 0 ? target : target.slice(0, q);
-    const host = (headers.host ?? '').replace(/:\d+$/, '').toLowerCase();
+    const host = requestHost(headers.host ?? '');
     const matched = matchRoute(this.matchers, host, path);
     if (!matched) return true; // a 404, answered the same either way
     const rc = matched.route.config;
@@ -991,9 +989,10 @@ export class Proxy implements SessionHost {
       try {
         const ip = await resolveHost(hostName);
         if (client.ended) throw new UpstreamError('SLUICE_ERR_UPSTREAM_UNREACHABLE', 502, 'client gone');
-        const outcome = client.outcome();
         engine.dial(client.id, ip, Number(url.port || 80), request, protocols.join(','), fallbackProtocol,
           this.engineParams(route, expiresAt));
+        // Its outcome comes as an event on a later turn of the loop.
+        const outcome = client.outcome();
         const timer = setTimeout(() => client.abandonDial(), this.config.limits.upstreamTimeoutMs);
         const o = await outcome;
         clearTimeout(timer);
