@@ -32,6 +32,7 @@ namespace {
 // One read buffer per engine (per thread); a frame that fits in a read is checked and
 // forwarded in place.
 constexpr size_t kReadBytes = kReadBufferBytes;
+constexpr size_t kMinReadBytes = 16 * 1024;
 // Data frames up to this size are kept whole until their last byte arrived, so a side that
 // vanishes mid-frame leaves its partner with whole frames only (and a close frame: 1014 or
 // 1001). Larger frames stream as they arrive, with a copy of nothing; if their sender
@@ -665,10 +666,11 @@ void Engine::CloseAll() {
 // ready list for its turn.
 bool Engine::ReadSome(Leg* leg) {
   for (int i = 0; i < 4; i++) {
-    const ssize_t n = recv(leg->fd, read_buf_, kReadBytes, 0);
+    const size_t budget = ReadBudget(leg);
+    const ssize_t n = recv(leg->fd, read_buf_, budget, 0);
     if (n > 0) {
       leg->seen = now();
-      if (static_cast<size_t>(n) < kReadBytes && !leg->hup) leg->readable = false;
+      if (static_cast<size_t>(n) < budget && !leg->hup) leg->readable = false;
       Process(leg, read_buf_, static_cast<size_t>(n));
       if (!leg->alive || leg->paused || leg->read_eof || !leg->readable) return true;
       continue;
@@ -690,6 +692,19 @@ bool Engine::ReadSome(Leg* leg) {
   }
   Schedule(leg);
   return true;
+}
+
+// Under `pause`, what one read may add to the partner's queue: the room left below its high
+// water (at least kMinReadBytes, so a frame header always fits). What sluice holds for a slow
+// reader stays within high water plus one small read, not plus one whole read buffer.
+size_t Engine::ReadBudget(const Leg* leg) const {
+  const Session* s = leg->session;
+  const Leg* to = leg->client ? &s->server : &s->client;
+  if (s->stage != kStageData || s->params.policy != 0 || to->out.size() == 0) return kReadBytes;
+  const uint64_t queued = to->out.size();
+  const uint64_t room = s->params.high_water > queued ? s->params.high_water - queued : 0;
+  if (room < kMinReadBytes) return kMinReadBytes;
+  return room < kReadBytes ? static_cast<size_t>(room) : kReadBytes;
 }
 
 void Engine::Process(Leg* from, uint8_t* data, size_t len) {

@@ -303,6 +303,7 @@ class Engine {
   void Unlink(Session* s);
   void Process(Leg* from, uint8_t* data, size_t len);
   bool ReadSome(Leg* leg);
+  size_t ReadBudget(const Leg* leg) const;
   void OnEof(Leg* leg);
   // Output.
   uint8_t* ArenaCopy(Leg* to, const uint8_t* p, size_t n);

@@ -653,10 +653,12 @@ export class Proxy implements SessionHost {
     const deadline = setTimeout(() => {
       refuse('504 Gateway Timeout', 'sluice: handshake not completed in time'); // whatever finishes later is dropped
     }, Math.max(0, limits.handshakeTimeoutMs - (Date.now() - started)));
-    const settle = () => {
+    // `publish: false` when a session takes the place over: its own publish carries both
+    // changes at once, so another shard never reads the place counted twice (or not at all).
+    const settle = (publish = true) => {
       this.pendingUpgrades--;
       route.counts.pending--;
-      this.publishCounts(route.key, route.counts);
+      if (publish) this.publishCounts(route.key, route.counts);
       clearTimeout(deadline);
     };
     const finish = (decision: AccessDecision | null) => {
@@ -696,13 +698,14 @@ export class Proxy implements SessionHost {
           .then(({ upstream, protocol }) => {
             this.handshaking.delete(client);
             client.offGone();
-            // Counted as a session before its pending place is given back: the count other
-            // shards read never dips (the client has its 101 already and may connect again).
+            // The session takes the pending place over in one publish: the count other
+            // shards read neither dips nor doubles (the client has its 101 already and may
+            // connect again at once, to another shard).
+            settle(false);
             this.nativeOpened(client.id, route, upstream, {
               remote, origin, protocol, handshakeMs: Date.now() - started,
               tokenProtocol: protocol !== '' && protocol === consumed,
             });
-            settle();
           }, failed);
         return;
       }
@@ -720,6 +723,9 @@ export class Proxy implements SessionHost {
           }
           client.offGone();
           this.handshaking.delete(client);
+          // The session (or the engine's hand-over) takes the place over in its own publish:
+          // the count other shards read neither dips nor doubles in between.
+          settle(false);
           this.startSession(socket, head, route, upstream, result, {
             // A token carried as a subprotocol entry is answered back when the upstream picks
             // none: a browser that offered subprotocols fails a handshake that picks none.
@@ -728,9 +734,6 @@ export class Proxy implements SessionHost {
             remote, origin, started, envelope, expiresAt,
             tokenProtocol: clientProtocol === null && result.protocol === '' && consumed !== undefined,
           });
-          // Given back once the session (or the engine's hand-over) holds the place: the
-          // count other shards read never dips in between.
-          settle();
         },
         failed,
       );
