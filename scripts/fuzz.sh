@@ -25,10 +25,14 @@ declare -A sources=(
   [utf8]="native/utf8.cc"
   [frame_cursor]="native/engine/frame_cursor.cc native/engine/utf8_stream.cc native/frame.cc native/frame_run.cc native/mask.cc native/utf8.cc"
   [http_head]="native/engine/http_head.cc"
+  [inflate_meter]="native/engine/inflate_meter.cc native/engine/utf8_stream.cc native/utf8.cc"
 )
+# zlib: Node's headers (as the addon is built), the system's library (always installed).
+declare -A libs=([inflate_meter]="-l:libz.so.1")
+declare -A incs=([inflate_meter]="-I$(npm config get nodedir 2>/dev/null || echo /usr)/include/node")
 
 # Seed corpus (small, committed); regenerate with: node native/fuzz/make-corpus.mjs
-for d in frame_parser envelope utf8 http_head; do
+for d in frame_parser envelope utf8 http_head inflate_meter; do
   if [ ! -d "$root/native/fuzz/corpus/$d" ]; then
     node "$root/native/fuzz/make-corpus.mjs"
     break
@@ -39,11 +43,12 @@ done
 declare -A corpus=([frame_cursor]=frame_parser)
 
 status=0
-for target in frame_parser envelope utf8 frame_cursor http_head; do
+for target in frame_parser envelope utf8 frame_cursor http_head inflate_meter; do
   srcs=()
   for s in ${sources[$target]}; do srcs+=("$root/$s"); done
   echo "== build $target"
-  "$cxx" "${flags[@]}" "$root/native/fuzz/${target}_fuzz.cc" "${srcs[@]}" -o "$out/$target"
+  # shellcheck disable=SC2086 # word splitting of the extra flags is meant
+  "$cxx" "${flags[@]}" ${incs[$target]:-} "$root/native/fuzz/${target}_fuzz.cc" "${srcs[@]}" ${libs[$target]:-} -o "$out/$target"
   work="$out/corpus-$target"
   mkdir -p "$work"
   log="$out/$target.log"

@@ -23,6 +23,7 @@ import { createProxy, type Proxy } from '../src/index.js';
 import type { ProxyConfigInput } from '../src/config/index.js';
 import { closed, connect, deadPort, nextMessage, startRawServer, startWsBackend, until, upgradeStatus } from './fixtures/peers.js';
 import { Op, WirePeer, acceptFor, cf, closeBody, onRequestHead, sf, startRawUpstream } from './fixtures/raw-upstream.js';
+import { rawAnswer, writeChunks } from './fixtures/raw-client.js';
 
 // ------------------------------------------------------------------------------ modes
 
@@ -54,14 +55,6 @@ function upgradeHead(path: string, extra = '', opts: { version?: string; host?: 
 }
 
 /** Writes `bytes` in chunks of `chunk` (all at once by default), `gapMs` apart. */
-async function writeChunks(socket: net.Socket, bytes: Buffer, chunk = bytes.length, gapMs = 0): Promise<void> {
-  for (let i = 0; i < bytes.length; i += chunk) {
-    if (i > 0 && gapMs > 0) await sleep(gapMs);
-    if (socket.destroyed) return;
-    socket.write(bytes.subarray(i, i + chunk));
-  }
-}
-
 interface Opened {
   status: number;
   head: string;
@@ -99,37 +92,6 @@ function rawOpen(port: number, bytes: Buffer, opts: { chunk?: number; gapMs?: nu
     };
     socket.on('data', onData);
     socket.on('close', onClose);
-  });
-}
-
-interface Answered {
-  status: number;
-  response: string;
-  /** The proxy ended the connection (FIN or reset) before we gave up waiting. */
-  closedByProxy: boolean;
-  /** From connect to the close. */
-  ms: number;
-}
-
-/** A raw client expecting a refusal: everything the proxy answers, until it closes (or `waitMs`). */
-function rawAnswer(port: number, bytes: Buffer | string, opts: { chunk?: number; gapMs?: number; waitMs?: number } = {}): Promise<Answered> {
-  return new Promise((resolve) => {
-    const t0 = Date.now();
-    const socket = net.connect(port, '127.0.0.1');
-    let got = Buffer.alloc(0);
-    let closedByProxy = true;
-    socket.on('error', () => {});
-    socket.on('data', (d: Buffer) => (got = Buffer.concat([got, d])));
-    socket.on('connect', () => void writeChunks(socket, Buffer.from(bytes as string, 'latin1'), opts.chunk, opts.gapMs));
-    const timer = setTimeout(() => {
-      closedByProxy = false;
-      socket.destroy();
-    }, opts.waitMs ?? 4000);
-    socket.on('close', () => {
-      clearTimeout(timer);
-      const response = got.toString('latin1');
-      resolve({ status: Number(/^HTTP\/1\.1 (\d{3})/.exec(response)?.[1] ?? -1), response, closedByProxy, ms: Date.now() - t0 });
-    });
   });
 }
 

@@ -10,6 +10,7 @@
 
 #include "engine.h"
 #include "http_head.h"
+#include "tls.h"
 
 namespace sluice {
 
@@ -35,6 +36,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       InstanceMethod<&EngineWrap::Release>("release"),
       InstanceMethod<&EngineWrap::Dial>("dial"),
       InstanceMethod<&EngineWrap::AbortDial>("abortDial"),
+      InstanceMethod<&EngineWrap::TlsClient>("tlsClient"),
       InstanceAccessor<&EngineWrap::Sessions>("sessions"),
     });
   }
@@ -109,6 +111,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         o.Set("body", Napi::Buffer<char>::Copy(env, e.body.data(), e.body.size()));
       } else if (e.type == 5) {
         o.Set("protocol", Latin1(env, e.client_reason));
+        o.Set("extensions", Latin1(env, e.text));
       } else if (e.type == 6) {
         // the client went away during the handshake: nothing more to say
       } else if (e.type == 1) {
@@ -302,12 +305,14 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return d >= lo && d <= hi && std::floor(d) == d;
   }
 
-  // listen(fd, headTimeoutMs, maxHeadBytes, maxFields): the engine accepts on fd (it owns it now).
+  // listen(fd, headTimeoutMs, maxHeadBytes, maxFields[, certPem, keyPem]): the engine
+  // accepts on fd (it owns it now); with the PEM texts, connections are TLS.
   Napi::Value Listen(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 4 || !Whole(info[0], 0, 1 << 30) || !Whole(info[1], 1, 1e9) || !Whole(info[2], 64, 1 << 24) ||
-        !Whole(info[3], 1, engine::kMaxHeadFields)) {
-      Napi::TypeError::New(env, "listen(fd, headTimeoutMs, maxHeadBytes 64.., maxFields 1..256)").ThrowAsJavaScriptException();
+        !Whole(info[3], 1, engine::kMaxHeadFields) ||
+        (info.Length() >= 6 && !info[4].IsUndefined() && (!info[4].IsString() || !info[5].IsString()))) {
+      Napi::TypeError::New(env, "listen(fd, headTimeoutMs, maxHeadBytes 64.., maxFields 1..256[, certPem, keyPem])").ThrowAsJavaScriptException();
       return Napi::Value();
     }
     if (engine_ == nullptr) {
@@ -319,7 +324,15 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.max_head_bytes = static_cast<size_t>(info[2].As<Napi::Number>().DoubleValue());
     o.max_fields = info[3].As<Napi::Number>().Int32Value();
     std::string error;
-    if (!engine_->Listen(info[0].As<Napi::Number>().Int32Value(), o, &error)) {
+    SSL_CTX* tls = nullptr;
+    if (info.Length() >= 6 && info[4].IsString()) {
+      tls = engine::tls::NewServerContext(info[4].As<Napi::String>().Utf8Value(), info[5].As<Napi::String>().Utf8Value(), &error);
+      if (tls == nullptr) {
+        Napi::Error::New(env, "listen.tls: " + error).ThrowAsJavaScriptException();
+        return Napi::Value();
+      }
+    }
+    if (!engine_->Listen(info[0].As<Napi::Number>().Int32Value(), o, tls, &error)) {
       Napi::Error::New(env, "listen: " + error).ThrowAsJavaScriptException();
     }
     return env.Undefined();
@@ -358,14 +371,38 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return a;
   }
 
-  // dial(id, ip, port, request: Uint8Array, offered: string, fallbackProtocol: string, params: Float64Array)
+  // tlsClient(caPem: string, verify: boolean): a client context for wss:// dials; its id.
+  Napi::Value TlsClient(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsString() || !info[1].IsBoolean()) {
+      Napi::TypeError::New(env, "tlsClient(caPem: string, verify: boolean)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (engine_ == nullptr) {
+      Napi::Error::New(env, "tlsClient: the engine is closed").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    std::string error;
+    SSL_CTX* ctx = engine::tls::NewClientContext(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Boolean>().Value(), &error);
+    if (ctx == nullptr) {
+      Napi::Error::New(env, "tlsClient: " + error).ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    return Napi::Number::New(env, engine_->AddClientContext(ctx));
+  }
+
+  // dial(id, ip, port, request: Uint8Array, offered: string, fallbackProtocol: string, params: Float64Array
+  //      [, tls: context id or -1, servername: string, verify: boolean[, deflate: boolean]])
   Napi::Value Dial(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 7 || !info[0].IsNumber() || !info[1].IsString() || !Whole(info[2], 1, 65535) ||
-        !info[3].IsTypedArray() || !info[4].IsString() || !info[5].IsString() || !info[6].IsTypedArray()) {
-      Napi::TypeError::New(env, "dial(id, ip, port, request, offered, fallbackProtocol, params)").ThrowAsJavaScriptException();
+        !info[3].IsTypedArray() || !info[4].IsString() || !info[5].IsString() || !info[6].IsTypedArray() ||
+        (info.Length() >= 10 && (!Whole(info[7], -1, 1 << 20) || !info[8].IsString() || !info[9].IsBoolean())) ||
+        (info.Length() >= 11 && !info[10].IsBoolean())) {
+      Napi::TypeError::New(env, "dial(id, ip, port, request, offered, fallbackProtocol, params[, tls, servername, verify[, deflate]])").ThrowAsJavaScriptException();
       return Napi::Value();
     }
+    const bool wss = info.Length() >= 10;
     if (engine_ == nullptr) return Napi::Boolean::New(env, false);
     Params p;
     if (!ReadParams(env, info[6], &p)) return Napi::Value();
@@ -379,7 +416,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     const bool ok = engine_->Dial(info[0].As<Napi::Number>().Uint32Value(), info[1].As<Napi::String>().Utf8Value(),
                                   info[2].As<Napi::Number>().Int32Value(),
                                   std::string(reinterpret_cast<const char*>(r.Data()), r.ByteLength()),
-                                  info[4].As<Napi::String>().Utf8Value(), info[5].As<Napi::String>().Utf8Value(), p, &error);
+                                  info[4].As<Napi::String>().Utf8Value(), info[5].As<Napi::String>().Utf8Value(), p,
+                                  wss ? info[7].As<Napi::Number>().Int32Value() : -1,
+                                  wss ? info[8].As<Napi::String>().Utf8Value() : std::string(),
+                                  wss ? info[9].As<Napi::Boolean>().Value() : true,
+                                  info.Length() >= 11 && info[10].As<Napi::Boolean>().Value(), &error);
     if (!ok) Napi::Error::New(env, "dial: " + error).ThrowAsJavaScriptException();
     return Napi::Boolean::New(env, ok);
   }

@@ -33,6 +33,8 @@ namespace {
 // forwarded in place.
 constexpr size_t kReadBytes = kReadBufferBytes;
 constexpr size_t kMinReadBytes = 16 * 1024;
+// permessage-deflate: inflated output is counted in pieces of this size (per engine).
+constexpr size_t kInflateBytes = 64 * 1024;
 // Data frames up to this size are kept whole until their last byte arrived, so a side that
 // vanishes mid-frame leaves its partner with whole frames only (and a close frame: 1014 or
 // 1001). Larger frames stream as they arrive, with a copy of nothing; if their sender
@@ -45,6 +47,8 @@ constexpr size_t kHoldKeepBytes = 64 * 1024;
 constexpr uint64_t kCloseReplyMs = 3000;
 // After a violation the culprit gets its close frame and this long before the cut.
 constexpr uint64_t kViolationLingerMs = 1000;
+// A TLS client whose connection Node closed (through a pipe) has this long to close its own.
+constexpr uint64_t kPipeLingerMs = 5000;
 constexpr uint64_t kSizeBounds[9] = {64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304};
 
 bool ValidWireCode(int code) {
@@ -224,7 +228,10 @@ bool LegVisitor::OnHeader(const FrameHeader& h, uint8_t* raw, bool in_read) {
   if (h.opcode != opcode::kContinuation) {
     a->text = h.opcode == opcode::kText;
     a->dropping = false;
+    // RSV1 only passes the cursor when permessage-deflate was agreed (the leg has a meter).
+    a->compressed = h.rsv1 && a->inflate != nullptr;
     if (a->text) a->utf8.Reset();
+    if (a->compressed) a->inflate->Begin(a->text ? &a->utf8 : nullptr);
   }
   if (a->client && (!s->msg_rate.Take(1, now) || !s->byte_rate.Take(static_cast<double>(h.length), now))) {
     e_->Fail(a, 1008, "message rate limit", 1001, "client closed: over its message rate");
@@ -261,6 +268,7 @@ bool LegVisitor::OnHeader(const FrameHeader& h, uint8_t* raw, bool in_read) {
       uint8_t k[4];
       e_->keys_.Next(k);
       for (int i = 0; i < 4; i++) a->key_xor[i] = h.key[i] ^ k[i];
+      std::memcpy(a->out_key, k, 4);
       std::memcpy(hdr + h.size - 4, k, 4);
     }
     e_->GatherAdd(b, hdr, h.size);
@@ -283,8 +291,17 @@ bool LegVisitor::OnPayload(uint8_t* p, size_t n, uint64_t offset, bool last) {
     if (a->hold.capacity() > kHoldKeepBytes) a->hold.shrink_to_fit();
     return go;
   }
-  if (!a->forward) return true;
-  if (a->client) XorMask(p, p, n, a->key_xor, static_cast<size_t>(offset & 3));
+  if (a->compressed) {
+    // Inflated (unmasked) to be checked, whether it goes on or not: the sender's window
+    // moves either way. Then under the fresh key towards the upstream.
+    if (a->client) XorMask(p, p, n, a->header.key, static_cast<size_t>(offset & 3));
+    if (!e_->Meter(a, p, n, last && a->header.fin)) return false;
+    if (!a->forward) return true;
+    if (a->client) XorMask(p, p, n, a->out_key, static_cast<size_t>(offset & 3));
+  } else {
+    if (!a->forward) return true;
+    if (a->client) XorMask(p, p, n, a->key_xor, static_cast<size_t>(offset & 3));
+  }
   if (n > 0) e_->GatherAdd(b, p, n);
   b->out_frame_left -= n;
   if (b->out_frame_left == 0 && !b->deferred.empty()) {
@@ -303,8 +320,9 @@ bool LegVisitor::ActHeld(uint8_t* q, size_t n, bool in_read) {
   Leg* b = b_;
   const FrameHeader& h = a->header;
   const bool control = h.opcode >= 0x8;
-  // Control frames and text are read unmasked; binary is re-keyed below in one pass.
-  if (h.masked && (control || a->text)) XorMask(q, q, n, h.key, 0);
+  // Control frames, text and compressed data are read unmasked; plain binary is re-keyed
+  // below in one pass.
+  if (h.masked && (control || a->text || a->compressed)) XorMask(q, q, n, h.key, 0);
   switch (h.opcode) {
     case opcode::kPing:
       e_->CountFrame(a->client, kPing, n);
@@ -319,7 +337,9 @@ bool LegVisitor::ActHeld(uint8_t* q, size_t n, bool in_read) {
     default:
       break;
   }
-  if (a->text && !a->utf8.Push(q, n, h.fin)) {
+  if (a->compressed) {
+    if (!e_->Meter(a, q, n, h.fin)) return false;
+  } else if (a->text && !a->utf8.Push(q, n, h.fin)) {
     e_->ProtocolError(a, codec_errno::kInvalidUtf8, nullptr);
     return false;
   }
@@ -331,7 +351,7 @@ bool LegVisitor::ActHeld(uint8_t* q, size_t n, bool in_read) {
     uint8_t k[4];
     e_->keys_.Next(k);
     std::memcpy(hdr + h.size - 4, k, 4);
-    if (a->text) {
+    if (a->text || a->compressed) {
       XorMask(q, q, n, k, 0);
     } else {
       uint8_t x[4];
@@ -391,7 +411,10 @@ Engine::Engine(uv_loop_t* loop, void* owner, Notify notify) : loop_(loop), owner
 
 Engine::~Engine() {
   for (Session* s : graveyard_) delete s;
+  if (server_tls_ != nullptr) tls::FreeContext(server_tls_);
+  for (SSL_CTX* ctx : client_tls_) tls::FreeContext(ctx);
   std::free(read_buf_);
+  std::free(inflate_buf_);
   delete request_head_;
   delete response_head_;
 }
@@ -462,13 +485,26 @@ void Engine::OnEpoll() {
 }
 
 void Engine::OnLegEvent(Leg* leg, uint32_t ev) {
-  if (leg->session->stage != kStageData) {
+  const int stage = leg->session->stage;
+  if (stage != kStageData && stage != kStagePipe) {
     OnHandshakeEvent(leg, ev);
     return;
   }
   if (!leg->alive) return;
   if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) leg->readable = true;
   if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) leg->hup = true;
+  if (leg->tls != nullptr) {
+    // OpenSSL may wait for the other direction: a read for writability, a write for input.
+    if ((ev & EPOLLOUT) && leg->tls_read_wants_out) {
+      leg->tls_read_wants_out = false;
+      leg->readable = true;
+    }
+    if ((ev & EPOLLIN) && leg->tls_write_wants_in) {
+      leg->tls_write_wants_in = false;
+      if (leg->out.size() > 0) DrainBacklog(leg);
+      if (!leg->alive) return;
+    }
+  }
   if ((ev & EPOLLOUT) && leg->out.size() > 0) DrainBacklog(leg);
   if (leg->alive && leg->readable && !leg->paused && !leg->read_eof) ReadSome(leg);
   if (leg->alive && (ev & EPOLLERR) && !leg->read_eof) {
@@ -528,7 +564,7 @@ void Engine::Reap() {
 // keep it alive), not for an idle engine.
 void Engine::UpdateRef() {
   if (!ep_open_) return;
-  const bool want = count_ > 0 || handshakes_ > 0 || listen_open_;
+  const bool want = count_ > 0 || handshakes_ > 0 || pipes_ > 0 || listen_open_;
   if (want == ep_ref_) return;
   ep_ref_ = want;
   if (want) uv_ref(reinterpret_cast<uv_handle_t*>(&ep_poll_));
@@ -641,7 +677,7 @@ void Engine::CloseAll() {
   Session* s = head_;
   while (s != nullptr) {
     Session* next = s->next;
-    if (s->stage != kStageData) {
+    if (s->stage != kStageData && s->stage != kStagePipe) {
       EndHandshake(s, false);
       s = next;
       continue;
@@ -667,10 +703,11 @@ void Engine::CloseAll() {
 bool Engine::ReadSome(Leg* leg) {
   for (int i = 0; i < 4; i++) {
     const size_t budget = ReadBudget(leg);
-    const ssize_t n = recv(leg->fd, read_buf_, budget, 0);
+    bool dry = false;
+    const ssize_t n = LegRecv(leg, read_buf_, budget, &dry);
     if (n > 0) {
       leg->seen = now();
-      if (static_cast<size_t>(n) < budget && !leg->hup) leg->readable = false;
+      if (dry) leg->readable = false;
       Process(leg, read_buf_, static_cast<size_t>(n));
       if (!leg->alive || leg->paused || leg->read_eof || !leg->readable) return true;
       continue;
@@ -680,7 +717,6 @@ bool Engine::ReadSome(Leg* leg) {
       OnEof(leg);
       return false;
     }
-    if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       leg->readable = false;
       return true;
@@ -700,7 +736,7 @@ bool Engine::ReadSome(Leg* leg) {
 size_t Engine::ReadBudget(const Leg* leg) const {
   const Session* s = leg->session;
   const Leg* to = leg->client ? &s->server : &s->client;
-  if (s->stage != kStageData || s->params.policy != 0 || to->out.size() == 0) return kReadBytes;
+  if ((s->stage != kStageData && s->stage != kStagePipe) || s->params.policy != 0 || to->out.size() == 0) return kReadBytes;
   const uint64_t queued = to->out.size();
   const uint64_t room = s->params.high_water > queued ? s->params.high_water - queued : 0;
   if (room < kMinReadBytes) return kMinReadBytes;
@@ -710,6 +746,10 @@ size_t Engine::ReadBudget(const Leg* leg) const {
 void Engine::Process(Leg* from, uint8_t* data, size_t len) {
   if (from->deaf) return;  // read only to see the end of the connection
   Leg* to = Partner(from);
+  if (from->session->stage == kStagePipe) {
+    if (!to->broken) Write(to, data, len);  // else dropped: nothing can reach `to` now
+    return;
+  }
   LegVisitor v(this, from, to);
   from->cursor.Feed(data, len, &v);
   FlushGather();
@@ -720,6 +760,10 @@ void Engine::Process(Leg* from, uint8_t* data, size_t len) {
 void Engine::OnEof(Leg* leg) {
   if (!leg->alive) return;
   Session* s = leg->session;
+  if (s->stage == kStagePipe) {
+    PipeEof(leg);
+    return;
+  }
   if (s->stage != kStageData) {
     // A client that failed while its refusal was written, or during the handshakes.
     EndHandshake(s, s->stage != kStageRefusal && s->stage != kStageHead);
@@ -801,7 +845,31 @@ void Engine::FlushGather() {
     return;
   }
   size_t written = 0;
-  if (to->out.size() == 0) {
+  if (to->out.size() == 0 && to->tls != nullptr) {
+    // TLS: the spans in one piece (one span is the usual case: frames forwarded in place
+    // coalesce), so that they go in as few records as they fit.
+    const uint8_t* p = iov_[0].base;
+    size_t total = iov_[0].len;
+    if (n > 1) {
+      total = 0;
+      for (int i = 0; i < n; i++) total += iov_[i].len;
+      tls_out_.resize(total);
+      size_t at = 0;
+      for (int i = 0; i < n; i++) {
+        std::memcpy(tls_out_.data() + at, iov_[i].base, iov_[i].len);
+        at += iov_[i].len;
+      }
+      p = tls_out_.data();
+    }
+    const ssize_t w = LegSend(to, p, total);
+    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      arena_used_ = 0;
+      to->out.Free();
+      OnEof(to);
+      return;
+    }
+    written = w < 0 ? 0 : static_cast<size_t>(w);
+  } else if (to->out.size() == 0) {
     struct iovec v[kIov];
     for (int i = 0; i < n; i++) {
       v[i].iov_base = const_cast<uint8_t*>(iov_[i].base);
@@ -843,14 +911,10 @@ void Engine::Write(Leg* to, const uint8_t* p, size_t n) {
   if (!to->alive || n == 0) return;
   size_t w = 0;
   if (to->out.size() == 0) {
-    ssize_t r;
-    do {
-      r = send(to->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    } while (r < 0 && errno == EINTR);
+    ssize_t r = LegSend(to, p, n);
     if (r < 0) {
       if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        to->out.Free();
-        OnEof(to);
+        WriteFailed(to);
         return;
       }
       r = 0;
@@ -873,13 +937,10 @@ void Engine::AfterWrite(Leg* to) {
 
 void Engine::DrainBacklog(Leg* leg) {
   while (leg->out.size() > 0) {
-    ssize_t w = send(leg->fd, leg->out.data(), leg->out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t w = LegSend(leg, leg->out.data(), leg->out.size());
     if (w < 0) {
-      if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      leg->out.Free();
-      if (leg->read_eof) CloseDescriptor(leg), MaybeEnd(leg->session);
-      else OnEof(leg);
+      WriteFailed(leg);
       return;
     }
     leg->out.Consume(static_cast<size_t>(w));
@@ -895,9 +956,9 @@ void Engine::DrainBacklog(Leg* leg) {
         MaybeEnd(s);
         return;
       }
-      shutdown(leg->fd, SHUT_WR);
+      LegShutWrite(leg);
     }
-    if (!leg->client) CheckBackpressure(s, 0);
+    if (!leg->client && s->stage == kStageData) CheckBackpressure(s, 0);
   }
   Leg* partner = Partner(leg);
   if (partner->paused && leg->out.size() <= s->params.high_water / 2) Resume(partner);
@@ -959,7 +1020,7 @@ void Engine::SendClose(Leg* leg, int code, const std::string& reason) {
 void Engine::EndLeg(Leg* leg, uint64_t linger_ms) {
   if (!leg->alive) return;
   if (leg->out.size() > 0 || leg->out_frame_left > 0) leg->shut_after_flush = true;
-  else shutdown(leg->fd, SHUT_WR);
+  else LegShutWrite(leg);
   leg->kill_at = now() + linger_ms;
 }
 
@@ -970,9 +1031,120 @@ void Engine::CloseDescriptor(Leg* leg) {
   leg->out.Free();
   leg->hold.clear();
   leg->hold.shrink_to_fit();
+  leg->inflate.reset();
   Unwatch(leg);
+  if (leg->tls != nullptr) {
+    tls::Free(leg->tls);
+    leg->tls = nullptr;
+  }
   close(leg->fd);
   leg->fd = -1;
+}
+
+// The next bytes of `from`'s compressed message, inflated to count them against the size
+// limit and (text) to check their UTF-8; the output is dropped. False: `from` failed.
+bool Engine::Meter(Leg* from, const uint8_t* p, size_t n, bool fin) {
+  if (inflate_buf_ == nullptr) inflate_buf_ = static_cast<uint8_t*>(std::malloc(kInflateBytes));
+  const InflateMeter::Result r = inflate_buf_ == nullptr
+    ? InflateMeter::kCorrupt
+    : from->inflate->Push(p, n, fin, from->session->params.max_frame_bytes, inflate_buf_, kInflateBytes);
+  if (r == InflateMeter::kOk) return true;
+  FlushGather();  // what went before it in this read goes first (a streamed frame's partner breaks)
+  if (r == InflateMeter::kTooBig) ProtocolError(from, codec_errno::kMessageTooBig, nullptr);
+  else if (r == InflateMeter::kBadUtf8) ProtocolError(from, codec_errno::kInvalidUtf8, nullptr);
+  else ProtocolError(from, 0, "invalid compressed data");
+  return false;
+}
+
+// ---------------------------------------------------------------- socket I/O of a leg
+
+ssize_t Engine::LegRecv(Leg* leg, uint8_t* buf, size_t n, bool* dry) {
+  if (leg->tls == nullptr) {
+    ssize_t r;
+    do {
+      r = recv(leg->fd, buf, n, 0);
+    } while (r < 0 && errno == EINTR);
+    // A short read says the socket ran dry, unless its end was signalled: then read on to
+    // the 0 (edge-triggered: no new edge comes for a FIN already queued behind the data).
+    *dry = r > 0 && static_cast<size_t>(r) < n && !leg->hup;
+    return r;
+  }
+  bool want_write = false;
+  const ssize_t r = tls::Recv(leg->tls, buf, n, dry, &want_write);
+  if (want_write) leg->tls_read_wants_out = true;
+  return r;
+}
+
+ssize_t Engine::LegSend(Leg* leg, const uint8_t* p, size_t n) {
+  if (leg->tls == nullptr) {
+    ssize_t r;
+    do {
+      r = send(leg->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (r < 0 && errno == EINTR);
+    return r;
+  }
+  bool want_read = false;
+  const ssize_t r = tls::Send(leg->tls, p, n, &want_read);
+  if (want_read) leg->tls_write_wants_in = true;
+  return r;
+}
+
+void Engine::LegShutWrite(Leg* leg) {
+  if (leg->tls != nullptr) tls::Shutdown(leg->tls);
+  shutdown(leg->fd, SHUT_WR);
+}
+
+bool Engine::TlsHandshake(Leg* leg, std::string* error) {
+  if (leg->tls_ready) return true;
+  bool want_write = false;
+  const int r = tls::Handshake(leg->tls, &want_write, error);
+  if (r == 1) leg->tls_ready = true;
+  return r == 1;
+}
+
+// A write to `leg` failed (its peer reset, or closed its reading side): nothing more goes
+// to it. In a pipe, when Node closed its end while the client was still sending (an early
+// answer to an upload), what Node wrote before closing is still read and passed on, and
+// what the client sends from now on is read and dropped, until both ends close.
+void Engine::WriteFailed(Leg* leg) {
+  leg->out.Free();
+  if (leg->session->stage == kStagePipe && !leg->client && !leg->read_eof) {
+    leg->broken = true;
+    leg->shut_after_flush = false;
+    Leg* p = Partner(leg);
+    if (p->paused) Resume(p);
+    return;
+  }
+  if (leg->read_eof) {
+    CloseDescriptor(leg);
+    MaybeEnd(leg->session);
+  } else {
+    OnEof(leg);
+  }
+}
+
+// A pipe's leg ended its side: the end goes on to the partner once the partner's queue has
+// gone; when both sides ended, each descriptor closes after its queue. A client whose
+// partner (Node) closed first gets kPipeLingerMs to close its side, then it is cut.
+void Engine::PipeEof(Leg* leg) {
+  Session* s = leg->session;
+  leg->read_eof = true;
+  leg->deaf = true;
+  leg->readable = false;
+  Leg* p = Partner(leg);
+  if (p->alive && !p->read_eof) {
+    if (p->out.size() > 0) p->shut_after_flush = true;
+    else LegShutWrite(p);
+    if (!leg->client) p->kill_at = now() + kPipeLingerMs;
+  }
+  if (!p->alive || p->read_eof) {
+    for (Leg* l : {leg, p}) {
+      if (!l->alive) continue;
+      if (l->out.size() == 0) CloseDescriptor(l);
+      else l->shut_after_flush = true;
+    }
+  }
+  MaybeEnd(s);
 }
 
 // ---------------------------------------------------------------- frames and closes
@@ -1116,6 +1288,15 @@ void Engine::CountFrame(bool in, int kind, uint64_t bytes) {
 }
 
 void Engine::MaybeEnd(Session* s) {
+  if (s->stage == kStagePipe) {
+    if (s->ended || s->client.alive || s->server.alive) return;
+    s->ended = true;
+    Unlink(s);
+    pipes_--;
+    UpdateRef();
+    Free(s);
+    return;
+  }
   if (s->stage != kStageData) {
     if (!s->client.alive) EndHandshake(s, false);
     return;
@@ -1155,10 +1336,24 @@ void Engine::Sweep() {
   Session* s = head_;
   while (s != nullptr) {
     Session* next = s->next;
+    if (s->stage == kStagePipe) {
+      // A pipe whose client lingers past its time: both sides are cut.
+      if ((s->client.alive && s->client.kill_at != 0 && t >= s->client.kill_at) ||
+          (s->server.alive && s->server.kill_at != 0 && t >= s->server.kill_at)) {
+        CloseDescriptor(&s->client);
+        CloseDescriptor(&s->server);
+        MaybeEnd(s);
+      }
+      s = next;
+      continue;
+    }
     if (s->stage != kStageData) {
-      // Handshakes: the request head's deadline (408), a refused client's linger. The
-      // decision, the dial and the upstream's answer are timed in JavaScript.
-      if (s->stage == kStageHead && t >= s->hs->deadline) {
+      // Handshakes: the request head's deadline (408; a TLS handshake not done by then is
+      // cut), a refused client's linger. The decision, the dial and the upstream's answer
+      // are timed in JavaScript.
+      if (s->stage == kStageHead && t >= s->hs->deadline && s->client.tls != nullptr && !s->client.tls_ready) {
+        EndHandshake(s, false);
+      } else if (s->stage == kStageHead && t >= s->hs->deadline) {
         Answer(s, 408, "Request Timeout");
       } else if (s->stage == kStageRefusal && s->client.kill_at != 0 && t >= s->client.kill_at) {
         EndHandshake(s, false);

@@ -16,11 +16,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "frame_cursor.h"
+#include "inflate_meter.h"
+#include "tls.h"
 #include "utf8_stream.h"
 #include "../frame.h"
 
@@ -102,6 +105,7 @@ enum Stage {
   kStageUpstreamHead = 3,  // our upgrade request sent, reading the upstream's answer
   kStageRefusal = 4,       // an HTTP answer goes to the client, then the connection ends
   kStageData = 5,          // a WebSocket session
+  kStagePipe = 6,          // released to Node from a TLS listener: plaintext passed both ways
 };
 
 // What the listener applies to the request heads it reads.
@@ -119,6 +123,11 @@ struct Handshake {
   std::string remote;         // the client's address
   uint64_t deadline = 0;      // the request head must be complete by then (408)
   bool dialing = false;       // the upstream socket (server leg's fd) is being dialled
+  bool connected = false;     // its TCP connection is up (TLS handshake next, if any)
+  SSL_CTX* tls = nullptr;     // wss: the client context to dial with (the engine's)
+  std::string servername;     // wss: SNI and the name checked
+  bool verify = true;
+  bool deflate = false;       // our request offers permessage-deflate (the client's offer)
   std::string request;        // our upgrade request, and how much of it has gone
   size_t request_sent = 0;
   std::string upstream_in;    // the upstream's answer
@@ -142,6 +151,10 @@ struct Leg {
   bool readable = false;  // the last edge said readable and no read has run dry since
   bool in_ready = false;  // queued to be read again (engine's ready list)
   bool hup = false;       // the peer's end (or an error) was signalled: read until recv says so
+  SSL* tls = nullptr;     // TLS on this socket (tls.h), else plain
+  bool tls_ready = false;           // its handshake is done
+  bool tls_read_wants_out = false;  // a read waits for writability (retried on EPOLLOUT)
+  bool tls_write_wants_in = false;  // a write waits for readability (retried on EPOLLIN)
   FrameCursor cursor;
   int state = kOpen;
   bool alive = true;     // the descriptor is open
@@ -156,6 +169,9 @@ struct Leg {
   std::string reason;
   // The message this side is sending.
   bool text = false;
+  bool compressed = false;  // RSV1 on its first frame (permessage-deflate agreed)
+  std::unique_ptr<InflateMeter> inflate;  // this side's compressed messages, inflated to check them
+  uint8_t out_key[4] = {0, 0, 0, 0};  // the fresh key of the current streamed frame
   bool dropping = false;
   bool forward = false;  // the current frame goes to the partner
   bool held = false;     // the current frame is kept whole before acting on it
@@ -206,7 +222,7 @@ struct Event {
   // list: header names and values, client_reason: remote address), 4 the dial failed
   // (client_code: 1 unreachable, 2 bad handshake, 3 refused with upstream_code as status,
   // client_reason: message, upstream_reason: status text, body), 5 opened (client_reason:
-  // the subprotocol), 6 the client went away during the handshake.
+  // the subprotocol; text: the extensions agreed), 6 the client went away during the handshake.
   int type;
   uint32_t id;
   int client_code;
@@ -246,18 +262,26 @@ class Engine {
 
   // The engine accepts on `fd` (a listening socket it now owns) and reads request heads;
   // each complete one is an event (type 3) that JavaScript answers with one of:
-  bool Listen(int fd, const ListenOptions& o, std::string* error);
+  // With `tls` (a server context the engine owns from now on), connections are TLS; what
+  // is released from them to Node goes through a socket pair (stage kStagePipe).
+  bool Listen(int fd, const ListenOptions& o, SSL_CTX* tls, std::string* error);
   void StopListening();
   // an HTTP answer (the connection ends after it);
   bool Refuse(uint32_t id, const uint8_t* p, size_t n);
   // the connection itself, for Node's HTTP server (returns the descriptor and the bytes
-  // read so far, or -1);
+  // read so far, or -1; from a TLS listener, one end of a socket pair carrying plaintext);
   int Release(uint32_t id, std::string* bytes);
   // or an upstream to dial: an IPv4/IPv6 address, our upgrade request without its
   // Sec-WebSocket-Key line and final CRLF (the engine adds them), the subprotocols offered.
   // Ends in event 5 (the session runs; the client got its 101) or 4.
+  // `tls`: a client context id (AddClientContext), or -1 for ws://.
+  // `deflate`: the request offers permessage-deflate; an upstream that agrees gets it
+  // passed through (compressed frames forwarded as they are, inflated only to be checked).
   bool Dial(uint32_t id, const std::string& ip, int port, const std::string& request, const std::string& offered,
-            const std::string& fallback_protocol, const Params& p, std::string* error);
+            const std::string& fallback_protocol, const Params& p, int tls, const std::string& servername,
+            bool verify, bool deflate, std::string* error);
+  // A client context for wss:// dials (owned by the engine from now on); returns its id.
+  int AddClientContext(SSL_CTX* ctx);
   // Give up the dial in progress (the upstream timed out): the session waits for Refuse.
   bool AbortDial(uint32_t id);
   size_t sessions() const { return count_; }
@@ -295,8 +319,9 @@ class Engine {
   void DialFailed(Session* s, int kind, const std::string& message, int status = 0, const std::string& text = "",
                   const std::string& body = "");
   void CloseDial(Session* s);
-  void StartData(Session* s, std::string protocol);  // by value: it may live in s->hs
+  void StartData(Session* s, std::string protocol, std::string extensions);  // by value: they may live in s->hs
   void EndHandshake(Session* s, bool tell);
+  int Pipe(Session* s, std::string* bytes);
   void Accepted(int fd, const struct sockaddr* addr);
   void ResumeListening();
   void Link(Session* s);
@@ -305,6 +330,14 @@ class Engine {
   bool ReadSome(Leg* leg);
   size_t ReadBudget(const Leg* leg) const;
   void OnEof(Leg* leg);
+  void PipeEof(Leg* leg);
+  void WriteFailed(Leg* leg);
+  bool Meter(Leg* from, const uint8_t* p, size_t n, bool fin);  // false: the side failed
+  // Socket I/O of a leg, plain or TLS (recv/send semantics; *dry: the socket ran dry).
+  ssize_t LegRecv(Leg* leg, uint8_t* buf, size_t n, bool* dry);
+  ssize_t LegSend(Leg* leg, const uint8_t* p, size_t n);
+  void LegShutWrite(Leg* leg);
+  bool TlsHandshake(Leg* leg, std::string* error);  // true once done (false: wait, or *error)
   // Output.
   uint8_t* ArenaCopy(Leg* to, const uint8_t* p, size_t n);
   void GatherAdd(Leg* to, const uint8_t* p, size_t n);
@@ -372,6 +405,11 @@ class Engine {
   bool listen_paused_ = false;  // out of descriptors: retried at the next sweep
   ListenOptions listen_options_;
   size_t handshakes_ = 0;
+  size_t pipes_ = 0;
+  SSL_CTX* server_tls_ = nullptr;
+  std::vector<SSL_CTX*> client_tls_;
+  uint8_t* inflate_buf_ = nullptr;  // inflated bytes land here to be counted (then dropped)
+  std::vector<uint8_t> tls_out_;  // a gather's spans in one piece, for TLS records (kept: per engine)
   // Scratch space of the head parsers (large: kept off the stack).
   RequestHead* request_head_ = nullptr;
   ResponseHead* response_head_ = nullptr;

@@ -92,13 +92,15 @@ bool InList(const std::string& list, Span value) {
 
 // ---------------------------------------------------------------- listening
 
-bool Engine::Listen(int fd, const ListenOptions& o, std::string* error) {
+bool Engine::Listen(int fd, const ListenOptions& o, SSL_CTX* tls, std::string* error) {
   if (disposed_ || epfd_ < 0 || read_buf_ == nullptr || request_head_ == nullptr || response_head_ == nullptr) {
     *error = "the engine is closed";
+    if (tls != nullptr) tls::FreeContext(tls);
     return false;
   }
   if (listen_open_) {
     *error = "the engine is listening already";
+    if (tls != nullptr) tls::FreeContext(tls);
     return false;
   }
   fcntl(fd, F_SETFD, FD_CLOEXEC);
@@ -109,8 +111,11 @@ bool Engine::Listen(int fd, const ListenOptions& o, std::string* error) {
   ev.data.ptr = nullptr;
   if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
     *error = std::string("cannot watch the listening socket: ") + std::strerror(errno);
+    if (tls != nullptr) tls::FreeContext(tls);
     return false;
   }
+  if (server_tls_ != nullptr) tls::FreeContext(server_tls_);
+  server_tls_ = tls;
   listen_fd_ = fd;
   listen_open_ = true;
   listen_paused_ = false;
@@ -182,7 +187,9 @@ void Engine::Accepted(int fd, const struct sockaddr* addr) {
   h->remote = AddressOf(addr);
   s->server.alive = false;  // no upstream yet
   s->client.fd = fd;
-  if (!Watch(&s->client)) {
+  if (server_tls_ != nullptr) s->client.tls = tls::Accept(server_tls_, fd);
+  if ((server_tls_ != nullptr && s->client.tls == nullptr) || !Watch(&s->client)) {
+    if (s->client.tls != nullptr) tls::Free(s->client.tls);
     close(fd);
     delete s;
     return;
@@ -203,11 +210,16 @@ void Engine::ReadHead(Session* s) {
   limits.max_bytes = listen_options_.max_head_bytes;
   limits.max_fields = listen_options_.max_fields;
   RequestHead& req = *request_head_;
+  if (c->tls != nullptr && !c->tls_ready) {
+    std::string error;
+    if (!TlsHandshake(c, &error)) {
+      if (!error.empty()) EndHandshake(s, false);  // not a TLS client, or no common ground
+      return;
+    }
+  }
   for (;;) {
-    ssize_t n;
-    do {
-      n = recv(c->fd, read_buf_, kReadBufferBytes, 0);
-    } while (n < 0 && errno == EINTR);
+    bool dry = false;
+    const ssize_t n = LegRecv(c, read_buf_, kReadBufferBytes, &dry);
     if (n < 0) {
       if (errno != EAGAIN && errno != EWOULDBLOCK) EndHandshake(s, false);
       return;
@@ -270,9 +282,9 @@ void Engine::StartRefusal(Session* s, const uint8_t* p, size_t n) {
 void Engine::DiscardRefused(Session* s) {
   Leg* c = &s->client;
   for (;;) {
-    const ssize_t n = recv(c->fd, read_buf_, kReadBufferBytes, 0);
+    bool dry = false;
+    const ssize_t n = LegRecv(c, read_buf_, kReadBufferBytes, &dry);
     if (n > 0) continue;
-    if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
     c->read_eof = true;
     if (c->out.size() == 0 || n < 0) EndHandshake(s, false);
@@ -293,6 +305,7 @@ int Engine::Release(uint32_t id, std::string* bytes) {
   Session* s = Find(id);
   if (s == nullptr || s->ended || s->stage != kStageDecide) return -1;
   Leg* c = &s->client;
+  if (c->tls != nullptr) return Pipe(s, bytes);
   const int fd = c->fd;
   bytes->swap(s->hs->client_in);
   // Out of our epoll before Node's handle takes it.
@@ -303,11 +316,51 @@ int Engine::Release(uint32_t id, std::string* bytes) {
   return fd;
 }
 
+// Release from a TLS listener: the engine keeps the TLS connection and passes plaintext
+// both ways through a socket pair whose other end Node takes (stage kStagePipe). Node's
+// HTTP server reads the request again from the bytes given with it.
+int Engine::Pipe(Session* s, std::string* bytes) {
+  int sp[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) != 0) return -1;
+  Leg* c = &s->client;
+  Leg* u = &s->server;
+  u->fd = sp[0];
+  if (!Watch(u)) {
+    close(sp[0]);
+    close(sp[1]);
+    u->fd = -1;
+    return -1;
+  }
+  u->alive = true;
+  bytes->swap(s->hs->client_in);
+  delete s->hs;
+  s->hs = nullptr;
+  s->stage = kStagePipe;
+  s->params = Params();  // `pause` at the default high water, both ways
+  handshakes_--;
+  pipes_++;
+  UpdateRef();
+  // What the client sent after its head may wait in the socket (or in OpenSSL) already.
+  c->readable = true;
+  Schedule(c);
+  return sp[1];
+}
+
+int Engine::AddClientContext(SSL_CTX* ctx) {
+  client_tls_.push_back(ctx);
+  return static_cast<int>(client_tls_.size()) - 1;
+}
+
 bool Engine::Dial(uint32_t id, const std::string& ip, int port, const std::string& request, const std::string& offered,
-                  const std::string& fallback_protocol, const Params& p, std::string* error) {
+                  const std::string& fallback_protocol, const Params& p, int tls, const std::string& servername,
+                  bool verify, bool deflate, std::string* error) {
   Session* s = Find(id);
   if (s == nullptr || s->ended || s->stage != kStageDecide) {
     *error = "no such handshake";
+    return false;
+  }
+  if (tls >= static_cast<int>(client_tls_.size())) {
+    *error = "no such TLS context";
     return false;
   }
   struct sockaddr_storage addr;
@@ -345,6 +398,11 @@ bool Engine::Dial(uint32_t id, const std::string& ip, int port, const std::strin
   h->fallback_protocol = fallback_protocol;
   h->upstream_in.clear();
   h->refusal_status = 0;
+  h->connected = false;
+  h->tls = tls >= 0 ? client_tls_[static_cast<size_t>(tls)] : nullptr;
+  h->servername = servername;
+  h->verify = verify;
+  h->deflate = deflate;
   const int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     DialFailed(s, 1, ErrnoName(errno));
@@ -382,15 +440,35 @@ bool Engine::AbortDial(uint32_t id) {
 
 void Engine::OnDialEvent(Session* s, uint32_t ev) {
   if (s->ended || s->hs == nullptr || !s->hs->dialing) return;
+  Handshake* h = s->hs;
+  Leg* u = &s->server;
   if (s->stage == kStageConnect) {
-    if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) == 0) return;
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(s->server.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-    if (err == 0 && (ev & (EPOLLERR | EPOLLHUP))) err = ECONNREFUSED;
-    if (err != 0) {
-      DialFailed(s, 1, ErrnoName(err));
-      return;
+    if (!h->connected) {
+      if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) == 0) return;
+      int err = 0;
+      socklen_t len = sizeof err;
+      if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      if (err == 0 && (ev & (EPOLLERR | EPOLLHUP))) err = ECONNREFUSED;
+      if (err != 0) {
+        DialFailed(s, 1, ErrnoName(err));
+        return;
+      }
+      h->connected = true;
+      if (h->tls != nullptr) {
+        u->tls = tls::Connect(h->tls, u->fd, h->servername, h->verify);
+        if (u->tls == nullptr) {
+          DialFailed(s, 1, "TLS: " + tls::LastError());
+          return;
+        }
+      }
+    }
+    if (u->tls != nullptr) {
+      // wss://: the TLS handshake (certificate and name checked) before our request.
+      std::string error;
+      if (!TlsHandshake(u, &error)) {
+        if (!error.empty()) DialFailed(s, 1, "TLS: " + error);
+        return;
+      }
     }
     s->stage = kStageUpstreamHead;
     SendRequest(s);
@@ -407,10 +485,9 @@ void Engine::OnDialEvent(Session* s, uint32_t ev) {
 void Engine::SendRequest(Session* s) {
   Handshake* h = s->hs;
   while (h->request_sent < h->request.size()) {
-    const ssize_t w = send(s->server.fd, h->request.data() + h->request_sent, h->request.size() - h->request_sent,
-                           MSG_NOSIGNAL | MSG_DONTWAIT);
+    const ssize_t w = LegSend(&s->server, reinterpret_cast<const uint8_t*>(h->request.data()) + h->request_sent,
+                              h->request.size() - h->request_sent);
     if (w < 0) {
-      if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       DialFailed(s, 1, ErrnoName(errno));
       return;
@@ -421,10 +498,8 @@ void Engine::SendRequest(Session* s) {
 
 void Engine::ReadUpstreamHead(Session* s) {
   Handshake* h = s->hs;
-  ssize_t n;
-  do {
-    n = recv(s->server.fd, read_buf_, kReadBufferBytes, 0);
-  } while (n < 0 && errno == EINTR);
+  bool dry = false;
+  const ssize_t n = LegRecv(&s->server, read_buf_, kReadBufferBytes, &dry);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
   const bool eof = n <= 0;
   if (!eof) h->upstream_in.append(reinterpret_cast<const char*>(read_buf_), static_cast<size_t>(n));
@@ -488,12 +563,23 @@ void Engine::ReadUpstreamHead(Session* s) {
         }
         picked = Str(protocol->value);
       }
+      std::string agreed;
       if (extensions != nullptr && extensions->value.n > 0) {
-        DialFailed(s, 2, "negotiated an extension that was not offered");
-        return;
+        // Only permessage-deflate, once, and only when offered (as src/proxy/handshake.ts).
+        const Span v = extensions->value;
+        static const char kName[] = "permessage-deflate";
+        const size_t name_len = sizeof kName - 1;
+        bool ok = h->deflate && v.n >= name_len && std::memchr(v.p, ',', v.n) == nullptr;
+        for (size_t i = 0; ok && i < name_len; i++) ok = (v.p[i] | 0x20) == kName[i];
+        if (ok && v.n > name_len) ok = v.p[name_len] == ';' || v.p[name_len] == ' ' || v.p[name_len] == '\t';
+        if (!ok) {
+          DialFailed(s, 2, "negotiated an extension that was not offered");
+          return;
+        }
+        agreed = Str(v);
       }
       h->upstream_in.erase(0, res.head_bytes);
-      StartData(s, picked.empty() ? h->fallback_protocol : picked);
+      StartData(s, picked.empty() ? h->fallback_protocol : picked, agreed);
       return;
     }
   }
@@ -531,16 +617,50 @@ void Engine::CloseDial(Session* s) {
   if (h == nullptr || !h->dialing) return;
   h->dialing = false;
   Unwatch(&s->server);
+  if (s->server.tls != nullptr) {
+    tls::Free(s->server.tls);
+    s->server.tls = nullptr;
+    s->server.tls_ready = false;
+  }
   close(s->server.fd);
   s->server.fd = -1;
 }
 
 // ---------------------------------------------------------------- the session begins
 
-void Engine::StartData(Session* s, std::string protocol) {
+// Whether a permessage-deflate answer carries `param` (case-insensitive, with or without a value).
+static bool HasDeflateParam(const std::string& agreed, const char* param) {
+  const size_t n = std::strlen(param);
+  size_t i = agreed.find(';');
+  while (i != std::string::npos) {
+    size_t a = i + 1;
+    while (a < agreed.size() && (agreed[a] == ' ' || agreed[a] == '\t')) a++;
+    size_t b = a;
+    while (b < agreed.size() && agreed[b] != ';' && agreed[b] != '=' && agreed[b] != ' ' && agreed[b] != '\t') b++;
+    if (b - a == n) {
+      bool same = true;
+      for (size_t k = 0; same && k < n; k++) same = (agreed[a + k] | 0x20) == param[k];
+      if (same) return true;
+    }
+    i = agreed.find(';', b);
+  }
+  return false;
+}
+
+void Engine::StartData(Session* s, std::string protocol, std::string extensions) {
   Handshake* h = s->hs;
   Leg* c = &s->client;
   Leg* u = &s->server;
+  if (!extensions.empty()) {
+    c->inflate.reset(new (std::nothrow) InflateMeter(HasDeflateParam(extensions, "client_no_context_takeover")));
+    u->inflate.reset(new (std::nothrow) InflateMeter(HasDeflateParam(extensions, "server_no_context_takeover")));
+    if (c->inflate == nullptr || u->inflate == nullptr) {
+      c->inflate.reset();
+      u->inflate.reset();
+      DialFailed(s, 1, "out of memory");
+      return;
+    }
+  }
   // The upstream's descriptor is the leg's from now on (registered already).
   h->dialing = false;
   u->alive = true;
@@ -549,6 +669,16 @@ void Engine::StartData(Session* s, std::string protocol) {
   WebSocketAccept(h->client_key.data(), h->client_key.size(), accept);
   answer.append(accept, 28).append("\r\n");
   if (!protocol.empty()) answer.append("Sec-WebSocket-Protocol: ").append(protocol).append("\r\n");
+  if (!extensions.empty()) {
+    // permessage-deflate agreed: the client gets the upstream's answer; RSV1 passes both
+    // ways and each side's compressed messages are inflated to be checked.
+    answer.append("Sec-WebSocket-Extensions: ").append(extensions).append("\r\n");
+    CursorLimits cl, sl;
+    LimitsOf(s->params, &cl, &sl);
+    cl.allow_rsv1 = sl.allow_rsv1 = true;
+    c->cursor = FrameCursor(cl);
+    u->cursor = FrameCursor(sl);
+  }
   answer.append("\r\n");
   std::string client_extra = h->client_in.substr(h->head_bytes);
   std::string upstream_extra;
@@ -564,6 +694,7 @@ void Engine::StartData(Session* s, std::string protocol) {
   e.type = 5;
   e.id = s->id;
   e.client_reason = protocol;
+  e.text = extensions;
   Emit(std::move(e));
   Write(c, reinterpret_cast<const uint8_t*>(answer.data()), answer.size());
   // Bytes that came with the handshakes: the upstream's first frames, the client's.

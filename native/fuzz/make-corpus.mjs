@@ -2,6 +2,7 @@
 // deterministic: rerunning gives the same files). Run: node native/fuzz/make-corpus.mjs
 import { mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 
 const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'corpus');
@@ -117,10 +118,28 @@ const headSeeds = [
   'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConn',
 ].map((s) => (typeof s === 'string' ? Buffer.from(s, 'latin1') : s));
 
-for (const [target, seeds] of [['frame_parser', frameSeeds], ['envelope', envSeeds], ['utf8', utf8Seeds], ['http_head', headSeeds]]) {
+// inflate_meter_fuzz.cc: [text | reset << 1 | (chunk - 1) << 2, limit / 257, ...raw deflate
+// without the RFC 7692 tail]. Text and binary, stored and fixed/dynamic Huffman blocks, a
+// final block, a message past the limit, invalid UTF-8, and bytes that are not deflate.
+const deflated = (data, opts = {}) => {
+  const out = zlib.deflateRawSync(data, { finishFlush: zlib.constants.Z_SYNC_FLUSH, ...opts });
+  return out.subarray(0, out.length - 4); // the 00 00 ff ff tail goes
+};
+const inflateSeeds = [
+  Buffer.concat([Buffer.from([1 | (7 << 2), 40]), deflated(Buffer.from('hello, hello, hello '.repeat(20)))]),
+  Buffer.concat([Buffer.from([0 | (63 << 2), 255]), deflated(bytes(5000, 3))]),
+  Buffer.concat([Buffer.from([2 | (15 << 2), 10]), deflated(bytes(3000, 9), { level: 0 })]),
+  Buffer.concat([Buffer.from([1 | (3 << 2), 255]), deflated(Buffer.from('caf\u00e9 \u{1f600} '.repeat(50)))]),
+  Buffer.concat([Buffer.from([0 | (31 << 2), 0]), deflated(Buffer.alloc(20000, 0x79))]),
+  Buffer.concat([Buffer.from([1 | (1 << 2), 4]), deflated(Buffer.from([0x61, 0xc3, 0x28, 0x62]))]),
+  Buffer.concat([Buffer.from([0 | (0 << 2), 4]), zlib.deflateRawSync(Buffer.from('final block'))]),
+  Buffer.from([0, 4, 0xff, 0xff, 0xff, 0xff, 0x00]),
+];
+
+for (const [target, seeds] of [['frame_parser', frameSeeds], ['envelope', envSeeds], ['utf8', utf8Seeds], ['http_head', headSeeds], ['inflate_meter', inflateSeeds]]) {
   const d = path.join(dir, target);
   rmSync(d, { recursive: true, force: true });
   mkdirSync(d, { recursive: true });
   seeds.forEach((s, i) => writeFileSync(path.join(d, `seed-${String(i).padStart(2, '0')}`), s));
 }
-console.log(`corpus: ${frameSeeds.length} frame_parser, ${envSeeds.length} envelope, ${utf8Seeds.length} utf8, ${headSeeds.length} http_head seeds in ${dir}`);
+console.log(`corpus: ${frameSeeds.length} frame_parser, ${envSeeds.length} envelope, ${utf8Seeds.length} utf8, ${headSeeds.length} http_head, ${inflateSeeds.length} inflate_meter seeds in ${dir}`);

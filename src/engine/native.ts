@@ -35,6 +35,8 @@ export interface EngineEvent {
   body?: Buffer;
   /** 5: the subprotocol answered to the client. */
   protocol?: string;
+  /** 5: the extensions agreed (the upstream's permessage-deflate answer), or ''. */
+  extensions?: string;
   clientCode?: number;
   clientReason?: string;
   upstreamCode?: number;
@@ -57,11 +59,13 @@ interface AddonEngine {
   flow(id: number): number[] | null;
   close(): void;
   sync(): void;
-  listen(fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number): void;
+  listen(fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number, certPem?: string, keyPem?: string): void;
   stopListening(): void;
   refuse(id: number, answer: Uint8Array): boolean;
   release(id: number): [number, Buffer] | null;
-  dial(id: number, ip: string, port: number, request: Uint8Array, offered: string, fallbackProtocol: string, params: Float64Array): boolean;
+  dial(id: number, ip: string, port: number, request: Uint8Array, offered: string, fallbackProtocol: string, params: Float64Array,
+    tls: number, servername: string, verify: boolean, deflate: boolean): boolean;
+  tlsClient(caPem: string, verify: boolean): number;
   abortDial(id: number): boolean;
   readonly sessions: number;
 }
@@ -153,9 +157,20 @@ export class NativeEngine {
   /**
    * The engine accepts on `fd` (it owns the descriptor from now on) and reads request
    * heads itself: each becomes a type 3 event, answered with refuse(), release() or dial().
+   * With `tls` (PEM texts), connections are TLS, terminated in the engine; a released one
+   * reaches Node as one end of a socket pair carrying its plaintext.
    */
-  listen(fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number): void {
-    this.engine.listen(fd, headTimeoutMs, maxHeadBytes, maxFields);
+  listen(fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number, tls?: { cert: string; key: string }): void {
+    if (tls) this.engine.listen(fd, headTimeoutMs, maxHeadBytes, maxFields, tls.cert, tls.key);
+    else this.engine.listen(fd, headTimeoutMs, maxHeadBytes, maxFields);
+  }
+
+  /**
+   * A client context for wss:// dials: trusted roots (PEM) and whether the upstream's
+   * certificate and name must verify. Returns its id for dial().
+   */
+  tlsClient(caPem: string, verify: boolean): number {
+    return this.engine.tlsClient(caPem, verify);
   }
 
   stopListening(): void {
@@ -176,9 +191,13 @@ export class NativeEngine {
    * Dial `ip`:`port` and send `request` (our upgrade request without Sec-WebSocket-Key and
    * the final CRLF). Ends in a type 5 event (the session runs) or a type 4 (failed).
    */
-  dial(id: number, ip: string, port: number, request: string, offered: string, fallbackProtocol: string, p: EngineParams): boolean {
+  dial(
+    id: number, ip: string, port: number, request: string, offered: string, fallbackProtocol: string, p: EngineParams,
+    tls: { context: number; servername: string; verify: boolean } | undefined, deflate: boolean,
+  ): boolean {
     this.fillParams(p);
-    return this.engine.dial(id, ip, port, Buffer.from(request, 'latin1'), offered, fallbackProtocol, this.params);
+    return this.engine.dial(id, ip, port, Buffer.from(request, 'latin1'), offered, fallbackProtocol, this.params,
+      tls?.context ?? -1, tls?.servername ?? '', tls?.verify ?? true, deflate);
   }
 
   abortDial(id: number): boolean {

@@ -21,6 +21,21 @@ export interface HandshakeClient {
   destroy(): void;
 }
 
+/**
+ * Connections the engine handed to Node from a TLS listener are socket pairs (the engine
+ * keeps the TLS): their peer address is the client's, set here when they are handed over.
+ */
+const peerAddresses = new WeakMap<net.Socket, string>();
+
+export function setPeerAddress(socket: net.Socket, address: string): void {
+  peerAddresses.set(socket, address);
+}
+
+/** The client's address of a socket Node's server got (directly, or from the engine). */
+export function peerAddress(socket: net.Socket): string {
+  return peerAddresses.get(socket) ?? socket.remoteAddress ?? '';
+}
+
 export class SocketClient implements HandshakeClient {
   readonly socket: net.Socket;
   private gone: (() => void) | null = null;
@@ -33,7 +48,7 @@ export class SocketClient implements HandshakeClient {
   }
 
   get remoteAddress(): string {
-    return this.socket.remoteAddress ?? '';
+    return peerAddress(this.socket);
   }
 
   answer(response: string | Buffer): void {
@@ -68,7 +83,7 @@ export class SocketClient implements HandshakeClient {
 }
 
 /** How a dial through the engine ended: the session runs (with this subprotocol), or not. */
-export type DialOutcome = { ok: true; protocol: string } | { ok: false; event: EngineEvent | null };
+export type DialOutcome = { ok: true; protocol: string; extensions: string } | { ok: false; event: EngineEvent | null };
 
 export class EngineClient implements HandshakeClient {
   readonly socket = null;
@@ -129,7 +144,7 @@ export class EngineClient implements HandshakeClient {
     this.waiting = null;
     if (e.type === 5) {
       this.end();
-      w?.({ ok: true, protocol: e.protocol ?? '' });
+      w?.({ ok: true, protocol: e.protocol ?? '', extensions: e.extensions ?? '' });
     } else if (e.type === 4) {
       w?.({ ok: false, event: e });
     } else if (e.type === 6) {

@@ -18,6 +18,7 @@ import type { AccessDecision } from '../policy/index.js';
 import type { Upstream } from './balancer.js';
 import type { RouteRuntime } from './proxy.js';
 import { mapTarget, requestHost, type RouteMatcher } from './router.js';
+import { peerAddress } from './handshake-client.js';
 
 /** Upstreams tried for one request before it gets 502, on connect failures only (as for upgrades). */
 const MAX_TRIES = 3;
@@ -181,7 +182,7 @@ export class HttpForwarder {
       answer(req, res, 431, 'sluice: too many or too large request headers', { Connection: 'close' });
       return;
     }
-    let remote = req.socket.remoteAddress ?? '';
+    let remote = peerAddress(req.socket);
     if (remote.startsWith('::ffff:')) remote = remote.slice(7);
     if (!this.host.allow(remote, started)) {
       answer(req, res, 429, 'sluice: connection rate limit');

@@ -11,6 +11,7 @@ import http, { type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import dns from 'node:dns';
 import net from 'node:net';
+import tls from 'node:tls';
 import type { Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import { codecInfo, poolStats } from '../codec/index.js';
@@ -30,7 +31,7 @@ import { HttpForwarder, forwardedHeaders } from './http-forward.js';
 import { compileRoutes, mapTarget, matchRoute, requestHost, type RouteMatcher } from './router.js';
 import { Session, isValidWireCloseCode, type SessionHost } from './session.js';
 import { NativeSession } from './native-session.js';
-import { EngineClient, SocketClient, type HandshakeClient } from './handshake-client.js';
+import { EngineClient, SocketClient, setPeerAddress, type HandshakeClient } from './handshake-client.js';
 import { NativeEngine, nativeEngineUnavailable, socketFd, type EngineEvent, type EngineParams } from '../engine/index.js';
 import { negotiateEnvelope, type EnvelopeVersion } from '../protocol/index.js';
 import { AccessPolicy, ConnectionRateLimiter, MessageRateLimiter, type AccessDecision } from '../policy/index.js';
@@ -160,6 +161,8 @@ export class Proxy implements SessionHost {
   private readonly engineHandshakes = new Map<number, EngineClient>();
   /** The native engine accepts on the listening socket (else Node's HTTP server does). */
   private engineAccepts = false;
+  /** The engine's TLS client contexts (wss:// dials), by verify mode and CA file. */
+  private readonly engineTlsContexts = new Map<string, number>();
   private echo: EchoServer | null = null;
   private echoUrl = '';
   private routes: RouteRuntime[] = [];
@@ -326,15 +329,29 @@ export class Proxy implements SessionHost {
       requestTimeout: limits.handshakeTimeoutMs,
       connectionsCheckingInterval: Math.min(1000, limits.handshakeTimeoutMs),
     };
-    const server = listen.tls
-      ? https.createServer({ ...options, cert: readFileSync(listen.tls.certFile), key: readFileSync(listen.tls.keyFile) })
+    // The engine accepts (and terminates TLS) unless the addon is missing, SLUICE_ACCEPT=node
+    // asks for Node's accept, or more headers are allowed than its parser takes.
+    const engineAccept = this.engine !== null && process.env.SLUICE_ACCEPT !== 'node' && limits.maxHeaderCount < 255;
+    const pem = listen.tls ? { cert: readFileSync(listen.tls.certFile), key: readFileSync(listen.tls.keyFile) } : null;
+    // With the engine accepting, Node's server (never listening) gets plaintext only: TLS
+    // connections handed over arrive through the engine's socket pair.
+    // A TLS handshake must finish within handshakeTimeoutMs too (Node's default is 120 s).
+    const server = pem !== null && !engineAccept
+      ? https.createServer({ ...options, cert: pem.cert, key: pem.key, handshakeTimeout: limits.handshakeTimeoutMs })
       : http.createServer(options);
+    // A TLS handshake that failed or timed out: nothing can be written back (no session
+    // keys); the connection goes at once.
+    server.on('tlsClientError', (_err: Error, socket: net.Socket) => socket.destroy());
     // One more than allowed, so that too many headers are seen (Node drops the rest silently).
     server.maxHeadersCount = limits.maxHeaderCount + 1;
     server.on('upgrade', (req: IncomingMessage, socket: net.Socket, head: Buffer) => this.onUpgrade(req, new SocketClient(socket), head));
     // Not an upgrade: 404, 426, or proxied as HTTP on `http: true` routes (http-forward.ts).
     server.on('request', (req: IncomingMessage, res: http.ServerResponse) => this.plainHttp.handle(req, res));
     server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
+      if (err.code?.startsWith('ERR_TLS') || err.code?.startsWith('ERR_SSL')) {
+        socket.destroy();
+        return;
+      }
       // Node's own answers: 431 for an oversized head, 408 for a slow one, 400 otherwise.
       const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large'
         : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
@@ -346,14 +363,24 @@ export class Proxy implements SessionHost {
     this.server = server;
     try {
       const engine = this.engine;
-      if (engine !== null && !listen.tls && process.env.SLUICE_ACCEPT !== 'node' && limits.maxHeaderCount < 255) {
+      if (engine !== null && engineAccept) {
         // The engine accepts and reads request heads itself; Node's server (never
         // listening) gets the connections the engine hands over (plain HTTP, and routes
         // the engine cannot carry). 8 KiB above maxHeaderBytes leaves room for the request
         // line; the header bytes and count are checked exactly in onUpgrade, as for Node.
         const fd = listenSocket(listen.host, listen.port, this.hooks.reusePort === true);
         this.port = socketPort(fd);
-        engine.listen(fd, limits.handshakeTimeoutMs, limits.maxHeaderBytes + 8192, limits.maxHeaderCount + 1);
+        try {
+          engine.listen(fd, limits.handshakeTimeoutMs, limits.maxHeaderBytes + 8192, limits.maxHeaderCount + 1,
+            pem !== null ? { cert: pem.cert.toString('latin1'), key: pem.key.toString('latin1') } : undefined);
+        } catch (err) {
+          new net.Socket({ fd }).destroy();
+          // A certificate or key OpenSSL does not take: named as the config names it.
+          if (/^listen\.tls: /.test((err as Error).message)) {
+            throw new SluiceError('SLUICE_ERR_CONFIG', `${(err as Error).message} (listen.tls.certFile ${listen.tls!.certFile}, keyFile ${listen.tls!.keyFile})`);
+          }
+          throw err;
+        }
         this.engineAccepts = true;
       } else {
         const opts = listenOptions(listen.host, listen.port, this.hooks.reusePort === true);
@@ -694,7 +721,7 @@ export class Proxy implements SessionHost {
       };
       if (client instanceof EngineClient) {
         // The engine dials, sends our request, checks the answer and writes the 101 itself.
-        void this.dialThroughEngine(client, route, candidates, matched, path, upstreamQuery, fwd, upstreamProtocols, consumed ?? '', expiresAt)
+        void this.dialThroughEngine(client, route, candidates, matched, path, upstreamQuery, fwd, upstreamProtocols, consumed ?? '', expiresAt, deflateOffer)
           .then(({ upstream, protocol }) => {
             this.handshaking.delete(client);
             client.offGone();
@@ -939,7 +966,7 @@ export class Proxy implements SessionHost {
     const connection = (headers.connection ?? '').toLowerCase().split(',').map((t) => t.trim());
     const isUpgrade = headers.upgrade !== undefined && connection.includes('upgrade');
     if (!isUpgrade || !this.engineCanCarry(headers, e.target ?? '/')) {
-      this.handToNode(e.id);
+      this.handToNode(e.id, e.remote ?? '');
       return;
     }
     const client = new EngineClient(engine, e.id, e.remote ?? '', (id) => this.engineHandshakes.delete(id));
@@ -955,13 +982,15 @@ export class Proxy implements SessionHost {
     const matched = matchRoute(this.matchers, host, path);
     if (!matched) return true; // a 404, answered the same either way
     const rc = matched.route.config;
-    if (rc.mode !== 'transparent') return false;
-    if (rc.compression && /permessage-deflate/i.test(String(headers['sec-websocket-extensions'] ?? ''))) return false;
-    return matched.route.balancer.upstreams.every((u) => u.url.protocol === 'ws:');
+    return rc.mode === 'transparent';
   }
 
-  /** The connection goes to Node's HTTP server, which parses the bytes the engine read again. */
-  private handToNode(id: number): void {
+  /**
+   * The connection goes to Node's HTTP server, which parses the bytes the engine read
+   * again. From a TLS listener it is a socket pair's end (the engine keeps the TLS): its
+   * peer address is the client's, remembered here.
+   */
+  private handToNode(id: number, remote: string): void {
     const taken = this.engine?.release(id);
     if (!taken || this.server === null) {
       if (taken) new net.Socket({ fd: taken[0] }).destroy();
@@ -969,14 +998,31 @@ export class Proxy implements SessionHost {
     }
     const [fd, bytes] = taken;
     const socket = new net.Socket({ fd, readable: true, writable: true });
+    if (this.config.listen.tls) setPeerAddress(socket, remote);
     socket.unshift(bytes);
     this.server.emit('connection', socket);
+  }
+
+  /** The engine's client context for a route's wss:// upstreams (made once per CA and mode). */
+  private engineTls(route: RouteRuntime): number {
+    const t = route.config.tls;
+    const verify = t?.rejectUnauthorized ?? true;
+    const key = `${verify ? 1 : 0}${t?.caFile ?? ''}`;
+    let id = this.engineTlsContexts.get(key);
+    if (id === undefined) {
+      // As Node's tls.connect: a CA file replaces the roots Node carries.
+      const ca = t?.caFile ? readFileSync(t.caFile, 'latin1') : tls.rootCertificates.join('\n');
+      id = this.engine!.tlsClient(ca, verify);
+      this.engineTlsContexts.set(key, id);
+    }
+    return id;
   }
 
   /** dialFirst through the engine: each candidate in turn until one answers 101. */
   private async dialThroughEngine(
     client: EngineClient, route: RouteRuntime, candidates: Upstream[], matched: RouteMatcher<RouteRuntime>, path: string,
     query: string, headers: Array<[string, string]>, protocols: string[], fallbackProtocol: string, expiresAt: number,
+    extensions: string,
   ): Promise<{ upstream: Upstream; protocol: string }> {
     const engine = this.engine!;
     let last: UpstreamError | undefined;
@@ -987,13 +1033,20 @@ export class Proxy implements SessionHost {
       let request = `GET ${mapTarget(matched, url, path, query)} HTTP/1.1\r\nHost: ${url.host}\r\nUpgrade: websocket\r\n` +
         'Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n';
       if (protocols.length > 0) request += `Sec-WebSocket-Protocol: ${protocols.join(', ')}\r\n`;
+      // permessage-deflate (compression routes): the client's offer goes on as it came.
+      if (extensions !== '') request += `Sec-WebSocket-Extensions: ${extensions}\r\n`;
       for (const [name, value] of headers) request += `${name}: ${value}\r\n`;
       let err: UpstreamError;
       try {
         const ip = await resolveHost(hostName);
         if (client.ended) throw new UpstreamError('SLUICE_ERR_UPSTREAM_UNREACHABLE', 502, 'client gone');
-        engine.dial(client.id, ip, Number(url.port || 80), request, protocols.join(','), fallbackProtocol,
-          this.engineParams(route, expiresAt));
+        const wss = url.protocol === 'wss:';
+        // SNI and the name checked, as Node's dial: the configured servername, else the host.
+        const tlsDial = wss
+          ? { context: this.engineTls(route), servername: route.config.tls?.servername ?? hostName, verify: route.config.tls?.rejectUnauthorized ?? true }
+          : undefined;
+        engine.dial(client.id, ip, Number(url.port || (wss ? 443 : 80)), request, protocols.join(','), fallbackProtocol,
+          this.engineParams(route, expiresAt), tlsDial, extensions !== '');
         // Its outcome comes as an event on a later turn of the loop.
         const outcome = client.outcome();
         const timer = setTimeout(() => client.abandonDial(), this.config.limits.upstreamTimeoutMs);
