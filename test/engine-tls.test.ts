@@ -21,6 +21,8 @@ import tls from 'node:tls';
 import { once } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { createProxy, type Proxy } from '../src/index.js';
 import type { ProxyConfigInput } from '../src/config/index.js';
@@ -130,9 +132,36 @@ function httpsRequest(port: number, path: string, opts: { method?: string; body?
 }
 const httpsGet = (port: number, path: string) => httpsRequest(port, path);
 
-/** What the http upstream answers to GET …/big: 3 MiB, every byte known. */
+/** What the http upstream answers to GET …/big: 3 MiB, every byte known (…/huge: 16 MiB). */
 const BIG = Buffer.alloc(3 * 1024 * 1024);
 for (let i = 0; i < BIG.length; i += 4) BIG.writeUInt32BE(i, i);
+const HUGE = Buffer.alloc(16 * 1024 * 1024);
+for (let i = 0; i < HUGE.length; i += 4) HUGE.writeUInt32BE(i ^ 0x5a5a5a5a, i);
+
+/**
+ * A raw TLS client that sends `request`, stops reading for `pauseMs` once `pauseAt` bytes
+ * of the answer came, then reads to the end: everything it got.
+ */
+function slowTlsClient(port: number, request: string, pauseAt: number, pauseMs: number): Promise<Buffer> {
+  return new Promise((resolve) => {
+    const c = tls.connect({ port, host: '127.0.0.1', servername: 'localhost', ca: pki.ca });
+    const chunks: Buffer[] = [];
+    let paused = false;
+    let got = 0;
+    c.on('error', () => {});
+    c.on('secureConnect', () => c.write(request));
+    c.on('data', (d: Buffer) => {
+      chunks.push(d);
+      got += d.length;
+      if (!paused && got >= pauseAt) {
+        paused = true;
+        c.pause();
+        setTimeout(() => c.resume(), pauseMs);
+      }
+    });
+    c.on('close', () => resolve(Buffer.concat(chunks)));
+  });
+}
 
 /**
  * A plain Node http upstream for `http: true` routes: a POST gets back the length and
@@ -154,6 +183,7 @@ async function startHttpUpstream(t: Test, body: string) {
       res.setHeader('Content-Type', 'text/plain');
       res.setHeader('X-Upstream', 'http');
       if (req.method === 'POST') res.end(`${length} ${hash.digest('hex')}`);
+      else if ((req.url ?? '').includes('huge')) res.end(HUGE);
       else if ((req.url ?? '').includes('big')) res.end(BIG);
       else res.end(body);
     });
@@ -324,6 +354,42 @@ t.test('wss:// upstreams dialled by the engine: CA file, SNI, untrusted, rejectU
   await echoOnce(t, e, 'TLS on both legs');
 });
 
+t.test('NODE_EXTRA_CA_CERTS is trusted for wss:// upstreams without a caFile, as by Node', async (t) => {
+  const up = await startWssBackend(t);
+  // A fresh process: Node reads NODE_EXTRA_CA_CERTS at start. Same engine mode as this one.
+  const index = pathToFileURL(fileURLToPath(new URL('../src/index.ts', import.meta.url))).href;
+  const script = `
+    const { createProxy } = await import(${JSON.stringify(index)});
+    const { WebSocket } = await import('ws');
+    const proxy = createProxy({ listen: { host: '127.0.0.1', port: 0 }, log: { level: 'silent' },
+      routes: [{ path: '/*', upstreams: [{ url: 'wss://localhost:${up.port}/' }] }] });
+    const { port } = await proxy.listen();
+    const out = await new Promise((resolve) => {
+      const ws = new WebSocket('ws://127.0.0.1:' + port + '/x');
+      ws.on('unexpected-response', (_q, res) => resolve('status ' + res.statusCode));
+      ws.on('error', (e) => resolve('error ' + e.message));
+      ws.on('open', () => ws.send('through an extra CA'));
+      ws.on('message', (d) => { resolve(String(d)); ws.close(); });
+    });
+    console.log(JSON.stringify({ out, engine: proxy.stats().engine.kind }));
+    await proxy.close({ drainMs: 100 });
+  `;
+  const child = spawn(process.execPath, [...process.execArgv, '--input-type=module', '-e', script], {
+    env: { ...process.env, NODE_EXTRA_CA_CERTS: pki.caFile }, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const [code] = await once(child, 'exit') as [number | null];
+  clearTimeout(timer);
+  t.equal(code, 0, `the child ran (${stderr.trim().slice(0, 300)})`);
+  const r = JSON.parse(stdout.trim().split('\n').at(-1) ?? '{}') as { out?: string; engine?: string };
+  t.equal(r.out, 'through an extra CA', `${r.engine ?? '?'} engine: the upstream signed by the extra CA is trusted`);
+  t.equal(up.servernames.length > 0, true, 'the upstream completed the TLS handshake');
+});
+
 t.test('handed to Node through the pipe from a TLS listener: http route, envelope route, compression offer, 426', async (t) => {
   const httpUp = await startHttpUpstream(t, 'hello from the http upstream');
   const backend = await startWsBackend();
@@ -355,6 +421,13 @@ t.test('handed to Node through the pipe from a TLS listener: http route, envelop
   t.equal(big.status, 200, 'https GET of a 3 MiB answer: 200');
   t.equal(big.bytes.length, BIG.length, 'every byte of the answer arrives');
   t.ok(big.bytes.equals(BIG), 'intact');
+  // A client that stops reading half-way through a large answer (Connection: close: Node
+  // ends its side once it has written it all): the rest waits for the client, however long
+  // it pauses (within the 30 s stall limit), and arrives whole.
+  const slow = await slowTlsClient(port, 'GET /h?size=huge HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n', 8 << 20, 6000);
+  const bodyAt = slow.indexOf('\r\n\r\n') + 4;
+  t.equal(slow.length - bodyAt, HUGE.length, 'a 16 MiB answer to a client that pauses 6 s half-way arrives whole');
+  t.ok(slow.subarray(bodyAt).equals(HUGE), 'and intact');
   // An early answer: Node refuses (404, Connection: close) a 2 MiB upload it does not read,
   // and closes its end with the body still coming.
   const fdsBefore = await settledFdCount();

@@ -305,8 +305,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return d >= lo && d <= hi && std::floor(d) == d;
   }
 
-  // listen(fd, headTimeoutMs, maxHeadBytes, maxFields[, certPem, keyPem]): the engine
-  // accepts on fd (it owns it now); with the PEM texts, connections are TLS.
+  // listen(fd, headTimeoutMs, maxHeadBytes, maxFields[, certPem, keyPem[, ciphers]]): the
+  // engine accepts on fd (it owns it now); with the PEM texts, connections are TLS.
   Napi::Value Listen(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 4 || !Whole(info[0], 0, 1 << 30) || !Whole(info[1], 1, 1e9) || !Whole(info[2], 64, 1 << 24) ||
@@ -326,7 +326,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     std::string error;
     SSL_CTX* tls = nullptr;
     if (info.Length() >= 6 && info[4].IsString()) {
-      tls = engine::tls::NewServerContext(info[4].As<Napi::String>().Utf8Value(), info[5].As<Napi::String>().Utf8Value(), &error);
+      const std::string ciphers = info.Length() >= 7 && info[6].IsString() ? info[6].As<Napi::String>().Utf8Value() : std::string();
+      tls = engine::tls::NewServerContext(info[4].As<Napi::String>().Utf8Value(), info[5].As<Napi::String>().Utf8Value(), ciphers, &error);
       if (tls == nullptr) {
         Napi::Error::New(env, "listen.tls: " + error).ThrowAsJavaScriptException();
         return Napi::Value();
@@ -371,7 +372,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return a;
   }
 
-  // tlsClient(caPem: string, verify: boolean): a client context for wss:// dials; its id.
+  // tlsClient(caPem: string, verify: boolean[, ciphers: string]): a client context for wss:// dials; its id.
   Napi::Value TlsClient(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsString() || !info[1].IsBoolean()) {
@@ -383,7 +384,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       return Napi::Value();
     }
     std::string error;
-    SSL_CTX* ctx = engine::tls::NewClientContext(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Boolean>().Value(), &error);
+    const std::string ciphers = info.Length() >= 3 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : std::string();
+    SSL_CTX* ctx = engine::tls::NewClientContext(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Boolean>().Value(), ciphers, &error);
     if (ctx == nullptr) {
       Napi::Error::New(env, "tlsClient: " + error).ThrowAsJavaScriptException();
       return Napi::Value();

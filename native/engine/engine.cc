@@ -49,6 +49,9 @@ constexpr uint64_t kCloseReplyMs = 3000;
 constexpr uint64_t kViolationLingerMs = 1000;
 // A TLS client whose connection Node closed (through a pipe) has this long to close its own.
 constexpr uint64_t kPipeLingerMs = 5000;
+// A pipe's leg whose end waits for its queue to drain is cut when the queue has not moved
+// for this long (a client that stops reading cannot pin the connection).
+constexpr uint64_t kPipeStallMs = 30000;
 constexpr uint64_t kSizeBounds[9] = {64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304};
 
 bool ValidWireCode(int code) {
@@ -255,9 +258,10 @@ bool LegVisitor::OnHeader(const FrameHeader& h, uint8_t* raw, bool in_read) {
     }
   }
   a->forward = forward;
-  // Text is checked whole before it goes (a frame that fails must not be half sent);
-  // binary frames stream only when large (kStreamMinBytes): their checks are all in the header.
-  a->held = a->text || h.length <= kStreamMinBytes;
+  // Text and compressed frames are checked whole before they go (a frame that fails must
+  // not be half sent; both are bounded by max_frame_bytes); plain binary frames stream only
+  // when large (kStreamMinBytes): their checks are all in the header.
+  a->held = a->text || a->compressed || h.length <= kStreamMinBytes;
   if (!a->held && forward) {
     uint8_t* hdr = raw;
     if (!in_read) {
@@ -268,7 +272,6 @@ bool LegVisitor::OnHeader(const FrameHeader& h, uint8_t* raw, bool in_read) {
       uint8_t k[4];
       e_->keys_.Next(k);
       for (int i = 0; i < 4; i++) a->key_xor[i] = h.key[i] ^ k[i];
-      std::memcpy(a->out_key, k, 4);
       std::memcpy(hdr + h.size - 4, k, 4);
     }
     e_->GatherAdd(b, hdr, h.size);
@@ -291,24 +294,19 @@ bool LegVisitor::OnPayload(uint8_t* p, size_t n, uint64_t offset, bool last) {
     if (a->hold.capacity() > kHoldKeepBytes) a->hold.shrink_to_fit();
     return go;
   }
-  if (a->compressed) {
-    // Inflated (unmasked) to be checked, whether it goes on or not: the sender's window
-    // moves either way. Then under the fresh key towards the upstream.
-    if (a->client) XorMask(p, p, n, a->header.key, static_cast<size_t>(offset & 3));
-    if (!e_->Meter(a, p, n, last && a->header.fin)) return false;
-    if (!a->forward) return true;
-    if (a->client) XorMask(p, p, n, a->out_key, static_cast<size_t>(offset & 3));
-  } else {
-    if (!a->forward) return true;
-    if (a->client) XorMask(p, p, n, a->key_xor, static_cast<size_t>(offset & 3));
-  }
+  if (!a->forward) return true;
+  if (a->client) XorMask(p, p, n, a->key_xor, static_cast<size_t>(offset & 3));
   if (n > 0) e_->GatherAdd(b, p, n);
   b->out_frame_left -= n;
-  if (b->out_frame_left == 0 && !b->deferred.empty()) {
+  if (b->out_frame_left == 0 && (!b->deferred.empty() || b->shut_after_flush)) {
     e_->FlushGather();
-    std::vector<uint8_t> d;
-    d.swap(b->deferred);
-    e_->Write(b, d.data(), d.size());
+    if (!b->deferred.empty()) {
+      std::vector<uint8_t> d;
+      d.swap(b->deferred);
+      e_->Write(b, d.data(), d.size());
+    }
+    // Its end waited for this frame's last byte (EndLeg): it goes once the queue has.
+    if (b->alive && b->out.size() == 0) e_->ShutIfDone(b);
   }
   return true;
 }
@@ -368,9 +366,11 @@ bool LegVisitor::ActHeld(uint8_t* q, size_t n, bool in_read) {
     e_->GatherAdd(b, e_->ArenaCopy(b, hdr, h.size), h.size);
     if (n > 0) e_->GatherAdd(b, q, n);
   } else {
+    // The payload is the leg's hold buffer: header and payload in one write, made now,
+    // before the hold is cleared.
+    e_->GatherAdd(b, e_->ArenaCopy(b, hdr, h.size), h.size);
+    if (n > 0) e_->GatherAdd(b, q, n);
     e_->FlushGather();
-    e_->Write(b, hdr, h.size);
-    e_->Write(b, q, n);
   }
   return true;
 }
@@ -778,13 +778,7 @@ void Engine::OnEof(Leg* leg) {
   }
   leg->state = kClosed;
   Leg* partner = Partner(leg);
-  if (partner->out_frame_left > 0) {
-    // A frame this side was streaming will never end: the partner's framing is broken,
-    // so it gets no more frames, only the end of its connection.
-    partner->broken = true;
-    partner->out_frame_left = 0;
-    partner->deferred.clear();
-  }
+  BreakStream(partner);
   if (partner->state == kOpen) {
     if (leg->client) SendClose(partner, 1001, "client connection lost");
     else SendClose(partner, 1014, "upstream went away");
@@ -899,7 +893,11 @@ void Engine::FlushGather() {
       written -= iov_[i].len;
       continue;
     }
-    to->out.Append(iov_[i].base + written, iov_[i].len - written);
+    if (!to->out.Append(iov_[i].base + written, iov_[i].len - written)) {
+      arena_used_ = 0;
+      WriteFailed(to);  // out of memory: the stream cannot go on whole
+      return;
+    }
     written = 0;
   }
   arena_used_ = 0;
@@ -921,7 +919,10 @@ void Engine::Write(Leg* to, const uint8_t* p, size_t n) {
     }
     w = static_cast<size_t>(r);
   }
-  if (w < n) to->out.Append(p + w, n - w);
+  if (w < n && !to->out.Append(p + w, n - w)) {
+    WriteFailed(to);  // out of memory: the stream cannot go on whole
+    return;
+  }
   AfterWrite(to);
 }
 
@@ -944,20 +945,14 @@ void Engine::DrainBacklog(Leg* leg) {
       return;
     }
     leg->out.Consume(static_cast<size_t>(w));
+    // A pipe's queue that moves keeps its end from being cut for a stall.
+    if (leg->shut_after_flush && leg->session->stage == kStagePipe) leg->kill_at = now() + kPipeStallMs;
   }
   Session* s = leg->session;
   if (leg->out.size() == 0) {
     leg->out.Free();
     leg->queued = 0;
-    if (leg->shut_after_flush) {
-      leg->shut_after_flush = false;
-      if (leg->read_eof) {
-        CloseDescriptor(leg);
-        MaybeEnd(s);
-        return;
-      }
-      LegShutWrite(leg);
-    }
+    if (ShutIfDone(leg)) return;
     if (!leg->client && s->stage == kStageData) CheckBackpressure(s, 0);
   }
   Leg* partner = Partner(leg);
@@ -1014,6 +1009,32 @@ void Engine::SendClose(Leg* leg, int code, const std::string& reason) {
     // Its reply must be read, whatever the partner's pace (data after it is discarded).
     if (leg->paused) Resume(leg);
   }
+}
+
+// A frame streaming to `to` will never end (its sender is gone or failed): its framing is
+// broken, so it gets no more frames (a close frame included), only the end of its connection.
+void Engine::BreakStream(Leg* to) {
+  if (to->out_frame_left == 0) return;
+  to->broken = true;
+  to->out_frame_left = 0;
+  to->deferred.clear();
+}
+
+// An end that waited (shut_after_flush) goes once the queue is empty and no frame is still
+// streaming to the leg: FIN, or the close when its peer ended already. True when the leg
+// closed.
+bool Engine::ShutIfDone(Leg* leg) {
+  if (!leg->shut_after_flush || leg->out.size() > 0 || leg->out_frame_left > 0) return false;
+  leg->shut_after_flush = false;
+  if (leg->read_eof) {
+    CloseDescriptor(leg);
+    MaybeEnd(leg->session);
+    return true;
+  }
+  LegShutWrite(leg);
+  // A pipe's client, its answer all written, gets a while to close its side.
+  if (leg->session->stage == kStagePipe && leg->client) leg->kill_at = now() + kPipeLingerMs;
+  return false;
 }
 
 // The close handshake of `leg` is done: end its TCP connection (cut if it lingers).
@@ -1133,15 +1154,23 @@ void Engine::PipeEof(Leg* leg) {
   leg->readable = false;
   Leg* p = Partner(leg);
   if (p->alive && !p->read_eof) {
-    if (p->out.size() > 0) p->shut_after_flush = true;
-    else LegShutWrite(p);
-    if (!leg->client) p->kill_at = now() + kPipeLingerMs;
+    if (p->out.size() > 0) {
+      p->shut_after_flush = true;  // ShutIfDone: then the linger starts
+      p->kill_at = now() + kPipeStallMs;
+    } else {
+      LegShutWrite(p);
+      if (!leg->client) p->kill_at = now() + kPipeLingerMs;
+    }
   }
   if (!p->alive || p->read_eof) {
     for (Leg* l : {leg, p}) {
       if (!l->alive) continue;
-      if (l->out.size() == 0) CloseDescriptor(l);
-      else l->shut_after_flush = true;
+      if (l->out.size() == 0) {
+        CloseDescriptor(l);
+      } else {
+        l->shut_after_flush = true;
+        l->kill_at = now() + kPipeStallMs;
+      }
     }
   }
   MaybeEnd(s);
@@ -1208,12 +1237,7 @@ void Engine::Fail(Leg* culprit, int code, const std::string& reason, int partner
   culprit->deaf = true;
   culprit->cursor.Stop();
   Leg* partner = Partner(culprit);
-  if (culprit->out_frame_left == 0 && partner->out_frame_left > 0) {
-    // The culprit was streaming a frame to the partner: that frame will not end.
-    partner->broken = true;
-    partner->out_frame_left = 0;
-    partner->deferred.clear();
-  }
+  BreakStream(partner);  // a frame the culprit was streaming to it will not end
   if (partner->state == kCloseReceived) SendClose(partner, partner->code == 1005 ? 0 : partner->code, partner->reason);
   else SendClose(partner, partner_code, partner_reason);
   if (culprit->state == kOpen || culprit->state == kCloseReceived) {
@@ -1393,6 +1417,7 @@ void Engine::Sweep() {
       c->code = 1006;
       c->reason = "client heartbeat timeout";
       c->state = kClosed;
+      BreakStream(u);
       SendClose(u, 1001, "client heartbeat timeout");
       CloseDescriptor(c);
       MaybeEnd(s);
@@ -1404,11 +1429,7 @@ void Engine::Sweep() {
       u->code = 1006;
       u->reason = "upstream heartbeat timeout";
       u->state = kClosed;
-      if (c->out_frame_left > 0) {
-        c->broken = true;
-        c->out_frame_left = 0;
-        c->deferred.clear();
-      }
+      BreakStream(c);
       CloseDescriptor(u);
       SendClose(c, 1014, "upstream heartbeat timeout");
       MaybeEnd(s);

@@ -171,7 +171,6 @@ struct Leg {
   bool text = false;
   bool compressed = false;  // RSV1 on its first frame (permessage-deflate agreed)
   std::unique_ptr<InflateMeter> inflate;  // this side's compressed messages, inflated to check them
-  uint8_t out_key[4] = {0, 0, 0, 0};  // the fresh key of the current streamed frame
   bool dropping = false;
   bool forward = false;  // the current frame goes to the partner
   bool held = false;     // the current frame is kept whole before acting on it
@@ -348,6 +347,8 @@ class Engine {
   void SendControl(Leg* to, uint8_t op, const uint8_t* payload, size_t n);
   void SendClose(Leg* leg, int code, const std::string& reason);
   void EndLeg(Leg* leg, uint64_t linger_ms);
+  void BreakStream(Leg* to);
+  bool ShutIfDone(Leg* leg);
   void CloseDescriptor(Leg* leg);
   // Frames.
   bool OnCloseFrame(Leg* from, Leg* to, const uint8_t* p, size_t n);

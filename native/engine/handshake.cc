@@ -321,7 +321,10 @@ int Engine::Release(uint32_t id, std::string* bytes) {
 // HTTP server reads the request again from the bytes given with it.
 int Engine::Pipe(Session* s, std::string* bytes) {
   int sp[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) != 0) return -1;
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) != 0) {
+    EndHandshake(s, false);  // out of descriptors: the connection cannot be carried
+    return -1;
+  }
   Leg* c = &s->client;
   Leg* u = &s->server;
   u->fd = sp[0];
@@ -329,6 +332,7 @@ int Engine::Pipe(Session* s, std::string* bytes) {
     close(sp[0]);
     close(sp[1]);
     u->fd = -1;
+    EndHandshake(s, false);
     return -1;
   }
   u->alive = true;
@@ -479,7 +483,11 @@ void Engine::OnDialEvent(Session* s, uint32_t ev) {
     SendRequest(s);
     if (s->ended || s->stage != kStageUpstreamHead) return;
   }
-  if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) ReadUpstreamHead(s);
+  // (A TLS read that waited for writability is retried on EPOLLOUT.)
+  if ((ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) || ((ev & EPOLLOUT) && s->server.tls_read_wants_out)) {
+    s->server.tls_read_wants_out = false;
+    ReadUpstreamHead(s);
+  }
 }
 
 void Engine::SendRequest(Session* s) {
@@ -498,11 +506,25 @@ void Engine::SendRequest(Session* s) {
 
 void Engine::ReadUpstreamHead(Session* s) {
   Handshake* h = s->hs;
-  bool dry = false;
-  const ssize_t n = LegRecv(&s->server, read_buf_, kReadBufferBytes, &dry);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-  const bool eof = n <= 0;
-  if (!eof) h->upstream_in.append(reinterpret_cast<const char*>(read_buf_), static_cast<size_t>(n));
+  // Read until the socket runs dry or ends (an end behind the head is seen now, not at the
+  // dial's timeout), bounded by what an answer may hold.
+  bool eof = false;
+  int read_errno = 0;
+  bool got = false;
+  for (;;) {
+    bool dry = false;
+    const ssize_t n = LegRecv(&s->server, read_buf_, kReadBufferBytes, &dry);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (n <= 0) {
+      eof = true;
+      read_errno = n < 0 ? errno : 0;
+      break;
+    }
+    got = true;
+    h->upstream_in.append(reinterpret_cast<const char*>(read_buf_), static_cast<size_t>(n));
+    if (dry || h->upstream_in.size() > kMaxResponseHead + kMaxRefusalBody) break;
+  }
+  if (!got && !eof) return;
   if (h->refusal_status == 0) {
     ResponseHead& res = *response_head_;
     HeadLimits limits;
@@ -510,7 +532,7 @@ void Engine::ReadUpstreamHead(Session* s) {
     limits.max_fields = kMaxHeadFields;
     const HeadResult r = ParseResponseHead(h->upstream_in.data(), h->upstream_in.size(), limits, &res);
     if (r == kHeadIncomplete) {
-      if (eof) DialFailed(s, 2, n == 0 ? "closed during the handshake" : ErrnoName(errno));
+      if (eof) DialFailed(s, 2, read_errno == 0 ? "closed during the handshake" : ErrnoName(read_errno));
       return;
     }
     if (r == kHeadBad) {

@@ -19,11 +19,19 @@ namespace {
 
 // Renegotiation is refused (a TLS 1.2 client could make us do work per message otherwise);
 // a TCP end without close_notify is an end, not an error (as most peers close); buffers are
-// given back while a connection is idle (memory per idle connection).
-void Common(SSL_CTX* ctx) {
+// given back while a connection is idle (memory per idle connection). The TLS 1.2 cipher
+// list is Node's (tls.DEFAULT_CIPHERS, from JavaScript); TLS 1.3's suites are OpenSSL's
+// defaults, as in Node.
+bool Common(SSL_CTX* ctx, const std::string& ciphers, std::string* error) {
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  if (!ciphers.empty() && SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
+    *error = "no usable cipher in \"" + ciphers + "\"";
+    ERR_clear_error();
+    return false;
+  }
+  return true;
 }
 
 // ALPN: HTTP/1.1 when the client offers it (a WebSocket handshake is HTTP/1.1); a client
@@ -60,14 +68,18 @@ std::string LastError() {
   return text;
 }
 
-SSL_CTX* NewServerContext(const std::string& cert_pem, const std::string& key_pem, std::string* error) {
+SSL_CTX* NewServerContext(const std::string& cert_pem, const std::string& key_pem, const std::string& ciphers,
+                          std::string* error) {
   ERR_clear_error();
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) {
     *error = LastError();
     return nullptr;
   }
-  Common(ctx);
+  if (!Common(ctx, ciphers, error)) {
+    SSL_CTX_free(ctx);
+    return nullptr;
+  }
   static const unsigned char kSid[] = {'s', 'l', 'u', 'i', 'c', 'e'};
   SSL_CTX_set_session_id_context(ctx, kSid, sizeof kSid);
   SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, nullptr);
@@ -112,14 +124,17 @@ SSL_CTX* NewServerContext(const std::string& cert_pem, const std::string& key_pe
   return ctx;
 }
 
-SSL_CTX* NewClientContext(const std::string& ca_pem, bool verify, std::string* error) {
+SSL_CTX* NewClientContext(const std::string& ca_pem, bool verify, const std::string& ciphers, std::string* error) {
   ERR_clear_error();
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
   if (ctx == nullptr) {
     *error = LastError();
     return nullptr;
   }
-  Common(ctx);
+  if (!Common(ctx, ciphers, error)) {
+    SSL_CTX_free(ctx);
+    return nullptr;
+  }
   X509_STORE* store = SSL_CTX_get_cert_store(ctx);
   BIO* bio = BIO_new_mem_buf(ca_pem.data(), static_cast<int>(ca_pem.size()));
   int added = 0;
@@ -185,8 +200,9 @@ int Handshake(SSL* ssl, bool* want_write, std::string* error) {
   const int e = SSL_get_error(ssl, r);
   *want_write = e == SSL_ERROR_WANT_WRITE;
   if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return 0;
+  // A certificate that did not verify, when it was checked; else what OpenSSL says.
   const long v = SSL_get_verify_result(ssl);  // NOLINT(runtime/int)
-  if (v != X509_V_OK) {
+  if ((SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER) != 0 && v != X509_V_OK) {
     ERR_clear_error();
     *error = std::string("certificate: ") + X509_verify_cert_error_string(v);
   } else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
@@ -214,8 +230,12 @@ ssize_t Recv(SSL* ssl, uint8_t* buf, size_t n, bool* dry, bool* want_write) {
       *want_write = e == SSL_ERROR_WANT_WRITE;
       break;
     }
-    // The end, or a failure: what was read first is given now; the next call says so again.
-    if (got > 0) break;
+    // The end, or a failure: what was read first is given now; the next call says so again
+    // (the thread's error queue is left clean: Node's own TLS reads it too).
+    if (got > 0) {
+      ERR_clear_error();
+      break;
+    }
     if (e == SSL_ERROR_ZERO_RETURN) return 0;
     const int err = e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno != 0 ? errno : EPROTO;
     ERR_clear_error();
@@ -244,7 +264,10 @@ ssize_t Send(SSL* ssl, const uint8_t* p, size_t n, bool* want_read) {
       *want_read = e == SSL_ERROR_WANT_READ;
       break;
     }
-    if (sent > 0) break;
+    if (sent > 0) {
+      ERR_clear_error();
+      break;
+    }
     const int err = e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno != 0 ? errno : EPROTO;
     ERR_clear_error();
     errno = err;

@@ -21,11 +21,13 @@ namespace sluice {
 namespace engine {
 namespace tls {
 
-// A server context from PEM text: the certificate (its chain after it) and the key.
-SSL_CTX* NewServerContext(const std::string& cert_pem, const std::string& key_pem, std::string* error);
+// A server context from PEM text: the certificate (its chain after it) and the key;
+// `ciphers`: the TLS 1.2 cipher list (OpenSSL syntax; '' keeps OpenSSL's).
+SSL_CTX* NewServerContext(const std::string& cert_pem, const std::string& key_pem, const std::string& ciphers,
+                          std::string* error);
 // A client context: trusted roots from PEM text (several certificates), and whether the
 // peer's certificate (and name) must verify.
-SSL_CTX* NewClientContext(const std::string& ca_pem, bool verify, std::string* error);
+SSL_CTX* NewClientContext(const std::string& ca_pem, bool verify, const std::string& ciphers, std::string* error);
 void FreeContext(SSL_CTX* ctx);
 
 // A connection on fd: the server side of an accepted client, or the client side of a dial

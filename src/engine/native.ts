@@ -11,6 +11,7 @@
  * `SLUICE_ENGINE=typescript` keeps every session on the TypeScript engine.
  */
 import type net from 'node:net';
+import nodeTls from 'node:tls';
 import { nativeAddon } from '../codec/native.js';
 import { NATIVE_SLOTS } from '../metrics/counters.js';
 
@@ -59,13 +60,13 @@ interface AddonEngine {
   flow(id: number): number[] | null;
   close(): void;
   sync(): void;
-  listen(fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number, certPem?: string, keyPem?: string): void;
+  listen(fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number, certPem?: string, keyPem?: string, ciphers?: string): void;
   stopListening(): void;
   refuse(id: number, answer: Uint8Array): boolean;
   release(id: number): [number, Buffer] | null;
   dial(id: number, ip: string, port: number, request: Uint8Array, offered: string, fallbackProtocol: string, params: Float64Array,
     tls: number, servername: string, verify: boolean, deflate: boolean): boolean;
-  tlsClient(caPem: string, verify: boolean): number;
+  tlsClient(caPem: string, verify: boolean, ciphers?: string): number;
   abortDial(id: number): boolean;
   readonly sessions: number;
 }
@@ -161,7 +162,8 @@ export class NativeEngine {
    * reaches Node as one end of a socket pair carrying its plaintext.
    */
   listen(fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number, tls?: { cert: string; key: string }): void {
-    if (tls) this.engine.listen(fd, headTimeoutMs, maxHeadBytes, maxFields, tls.cert, tls.key);
+    // Node's TLS 1.2 cipher list (tls.DEFAULT_CIPHERS, which --tls-cipher-list sets).
+    if (tls) this.engine.listen(fd, headTimeoutMs, maxHeadBytes, maxFields, tls.cert, tls.key, nodeTls.DEFAULT_CIPHERS);
     else this.engine.listen(fd, headTimeoutMs, maxHeadBytes, maxFields);
   }
 
@@ -170,7 +172,7 @@ export class NativeEngine {
    * certificate and name must verify. Returns its id for dial().
    */
   tlsClient(caPem: string, verify: boolean): number {
-    return this.engine.tlsClient(caPem, verify);
+    return this.engine.tlsClient(caPem, verify, nodeTls.DEFAULT_CIPHERS);
   }
 
   stopListening(): void {

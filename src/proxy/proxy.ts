@@ -998,7 +998,7 @@ export class Proxy implements SessionHost {
     }
     const [fd, bytes] = taken;
     const socket = new net.Socket({ fd, readable: true, writable: true });
-    if (this.config.listen.tls) setPeerAddress(socket, remote);
+    if (remote !== '') setPeerAddress(socket, remote);
     socket.unshift(bytes);
     this.server.emit('connection', socket);
   }
@@ -1010,8 +1010,8 @@ export class Proxy implements SessionHost {
     const key = `${verify ? 1 : 0}${t?.caFile ?? ''}`;
     let id = this.engineTlsContexts.get(key);
     if (id === undefined) {
-      // As Node's tls.connect: a CA file replaces the roots Node carries.
-      const ca = t?.caFile ? readFileSync(t.caFile, 'latin1') : tls.rootCertificates.join('\n');
+      // As Node's tls.connect: a CA file replaces Node's default trust.
+      const ca = t?.caFile ? readFileSync(t.caFile, 'latin1') : defaultCaPem();
       id = this.engine!.tlsClient(ca, verify);
       this.engineTlsContexts.set(key, id);
     }
@@ -1091,6 +1091,30 @@ export class Proxy implements SessionHost {
       shards: [{ id: 0, sessions: this.sessions.size, restarts: 0 }],
     };
   }
+}
+
+let defaultCa: string | null = null;
+
+/**
+ * What Node's tls.connect trusts by default, as PEM: its bundled roots, NODE_EXTRA_CA_CERTS,
+ * and (Node >= 22.15, tls.getCACertificates) the system store when Node is told to use it.
+ */
+function defaultCaPem(): string {
+  if (defaultCa !== null) return defaultCa;
+  const get = (tls as { getCACertificates?: (kind: string) => string[] }).getCACertificates;
+  if (typeof get === 'function') {
+    defaultCa = get('default').join('\n');
+  } else {
+    const extra = process.env.NODE_EXTRA_CA_CERTS;
+    let extraPem = '';
+    try {
+      if (extra) extraPem = readFileSync(extra, 'latin1');
+    } catch {
+      // Node itself warns about an unreadable NODE_EXTRA_CA_CERTS and goes on without it.
+    }
+    defaultCa = [...tls.rootCertificates, extraPem].join('\n');
+  }
+  return defaultCa;
 }
 
 /** The error of a dial the engine ran (its type 4 event; null: the upstream was too slow). */
