@@ -12,12 +12,14 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import { createInterface } from 'node:readline';
 import t, { type Test } from 'tap';
 import { WebSocket } from 'ws';
 import { createShardedProxy, type ShardedProxy } from '../src/shard/index.js';
 import { nodeHasReusePort } from '../src/proxy/listen.js';
 import { closed, connect, nextMessage, startWsBackend, until } from './fixtures/peers.js';
+import { makeTestPki } from './fixtures/tls.js';
 
 const silent = { level: 'silent' as const };
 
@@ -235,6 +237,33 @@ shardTest('a port in use fails listen() once, with SLUICE_ERR_LISTEN, and leaves
   await until(() => threads() <= baseline, 2000, 'the shard threads to end').catch(() => undefined);
   t.equal(threads(), baseline, 'no shard thread left');
   await proxy.close();
+});
+
+shardTest('TLS: a session resumes on whichever shard the next connection lands (shared ticket keys)', async (t) => {
+  const pki = makeTestPki();
+  const proxy = createShardedProxy({
+    workers: 2, log: silent, listen: { host: '127.0.0.1', port: 0, tls: { certFile: pki.certFile, keyFile: pki.keyFile } },
+  });
+  const { port } = await proxy.listen();
+  t.teardown(() => proxy.close({ drainMs: 0 }));
+  // One full handshake, then resumptions with its ticket: with keys per shard, about half
+  // would land on the shard that cannot read the ticket and do a full handshake.
+  const dial = (session?: Buffer) => new Promise<{ reused: boolean; ticket: Buffer | undefined }>((resolve, reject) => {
+    let ticket: Buffer | undefined;
+    const c = tls.connect({ port, host: '127.0.0.1', servername: 'localhost', ca: pki.ca, session });
+    c.on('session', (s: Buffer) => (ticket = s));
+    c.on('error', reject);
+    c.on('secureConnect', () => {
+      const reused = c.isSessionReused();
+      // TLS 1.3 tickets come after the handshake: wait for one (the first connection only).
+      setTimeout(() => { c.end(); resolve({ reused, ticket }); }, session ? 0 : 100);
+    });
+  });
+  const first = await dial();
+  t.ok(first.ticket, 'the first connection got a session ticket');
+  const reused: boolean[] = [];
+  for (let i = 0; i < 10; i++) reused.push((await dial(first.ticket)).reused);
+  t.same(reused, Array(10).fill(true), `10 connections resumed the session (${reused.filter(Boolean).length} of 10)`);
 });
 
 shardTest('1,000 connections: the busiest shard holds at most 1.3 × the least busy one', async (t) => {

@@ -305,8 +305,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return d >= lo && d <= hi && std::floor(d) == d;
   }
 
-  // listen(fd, headTimeoutMs, maxHeadBytes, maxFields[, certPem, keyPem[, ciphers]]): the
-  // engine accepts on fd (it owns it now); with the PEM texts, connections are TLS.
+  // listen(fd, headTimeoutMs, maxHeadBytes, maxFields[, certPem, keyPem[, ciphers[, ticketKeys]]]):
+  // the engine accepts on fd (it owns it now); with the PEM texts, connections are TLS.
   Napi::Value Listen(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 4 || !Whole(info[0], 0, 1 << 30) || !Whole(info[1], 1, 1e9) || !Whole(info[2], 64, 1 << 24) ||
@@ -327,7 +327,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     SSL_CTX* tls = nullptr;
     if (info.Length() >= 6 && info[4].IsString()) {
       const std::string ciphers = info.Length() >= 7 && info[6].IsString() ? info[6].As<Napi::String>().Utf8Value() : std::string();
-      tls = engine::tls::NewServerContext(info[4].As<Napi::String>().Utf8Value(), info[5].As<Napi::String>().Utf8Value(), ciphers, &error);
+      std::string tickets;
+      if (info.Length() >= 8 && info[7].IsTypedArray() && info[7].As<Napi::TypedArray>().TypedArrayType() == napi_uint8_array) {
+        Napi::Uint8Array k = info[7].As<Napi::Uint8Array>();
+        tickets.assign(reinterpret_cast<const char*>(k.Data()), k.ByteLength());
+      }
+      tls = engine::tls::NewServerContext(info[4].As<Napi::String>().Utf8Value(), info[5].As<Napi::String>().Utf8Value(), ciphers,
+                                          tickets, &error);
       if (tls == nullptr) {
         Napi::Error::New(env, "listen.tls: " + error).ThrowAsJavaScriptException();
         return Napi::Value();

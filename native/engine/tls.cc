@@ -69,7 +69,7 @@ std::string LastError() {
 }
 
 SSL_CTX* NewServerContext(const std::string& cert_pem, const std::string& key_pem, const std::string& ciphers,
-                          std::string* error) {
+                          const std::string& ticket_keys, std::string* error) {
   ERR_clear_error();
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) {
@@ -83,6 +83,12 @@ SSL_CTX* NewServerContext(const std::string& cert_pem, const std::string& key_pe
   static const unsigned char kSid[] = {'s', 'l', 'u', 'i', 'c', 'e'};
   SSL_CTX_set_session_id_context(ctx, kSid, sizeof kSid);
   SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, nullptr);
+  if (ticket_keys.size() == 80 &&
+      SSL_CTX_set_tlsext_ticket_keys(ctx, const_cast<char*>(ticket_keys.data()), static_cast<long>(ticket_keys.size())) != 1) {  // NOLINT(runtime/int)
+    *error = "the session ticket keys: " + LastError();
+    SSL_CTX_free(ctx);
+    return nullptr;
+  }
   bool ok = false;
   BIO* bio = BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
   X509* cert = bio == nullptr ? nullptr : PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);

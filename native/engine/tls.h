@@ -23,8 +23,10 @@ namespace tls {
 
 // A server context from PEM text: the certificate (its chain after it) and the key;
 // `ciphers`: the TLS 1.2 cipher list (OpenSSL syntax; '' keeps OpenSSL's).
+// `ticket_keys`: 80 bytes (name, HMAC and AES keys) shared by every shard so that a
+// client's TLS session resumes on any of them, or '' for OpenSSL's own per context.
 SSL_CTX* NewServerContext(const std::string& cert_pem, const std::string& key_pem, const std::string& ciphers,
-                          std::string* error);
+                          const std::string& ticket_keys, std::string* error);
 // A client context: trusted roots from PEM text (several certificates), and whether the
 // peer's certificate (and name) must verify.
 SSL_CTX* NewClientContext(const std::string& ca_pem, bool verify, const std::string& ciphers, std::string* error);

@@ -60,7 +60,8 @@ interface AddonEngine {
   flow(id: number): number[] | null;
   close(): void;
   sync(): void;
-  listen(fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number, certPem?: string, keyPem?: string, ciphers?: string): void;
+  listen(fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number, certPem?: string, keyPem?: string, ciphers?: string,
+    ticketKeys?: Uint8Array): void;
   stopListening(): void;
   refuse(id: number, answer: Uint8Array): boolean;
   release(id: number): [number, Buffer] | null;
@@ -161,9 +162,13 @@ export class NativeEngine {
    * With `tls` (PEM texts), connections are TLS, terminated in the engine; a released one
    * reaches Node as one end of a socket pair carrying its plaintext.
    */
-  listen(fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number, tls?: { cert: string; key: string }): void {
-    // Node's TLS 1.2 cipher list (tls.DEFAULT_CIPHERS, which --tls-cipher-list sets).
-    if (tls) this.engine.listen(fd, headTimeoutMs, maxHeadBytes, maxFields, tls.cert, tls.key, nodeTls.DEFAULT_CIPHERS);
+  listen(
+    fd: number, headTimeoutMs: number, maxHeadBytes: number, maxFields: number,
+    tls?: { cert: string; key: string; ticketKeys?: Uint8Array },
+  ): void {
+    // Node's TLS 1.2 cipher list (tls.DEFAULT_CIPHERS, which --tls-cipher-list sets); the
+    // session ticket keys the shards share (80 bytes), or OpenSSL's own.
+    if (tls) this.engine.listen(fd, headTimeoutMs, maxHeadBytes, maxFields, tls.cert, tls.key, nodeTls.DEFAULT_CIPHERS, tls.ticketKeys);
     else this.engine.listen(fd, headTimeoutMs, maxHeadBytes, maxFields);
   }
 

@@ -65,6 +65,11 @@ export interface ProxyHooks {
   ledger?: ConnectionLedger;
   /** Internal (shards): listen with SO_REUSEPORT, so that every shard can bind the same port. */
   reusePort?: boolean;
+  /**
+   * Internal (shards): TLS session ticket keys (80 bytes) every shard shares, so that a
+   * client's session resumes whichever shard the kernel gives its next connection.
+   */
+  ticketKeys?: Uint8Array;
 }
 
 /** What onUpgrade reads of a request: Node's IncomingMessage, or a head the engine read. */
@@ -337,7 +342,11 @@ export class Proxy implements SessionHost {
     // connections handed over arrive through the engine's socket pair.
     // A TLS handshake must finish within handshakeTimeoutMs too (Node's default is 120 s).
     const server = pem !== null && !engineAccept
-      ? https.createServer({ ...options, cert: pem.cert, key: pem.key, handshakeTimeout: limits.handshakeTimeoutMs })
+      ? https.createServer({
+        ...options, cert: pem.cert, key: pem.key, handshakeTimeout: limits.handshakeTimeoutMs,
+        // Node takes 48 bytes of keys (its own layout); the shards share them too.
+        ...(this.hooks.ticketKeys ? { ticketKeys: Buffer.from(this.hooks.ticketKeys.subarray(0, 48)) } : {}),
+      })
       : http.createServer(options);
     // A TLS handshake that failed or timed out: nothing can be written back (no session
     // keys); the connection goes at once.
@@ -372,7 +381,7 @@ export class Proxy implements SessionHost {
         this.port = socketPort(fd);
         try {
           engine.listen(fd, limits.handshakeTimeoutMs, limits.maxHeaderBytes + 8192, limits.maxHeaderCount + 1,
-            pem !== null ? { cert: pem.cert.toString('latin1'), key: pem.key.toString('latin1') } : undefined);
+            pem !== null ? { cert: pem.cert.toString('latin1'), key: pem.key.toString('latin1'), ticketKeys: this.hooks.ticketKeys } : undefined);
         } catch (err) {
           new net.Socket({ fd }).destroy();
           // A certificate or key OpenSSL does not take: named as the config names it.

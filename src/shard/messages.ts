@@ -26,6 +26,8 @@ export interface ShardTask {
   signal: Int32Array;
   /** Connection counts shared by the shards (proxy/ledger.ts). */
   ledger: LedgerInit;
+  /** TLS session ticket keys every shard uses (80 random bytes, made once per pool). */
+  ticketKeys: Uint8Array;
 }
 
 /** How a shard's task ended (a crash ends the thread instead: piscina sees its exit). */

@@ -13,6 +13,7 @@
  * piscina replaces the thread (its `minThreads`) and the supervisor here runs the
  * replacement task on it.
  */
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
@@ -102,7 +103,7 @@ class ShardRun {
   private onListening!: (port: number) => void;
   private onListenFailed!: (err: Error) => void;
 
-  constructor(pool: Piscina, readonly id: number, config: ProxyConfig, ledger: LedgerInit) {
+  constructor(pool: Piscina, readonly id: number, config: ProxyConfig, ledger: LedgerInit, ticketKeys: Uint8Array) {
     const control = new MessageChannel();
     const query = new MessageChannel();
     this.control = control.port1;
@@ -113,7 +114,7 @@ class ShardRun {
     });
     this.listening.catch(() => undefined);
     this.control.on('message', (m: ControlMessage) => this.onMessage(m));
-    const task: ShardTask = { id, config, control: control.port2, query: query.port2, signal: this.signal, ledger };
+    const task: ShardTask = { id, config, control: control.port2, query: query.port2, signal: this.signal, ledger, ticketKeys };
     this.done = pool.run(task, { transferList: [control.port2, query.port2] }).then(
       (r: ShardTaskResult) => r.reason,
       () => 'crashed' as const,
@@ -232,6 +233,8 @@ export class ShardedProxy {
   private supervising = false;
   /** Connection counts the shards share (proxy/ledger.ts), and the route slots in it. */
   private ledger: Int32Array | null = null;
+  /** TLS session ticket keys of every shard, replacements included (a session resumes on any). */
+  private readonly ticketKeys = new Uint8Array(randomBytes(80));
   private slots: Record<string, number> = {};
 
   constructor(input: ProxyConfigInput | ProxyConfig | unknown = {}) {
@@ -331,7 +334,7 @@ export class ShardedProxy {
   private startShard(shard: Shard): ShardRun {
     const run = new ShardRun(this.pool!, shard.id, this.shardConfig(this.config), {
       words: this.ledger!, row: shard.id, shards: this.shards.length, slots: this.slots,
-    });
+    }, this.ticketKeys);
     shard.run = run;
     void run.done.then((outcome) => this.onShardEnded(shard, run, outcome));
     return run;
