@@ -303,9 +303,12 @@ t.test('the upstream handshake: subprotocols, bad 101s, refusals with a body, ga
     setTimeout(() => s.write('you, sorry!!!'), 50);
   });
   const garbage = await startScripted((_key, _h, s) => s.write('SSH-2.0-OpenSSH_9.6\r\nthis is no HTTP\r\n\r\n'));
+  // Data and FIN together (one edge): a refusal shorter than its Content-Length, a head cut short.
+  const shortBody = await startScripted((_key, _h, s) => s.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\nshort'));
+  const cutHead = await startScripted((_key, _h, s) => s.end('HTTP/1.1 101 Switching Protocols\r\nUpgr'));
   // Accepts and never answers (but reads: it sees the proxy's FIN, so its socket closes then).
   const silent = await startRawServer((s) => s.resume());
-  const raws = { picksC, wrongAccept, extension, refuses, garbage, silent };
+  const raws = { picksC, wrongAccept, extension, refuses, garbage, silent, shortBody, cutHead };
   for (const r of Object.values(raws)) t.teardown(r.close);
   const { proxy, base } = await proxyFor(t, {
     limits: { upstreamTimeoutMs: 500 },
@@ -317,6 +320,8 @@ t.test('the upstream handshake: subprotocols, bad 101s, refusals with a body, ga
       { path: '/403', upstreams: [{ url: refuses.url }] },
       { path: '/garbage', upstreams: [{ url: garbage.url }] },
       { path: '/silent', upstreams: [{ url: silent.url }] },
+      { path: '/short', upstreams: [{ url: shortBody.url }] },
+      { path: '/cut', upstreams: [{ url: cutHead.url }] },
     ],
   });
 
@@ -336,6 +341,15 @@ t.test('the upstream handshake: subprotocols, bad 101s, refusals with a body, ga
     (err: { status?: number; body?: string }) => ({ status: err.status ?? -1, body: err.body ?? '' }));
   t.same(refusal, { status: 403, body: 'not for you, sorry!!!' }, 'the upstream\'s 403 passes through with its body');
   t.equal(await upgradeStatus(connect(`${base}/garbage`)), 502, 'garbage → 502');
+  // The upstream's end behind its bytes is seen at once, not at upstreamTimeoutMs (504).
+  let t1 = Date.now();
+  const short = await connect(`${base}/short`).then(
+    (w) => { w.terminate(); return { status: 101, body: '' }; },
+    (err: { status?: number; body?: string }) => ({ status: err.status ?? -1, body: err.body ?? '' }));
+  t.same([short.status, short.body, Date.now() - t1 < 450], [403, 'short', true], 'a refusal cut short by the upstream\'s end passes at once with what came');
+  t1 = Date.now();
+  t.equal(await upgradeStatus(connect(`${base}/cut`)), 502, 'a head cut short by the upstream\'s end → 502');
+  t.ok(Date.now() - t1 < 450, `at once (${Date.now() - t1} ms), not after upstreamTimeoutMs`);
   const t0 = Date.now();
   t.equal(await upgradeStatus(connect(`${base}/silent`)), 504, 'accepts and never answers → 504');
   const ms = Date.now() - t0;

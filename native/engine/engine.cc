@@ -253,7 +253,8 @@ bool LegVisitor::OnHeader(const FrameHeader& h, uint8_t* raw, bool in_read) {
     } else {
       e_->SlowPeer(b);
       a->forward = false;
-      a->held = false;
+      // Not forwarded; a compressed frame is still inflated (the sender's window moves).
+      a->held = a->compressed;
       return !a->deaf;
     }
   }
@@ -1032,8 +1033,9 @@ bool Engine::ShutIfDone(Leg* leg) {
     return true;
   }
   LegShutWrite(leg);
-  // A pipe's client, its answer all written, gets a while to close its side.
-  if (leg->session->stage == kStagePipe && leg->client) leg->kill_at = now() + kPipeLingerMs;
+  // A pipe's client, its answer all written, gets a while to close its side; Node's side
+  // times itself (a stall timer armed while its queue waited is done with).
+  if (leg->session->stage == kStagePipe) leg->kill_at = leg->client ? now() + kPipeLingerMs : 0;
   return false;
 }
 
@@ -1129,12 +1131,16 @@ bool Engine::TlsHandshake(Leg* leg, std::string* error) {
 // what the client sends from now on is read and dropped, until both ends close.
 void Engine::WriteFailed(Leg* leg) {
   leg->out.Free();
-  if (leg->session->stage == kStagePipe && !leg->client && !leg->read_eof) {
+  if (leg->session->stage == kStagePipe) {
+    // Nothing more is written to it (no hole in its stream: what would follow is dropped).
     leg->broken = true;
     leg->shut_after_flush = false;
-    Leg* p = Partner(leg);
-    if (p->paused) Resume(p);
-    return;
+    leg->kill_at = 0;
+    if (!leg->client && !leg->read_eof) {
+      Leg* p = Partner(leg);
+      if (p->paused) Resume(p);
+      return;
+    }
   }
   if (leg->read_eof) {
     CloseDescriptor(leg);

@@ -446,6 +446,8 @@ void Engine::OnDialEvent(Session* s, uint32_t ev) {
   if (s->ended || s->hs == nullptr || !s->hs->dialing) return;
   Handshake* h = s->hs;
   Leg* u = &s->server;
+  // An end signalled with data: the reads below go on to the 0 (LegRecv's short-read rule).
+  if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) u->hup = true;
   if (s->stage == kStageConnect) {
     if (!h->connected) {
       if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) == 0) return;

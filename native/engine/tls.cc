@@ -26,7 +26,23 @@ bool Common(SSL_CTX* ctx, const std::string& ciphers, std::string* error) {
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
-  if (!ciphers.empty() && SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
+  if (ciphers.empty()) return true;
+  // As Node splits it: TLS_* names are TLS 1.3 suites, the rest the TLS 1.2 list.
+  std::string v12, v13;
+  size_t i = 0;
+  while (i <= ciphers.size()) {
+    size_t j = ciphers.find(':', i);
+    if (j == std::string::npos) j = ciphers.size();
+    const std::string name = ciphers.substr(i, j - i);
+    if (!name.empty()) {
+      std::string& to = name.compare(0, 4, "TLS_") == 0 ? v13 : v12;
+      if (!to.empty()) to += ':';
+      to += name;
+    }
+    i = j + 1;
+  }
+  if ((!v12.empty() && SSL_CTX_set_cipher_list(ctx, v12.c_str()) != 1) ||
+      (!v13.empty() && SSL_CTX_set_ciphersuites(ctx, v13.c_str()) != 1)) {
     *error = "no usable cipher in \"" + ciphers + "\"";
     ERR_clear_error();
     return false;

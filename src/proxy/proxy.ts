@@ -1111,9 +1111,12 @@ let defaultCa: string | null = null;
 function defaultCaPem(): string {
   if (defaultCa !== null) return defaultCa;
   const get = (tls as { getCACertificates?: (kind: string) => string[] }).getCACertificates;
-  if (typeof get === 'function') {
-    defaultCa = get('default').join('\n');
+  const list = typeof get === 'function' ? get('default') : [];
+  if (list.length > 0) {
+    defaultCa = list.join('\n');
   } else {
+    // Node 20, or a list Node could not give (--use-openssl-ca): the bundled roots and
+    // NODE_EXTRA_CA_CERTS.
     const extra = process.env.NODE_EXTRA_CA_CERTS;
     let extraPem = '';
     try {
