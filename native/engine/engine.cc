@@ -788,12 +788,7 @@ void Engine::OnEof(Leg* leg) {
   }
   if (partner->broken && partner->alive) EndLeg(partner, kViolationLingerMs);
   if (partner->paused && partner->alive) Resume(partner);
-  if (leg->out.size() == 0) {
-    CloseDescriptor(leg);
-  } else {
-    leg->shut_after_flush = true;
-    leg->kill_at = now() + kViolationLingerMs;
-  }
+  CloseWhenFlushed(leg, kViolationLingerMs);
   MaybeEnd(s);
 }
 
@@ -859,8 +854,7 @@ void Engine::FlushGather() {
     const ssize_t w = LegSend(to, p, total);
     if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
       arena_used_ = 0;
-      to->out.Free();
-      OnEof(to);
+      WriteFailed(to);
       return;
     }
     written = w < 0 ? 0 : static_cast<size_t>(w);
@@ -881,8 +875,7 @@ void Engine::FlushGather() {
     if (w < 0) {
       if (errno != EAGAIN && errno != EWOULDBLOCK) {
         arena_used_ = 0;
-        to->out.Free();
-        OnEof(to);
+        WriteFailed(to);
         return;
       }
       w = 0;
@@ -1010,6 +1003,17 @@ void Engine::SendClose(Leg* leg, int code, const std::string& reason) {
     // Its reply must be read, whatever the partner's pace (data after it is discarded).
     if (leg->paused) Resume(leg);
   }
+}
+
+// `leg` (its peer's side ended) closes now, or once its queue has gone (ShutIfDone); it is
+// cut if that takes longer than `linger_ms`.
+void Engine::CloseWhenFlushed(Leg* leg, uint64_t linger_ms) {
+  if (leg->out.size() == 0) {
+    CloseDescriptor(leg);
+    return;
+  }
+  leg->shut_after_flush = true;
+  leg->kill_at = now() + linger_ms;
 }
 
 // A frame streaming to `to` will never end (its sender is gone or failed): its framing is
@@ -1170,13 +1174,7 @@ void Engine::PipeEof(Leg* leg) {
   }
   if (!p->alive || p->read_eof) {
     for (Leg* l : {leg, p}) {
-      if (!l->alive) continue;
-      if (l->out.size() == 0) {
-        CloseDescriptor(l);
-      } else {
-        l->shut_after_flush = true;
-        l->kill_at = now() + kPipeStallMs;
-      }
+      if (l->alive) CloseWhenFlushed(l, kPipeStallMs);
     }
   }
   MaybeEnd(s);

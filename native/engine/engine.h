@@ -348,6 +348,7 @@ class Engine {
   void SendClose(Leg* leg, int code, const std::string& reason);
   void EndLeg(Leg* leg, uint64_t linger_ms);
   void BreakStream(Leg* to);
+  void CloseWhenFlushed(Leg* leg, uint64_t linger_ms);
   bool ShutIfDone(Leg* leg);
   void CloseDescriptor(Leg* leg);
   // Frames.

@@ -68,6 +68,15 @@ int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const uns
   return SSL_TLSEXT_ERR_NOACK;
 }
 
+// A read or write that failed (SSL_get_error's `e`): -1 with errno, the socket's own error
+// when there is one, else EPROTO; the thread's error queue left clean.
+ssize_t Failed(int e) {
+  const int err = e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno != 0 ? errno : EPROTO;
+  ERR_clear_error();
+  errno = err;
+  return -1;
+}
+
 bool IsIp(const std::string& name) {
   unsigned char buf[16];
   return inet_pton(AF_INET, name.c_str(), buf) == 1 || inet_pton(AF_INET6, name.c_str(), buf) == 1;
@@ -259,10 +268,7 @@ ssize_t Recv(SSL* ssl, uint8_t* buf, size_t n, bool* dry, bool* want_write) {
       break;
     }
     if (e == SSL_ERROR_ZERO_RETURN) return 0;
-    const int err = e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno != 0 ? errno : EPROTO;
-    ERR_clear_error();
-    errno = err;
-    return -1;
+    return Failed(e);
   }
   if (got == 0) {
     errno = EAGAIN;
@@ -290,10 +296,7 @@ ssize_t Send(SSL* ssl, const uint8_t* p, size_t n, bool* want_read) {
       ERR_clear_error();
       break;
     }
-    const int err = e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno != 0 ? errno : EPROTO;
-    ERR_clear_error();
-    errno = err;
-    return -1;
+    return Failed(e);
   }
   if (sent == 0 && n > 0) {
     errno = EAGAIN;
