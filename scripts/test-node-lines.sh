@@ -10,7 +10,7 @@ lines=("$@")
 [ ${#lines[@]} -gt 0 ] || lines=(24 26)
 files=(test/proxy.test.ts test/conformance.test.ts test/flood.test.ts test/hardening.test.ts test/envelope-route.test.ts
   test/shard.test.ts test/proxy-tls.test.ts test/cli.test.ts test/client.test.ts test/http-route.test.ts test/engine-accept.test.ts
-  test/engine-tls.test.ts test/engine-deflate.test.ts)
+  test/engine-tls.test.ts test/engine-deflate.test.ts test/engine-messages.test.ts)
 status=0
 for line in "${lines[@]}"; do
   dir=node_modules/.cache/sluice-node/$line

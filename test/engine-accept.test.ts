@@ -489,7 +489,7 @@ t.test('plain HTTP on the same port: 426 on a WebSocket route, 404 with no route
   await echoes(t, `${base}/ws`, 'after plain HTTP');
 });
 
-t.test('an envelope route (handed over) and a transparent one (in the engine) on one proxy', async (t) => {
+t.test('an envelope route (messages mode) and a transparent one on one proxy, both in the engine', async (t) => {
   const backend = await startWsBackend();
   t.teardown(backend.close);
   const { proxy, base } = await proxyFor(t, {
@@ -504,7 +504,7 @@ t.test('an envelope route (handed over) and a transparent one (in the engine) on
   const m = await nextMessage(env);
   t.same(JSON.parse(m.data.toString()), { type: 'data', data: Buffer.from('wrapped').toString('base64'), flags: ['final'] }, 'v1 data round trip');
   t.equal(backend.requests.at(-1)!.headers['sec-websocket-protocol'], undefined, 'the upstream is not offered the envelope');
-  t.equal(proxy.stats().engine.native, 0, 'an envelope session never runs in the native engine');
+  t.equal(proxy.stats().engine.native, NATIVE_ENGINE ? 1 : 0, `${MODE}: the envelope session runs in the native engine (messages mode)`);
 
   const plain = await connect(`${base}/plain`);
   plain.send('transparent');
@@ -513,10 +513,10 @@ t.test('an envelope route (handed over) and a transparent one (in the engine) on
   t.equal(st.sessions, 2, 'two sessions');
   t.same(st.routes.map((r) => [r.path, r.sessions]), [['/env', 1], ['/plain', 1]], 'one per route');
   t.same(st.routes[0].envelope, { v1: 1, v2: 0 }, 'the envelope session speaks v1');
-  // Native engine (accepting, or adopting after Node's handshake): the transparent session
-  // is in it, the envelope one is not. TypeScript: nothing in a native engine.
+  // Native engine (accepting, or adopting after Node's handshake): both sessions are in it.
+  // TypeScript: nothing in a native engine.
   t.equal(st.engine.kind, NATIVE_ENGINE ? 'native' : 'typescript', `${MODE}: stats().engine.kind`);
-  t.equal(st.engine.native, NATIVE_ENGINE ? 1 : 0, `${MODE}: stats().engine.native counts ${NATIVE_ENGINE ? 'the transparent session only' : 'nothing'}`);
+  t.equal(st.engine.native, NATIVE_ENGINE ? 2 : 0, `${MODE}: stats().engine.native counts ${NATIVE_ENGINE ? 'both sessions' : 'nothing'}`);
   plain.close(1000);
   env.close(1000);
   await Promise.all([closed(plain), closed(env)]);

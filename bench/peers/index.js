@@ -35,4 +35,7 @@ export const PEERS = [
   // WebSocket; the load generator wraps its payload and checks the wrapped echo.
   sluicePeer({ name: 'sluice-env-v2', describe: 'sluice, envelope route, client speaks v2', template: 'sluice-envelope.yaml.template', loadgenArgs: ['--envelope', 'v2'] }),
   sluicePeer({ name: 'sluice-env-v1', describe: 'sluice, envelope route, client speaks v1', template: 'sluice-envelope.yaml.template', loadgenArgs: ['--envelope', 'v1'] }),
+  // The envelope route on the TypeScript engine (native codec): what messages mode saves.
+  sluicePeer({ name: 'sluice-env-v2-ts-engine', describe: 'sluice, envelope route (v2), SLUICE_ENGINE=typescript', template: 'sluice-envelope.yaml.template',
+    loadgenArgs: ['--envelope', 'v2'], env: { SLUICE_ENGINE: 'typescript' }, optional: true }),
 ];

@@ -26,6 +26,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return DefineClass(env, "Engine", {
       InstanceMethod<&EngineWrap::Adopt>("adopt"),
       InstanceMethod<&EngineWrap::Shutdown>("shutdown"),
+      InstanceMethod<&EngineWrap::Fail>("fail"),
+      InstanceMethod<&EngineWrap::Send>("send"),
       InstanceMethod<&EngineWrap::Destroy>("destroy"),
       InstanceMethod<&EngineWrap::Flow>("flow"),
       InstanceMethod<&EngineWrap::Close>("close"),
@@ -56,6 +58,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       return;
     }
     callback_ = Napi::Persistent(info[0].As<Napi::Function>());
+    if (info.Length() >= 3 && info[2].IsFunction()) messages_ = Napi::Persistent(info[2].As<Napi::Function>());
     counters_ref_ = Napi::Persistent(info[1].As<Napi::Float64Array>());
     counters_ = info[1].As<Napi::Float64Array>().Data();
     context_ = new Napi::AsyncContext(env, "sluice:engine");
@@ -85,11 +88,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (check_ != nullptr) uv_check_stop(check_);
     if (engine_ == nullptr) return;
     SyncCounters();
+    Napi::Env env = env_;
+    Napi::HandleScope scope(env);
+    if (engine_->has_batch()) DeliverMessages(env);
+    if (engine_ == nullptr) return;
     std::vector<Event> events;
     events.swap(engine_->events());
     if (events.empty()) return;
-    Napi::Env env = env_;
-    Napi::HandleScope scope(env);
     Napi::Array list = Napi::Array::New(env, events.size());
     for (size_t i = 0; i < events.size(); i++) {
       const Event& e = events[i];
@@ -112,7 +117,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       } else if (e.type == 5) {
         o.Set("protocol", Latin1(env, e.client_reason));
         o.Set("extensions", Latin1(env, e.text));
-      } else if (e.type == 6) {
+      } else if (e.type == 6 || e.type == 7) {
         // the client went away during the handshake: nothing more to say
       } else if (e.type == 1) {
         o.Set("clientCode", Napi::Number::New(env, e.client_code));
@@ -132,6 +137,28 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       list.Set(static_cast<uint32_t>(i), o);
     }
     callback_.MakeCallback(Value(), {list}, *context_);
+    if (env.IsExceptionPending()) {
+      Napi::Error err = env.GetAndClearPendingException();
+      napi_fatal_exception(env, err.Value());
+    }
+  }
+
+  // Messages mode: the batch of this loop turn, in one call: onMessages(bytes: Buffer,
+  // descriptors: Float64Array of 5 per message: session id, 1 from the client, opcode,
+  // offset, length). What JavaScript sends during the call is written when it returns.
+  void DeliverMessages(Napi::Env env) {
+    engine_->BeginDelivery(&batch_bytes_, &batch_desc_);
+    if (!messages_.IsEmpty()) {
+      Napi::Buffer<uint8_t> bytes = Napi::Buffer<uint8_t>::Copy(env, batch_bytes_.data(), batch_bytes_.size());
+      Napi::Float64Array desc = Napi::Float64Array::New(env, batch_desc_.size());
+      std::memcpy(desc.Data(), batch_desc_.data(), batch_desc_.size() * sizeof(double));
+      messages_.MakeCallback(Value(), {bytes, desc}, *context_);
+    }
+    if (engine_ != nullptr) engine_->EndDelivery();
+    // Kept for the next batch (no allocation per turn), unless one was large.
+    batch_bytes_.clear();
+    batch_desc_.clear();
+    if (batch_bytes_.capacity() > (1u << 20)) std::vector<uint8_t>().swap(batch_bytes_);
     if (env.IsExceptionPending()) {
       Napi::Error err = env.GetAndClearPendingException();
       napi_fatal_exception(env, err.Value());
@@ -165,7 +192,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   static bool ReadParams(Napi::Env env, Napi::Value value, Params* p) {
     Napi::TypedArray pa = value.As<Napi::TypedArray>();
     if (pa.TypedArrayType() != napi_float64_array || pa.ElementLength() < static_cast<size_t>(engine::kParamCount)) {
-      Napi::TypeError::New(env, "params must be a Float64Array of 11").ThrowAsJavaScriptException();
+      Napi::TypeError::New(env, "params must be a Float64Array of 13").ThrowAsJavaScriptException();
       return false;
     }
     const double* v = pa.As<Napi::Float64Array>().Data();
@@ -186,7 +213,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     p->messages_per_second = v[8];
     p->bytes_per_second = v[9];
     p->expires_in_ms = v[10];
-    if (p->policy > 2 || p->max_frame_bytes > 0xffffffffull || p->high_water == 0 || p->channel_bytes == 0 ||
+    p->mode = static_cast<int>(v[11]);
+    p->envelope = static_cast<int>(v[12]);
+    if (p->policy > 2 || p->mode > 1 || p->envelope > 2 || (p->envelope != 0 && p->mode != 1) || p->max_frame_bytes > 0xffffffffull || p->high_water == 0 || p->channel_bytes == 0 ||
         p->channel_capacity == 0) {
       Napi::RangeError::New(env, "params out of range").ThrowAsJavaScriptException();
       return false;
@@ -211,7 +240,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::TypedArray pa = info[4].As<Napi::TypedArray>();
     if (ch.TypedArrayType() != napi_uint8_array || uh.TypedArrayType() != napi_uint8_array ||
         pa.TypedArrayType() != napi_float64_array || pa.ElementLength() < static_cast<size_t>(engine::kParamCount)) {
-      Napi::TypeError::New(env, "adopt: heads must be Uint8Arrays and params a Float64Array of 11").ThrowAsJavaScriptException();
+      Napi::TypeError::New(env, "adopt: heads must be Uint8Arrays and params a Float64Array of 13").ThrowAsJavaScriptException();
       return Napi::Value();
     }
     const double cfd = info[0].As<Napi::Number>().DoubleValue();
@@ -234,17 +263,54 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return Napi::Number::New(env, id);
   }
 
-  // shutdown(id, code, reason): the client gets code, the upstream 1001.
+  // shutdown(id, code, reason[, upstreamCode, upstreamReason[, byClient]]): the client gets
+  // code, the upstream upstreamCode (default 1001) with upstreamReason (default: reason);
+  // byClient: an envelope client's own close (it closed first).
   Napi::Value Shutdown(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsString()) {
-      Napi::TypeError::New(env, "shutdown(id, code, reason)").ThrowAsJavaScriptException();
+    const bool upstream = info.Length() >= 5;
+    if (info.Length() < 3 || !info[0].IsNumber() || !Whole(info[1], 0, 4999) || !info[2].IsString() ||
+        (upstream && (!Whole(info[3], 0, 4999) || !info[4].IsString()))) {
+      Napi::TypeError::New(env, "shutdown(id, code 0..4999, reason[, upstreamCode, upstreamReason])").ThrowAsJavaScriptException();
       return Napi::Value();
     }
     if (engine_ == nullptr) return Napi::Boolean::New(env, false);
     const int code = info[1].As<Napi::Number>().Int32Value();
-    return Napi::Boolean::New(env, engine_->Shutdown(info[0].As<Napi::Number>().Uint32Value(), code,
-                                                     info[2].As<Napi::String>().Utf8Value()));
+    const std::string reason = info[2].As<Napi::String>().Utf8Value();
+    const int ucode = upstream ? info[3].As<Napi::Number>().Int32Value() : 1001;
+    const std::string ureason = upstream ? info[4].As<Napi::String>().Utf8Value() : reason;
+    const bool by_client = info.Length() >= 6 && info[5].ToBoolean().Value();
+    return Napi::Boolean::New(env, engine_->Shutdown(info[0].As<Napi::Number>().Uint32Value(), code, reason, ucode, ureason, by_client));
+  }
+
+  // fail(id, client: boolean, code, reason, partnerCode, partnerReason): that side broke a
+  // rule JavaScript checks (an envelope); it gets code and its connection ends promptly.
+  Napi::Value Fail(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 6 || !info[0].IsNumber() || !info[1].IsBoolean() || !Whole(info[2], 1000, 4999) ||
+        !info[3].IsString() || !Whole(info[4], 1000, 4999) || !info[5].IsString()) {
+      Napi::TypeError::New(env, "fail(id, client, code, reason, partnerCode, partnerReason)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (engine_ == nullptr) return Napi::Boolean::New(env, false);
+    return Napi::Boolean::New(env, engine_->FailSide(info[0].As<Napi::Number>().Uint32Value(), info[1].As<Napi::Boolean>().Value(),
+                                                     info[2].As<Napi::Number>().Int32Value(), info[3].As<Napi::String>().Utf8Value(),
+                                                     info[4].As<Napi::Number>().Int32Value(), info[5].As<Napi::String>().Utf8Value()));
+  }
+
+  // send(id, toClient: boolean, opcode 1|2, data: Uint8Array): one message of a session in
+  // messages mode; false when that side cannot take it (gone, closing).
+  Napi::Value Send(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsBoolean() || !Whole(info[2], 1, 2) || !info[3].IsTypedArray() ||
+        info[3].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+      Napi::TypeError::New(env, "send(id, toClient, opcode 1|2, data: Uint8Array)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (engine_ == nullptr) return Napi::Boolean::New(env, false);
+    Napi::Uint8Array d = info[3].As<Napi::Uint8Array>();
+    return Napi::Boolean::New(env, engine_->Send(info[0].As<Napi::Number>().Uint32Value(), info[1].As<Napi::Boolean>().Value(),
+                                                 static_cast<uint8_t>(info[2].As<Napi::Number>().Int32Value()), d.Data(), d.ByteLength()));
   }
 
   // The session id of a one-argument call, or false with a TypeError thrown.
@@ -448,6 +514,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Env env_ = Napi::Env(nullptr);
   Engine* engine_ = nullptr;
   Napi::FunctionReference callback_;
+  Napi::FunctionReference messages_;
+  std::vector<uint8_t> batch_bytes_;
+  std::vector<double> batch_desc_;
   Napi::Reference<Napi::Float64Array> counters_ref_;
   double* counters_ = nullptr;
   Napi::AsyncContext* context_ = nullptr;

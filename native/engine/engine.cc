@@ -148,6 +148,13 @@ bool CanSend(const Leg* leg) {
 
 bool Backlog::Append(const uint8_t* p, size_t n) {
   if (n == 0) return true;
+  uint8_t* at = Reserve(n);
+  if (at == nullptr) return false;
+  std::memcpy(at, p, n);
+  return true;
+}
+
+uint8_t* Backlog::Reserve(size_t n) {
   if (tail_ + n > cap_) {
     const size_t used = tail_ - head_;
     if (used + n <= cap_ && head_ > 0) {
@@ -156,7 +163,7 @@ bool Backlog::Append(const uint8_t* p, size_t n) {
       size_t cap = cap_ == 0 ? 16 * 1024 : cap_;
       while (cap < used + n) cap *= 2;
       uint8_t* next = static_cast<uint8_t*>(std::malloc(cap));
-      if (next == nullptr) return false;
+      if (next == nullptr) return nullptr;
       if (used > 0) std::memcpy(next, data_ + head_, used);
       std::free(data_);
       data_ = next;
@@ -165,9 +172,9 @@ bool Backlog::Append(const uint8_t* p, size_t n) {
     head_ = 0;
     tail_ = used;
   }
-  std::memcpy(data_ + tail_, p, n);
+  uint8_t* at = data_ + tail_;
   tail_ += n;
-  return true;
+  return at;
 }
 
 void Backlog::Consume(size_t n) {
@@ -259,6 +266,11 @@ bool LegVisitor::OnHeader(const FrameHeader& h, uint8_t* raw, bool in_read) {
     }
   }
   a->forward = forward;
+  if (s->params.mode == 1) {
+    // Messages mode: every data frame is kept whole, checked, then collected for JavaScript.
+    a->held = true;
+    return true;
+  }
   // Text and compressed frames are checked whole before they go (a frame that fails must
   // not be half sent; both are bounded by max_frame_bytes); plain binary frames stream only
   // when large (kStreamMinBytes): their checks are all in the header.
@@ -319,9 +331,10 @@ bool LegVisitor::ActHeld(uint8_t* q, size_t n, bool in_read) {
   Leg* b = b_;
   const FrameHeader& h = a->header;
   const bool control = h.opcode >= 0x8;
-  // Control frames, text and compressed data are read unmasked; plain binary is re-keyed
-  // below in one pass.
-  if (h.masked && (control || a->text || a->compressed)) XorMask(q, q, n, h.key, 0);
+  const bool messages = a->session->params.mode == 1;
+  // Control frames, text, compressed data and what goes to JavaScript are read unmasked;
+  // plain binary is re-keyed below in one pass.
+  if (h.masked && (control || a->text || a->compressed || messages)) XorMask(q, q, n, h.key, 0);
   switch (h.opcode) {
     case opcode::kPing:
       e_->CountFrame(a->client, kPing, n);
@@ -332,6 +345,14 @@ bool LegVisitor::ActHeld(uint8_t* q, size_t n, bool in_read) {
       return true;
     case opcode::kClose:
       e_->CountFrame(a->client, kCloseKind, n);
+      if (messages && e_->Pending(a)) {
+        // Its messages before it are still on their way through JavaScript: the close
+        // follows them (EndDelivery).
+        a->close_pending = true;
+        a->close_payload.assign(q, q + n);
+        a->deaf = true;
+        return false;
+      }
       return e_->OnCloseFrame(a, b, q, n);
     default:
       break;
@@ -343,6 +364,10 @@ bool LegVisitor::ActHeld(uint8_t* q, size_t n, bool in_read) {
     return false;
   }
   if (!a->forward || !CanSend(b)) return true;
+  if (messages) {
+    e_->Collect(a, h, q, n);
+    return true;
+  }
   uint8_t hdr[14];
   std::memcpy(hdr, a->header_raw, h.size);
   if (a->client) {
@@ -507,8 +532,8 @@ void Engine::OnLegEvent(Leg* leg, uint32_t ev) {
     }
   }
   if ((ev & EPOLLOUT) && leg->out.size() > 0) DrainBacklog(leg);
-  if (leg->alive && leg->readable && !leg->paused && !leg->read_eof) ReadSome(leg);
-  if (leg->alive && (ev & EPOLLERR) && !leg->read_eof) {
+  if (leg->alive && leg->readable && !leg->paused && !leg->read_eof && !leg->eof_pending) ReadSome(leg);
+  if (leg->alive && (ev & EPOLLERR) && !leg->read_eof && !leg->eof_pending) {
     // Failed (reset): what was readable has been read; the rest cannot go.
     leg->out.Free();
     OnEof(leg);
@@ -536,7 +561,7 @@ void Engine::RunReady() {
     ready_batch_.swap(ready_);
     for (Leg* leg : ready_batch_) {
       leg->in_ready = false;
-      if (leg->watched && leg->alive && leg->readable && !leg->paused && !leg->read_eof) ReadSome(leg);
+      if (leg->watched && leg->alive && leg->readable && !leg->paused && !leg->read_eof && !leg->eof_pending) ReadSome(leg);
     }
     ready_batch_.clear();  // kept: no allocation per round
   }
@@ -547,11 +572,12 @@ void Engine::RunReady() {
 // Sessions whose end was reached are freed here, outside any dispatch that may still hold
 // pointers to their legs.
 void Engine::Reap() {
-  if (in_dispatch_ || graveyard_.empty()) return;
+  if (in_dispatch_ || delivering_ || graveyard_.empty()) return;
   std::vector<Session*> dead;
   dead.swap(graveyard_);
   for (Session* s : dead) {
-    if (s->client.in_ready || s->server.in_ready) {
+    // Still in the ready list, or in a batch of messages JavaScript has not had yet.
+    if (s->client.in_ready || s->server.in_ready || Pending(&s->client) || Pending(&s->server)) {
       // Still in the ready list: freed once that has run.
       graveyard_.push_back(s);
       continue;
@@ -644,13 +670,201 @@ uint32_t Engine::Adopt(int client_fd, int upstream_fd, const uint8_t* client_hea
   return id;
 }
 
-bool Engine::Shutdown(uint32_t id, int code, const std::string& reason) {
+bool Engine::Shutdown(uint32_t id, int code, const std::string& reason, int upstream_code,
+                      const std::string& upstream_reason, bool by_client) {
   Session* s = Find(id);
   if (s == nullptr || s->ended || s->stage != kStageData) return false;
-  if (s->closed_first == 0) s->closed_first = 3;
+  if (s->closed_first == 0) s->closed_first = by_client ? 1 : 3;
   SendClose(&s->client, code, reason);
-  SendClose(&s->server, 1001, reason);
+  SendClose(&s->server, upstream_code, upstream_reason);
   return true;
+}
+
+bool Engine::FailSide(uint32_t id, bool client, int code, const std::string& reason, int partner_code,
+                      const std::string& partner_reason) {
+  Session* s = Find(id);
+  if (s == nullptr || s->ended || s->stage != kStageData) return false;
+  Fail(client ? &s->client : &s->server, code, reason, partner_code, partner_reason);
+  return true;
+}
+
+// ---------------------------------------------------------------- messages mode
+
+// A whole data frame of `from` (unmasked, checked): part of the message JavaScript gets.
+void Engine::Collect(Leg* from, const FrameHeader& h, const uint8_t* p, size_t n) {
+  if (h.opcode != opcode::kContinuation) {
+    from->msg_op = h.opcode;
+    from->msg.clear();
+  }
+  if (!h.fin || !from->msg.empty() || h.opcode == opcode::kContinuation) {
+    from->msg.insert(from->msg.end(), p, p + n);
+    if (!h.fin) return;
+    p = from->msg.data();
+    n = from->msg.size();
+  }
+  if (batch_desc_.empty() && notify_ != nullptr) notify_(owner_);
+  batch_desc_.push_back(from->session->id);
+  batch_desc_.push_back(from->client ? 1 : 0);
+  batch_desc_.push_back(from->msg_op);
+  batch_desc_.push_back(static_cast<double>(batch_.size()));
+  batch_desc_.push_back(static_cast<double>(n));
+  batch_.insert(batch_.end(), p, p + n);
+  if (from->batch_no != batch_no_) {
+    from->batch_no = batch_no_;
+    from->batched = 0;
+    batch_legs_.push_back(from);
+  }
+  // Bound for the partner (once JavaScript has it): counted as queued there, so that a fast
+  // sender is paused as it would be if the bytes were in the partner's queue already.
+  from->batched += n;
+  const Session* s = from->session;
+  if (s->params.policy == 0 && from->state == kOpen && Partner(from)->out.size() + from->batched > s->params.high_water) {
+    from->paused = true;
+  }
+  if (!from->msg.empty()) {
+    from->msg.clear();
+    if (from->msg.capacity() > kHoldKeepBytes) from->msg.shrink_to_fit();
+  }
+}
+
+void Engine::BeginDelivery(std::vector<uint8_t>* bytes, std::vector<double>* desc) {
+  bytes->swap(batch_);
+  desc->swap(batch_desc_);
+  batch_.clear();
+  batch_desc_.clear();
+  delivered_legs_.swap(batch_legs_);
+  batch_legs_.clear();
+  delivering_no_ = batch_no_++;
+  delivering_ = true;
+}
+
+void Engine::EndDelivery() {
+  delivering_ = false;
+  delivered_no_ = delivering_no_;
+  // What JavaScript sent: one write per side.
+  std::vector<Leg*> dirty;
+  dirty.swap(dirty_);
+  for (Leg* leg : dirty) {
+    leg->dirty = false;
+    if (!leg->alive || leg->out.size() == 0) continue;
+    DrainBacklog(leg);
+    if (leg->alive) AfterWrite(leg);
+  }
+  // What waited behind the messages: a close frame, the end of the connection.
+  std::vector<Leg*> legs;
+  legs.swap(delivered_legs_);
+  for (Leg* leg : legs) {
+    if (leg->batch_no == delivered_no_) leg->batched = 0;
+    // Paused for what it had in the batch: read again once its partner's queue allows.
+    if (leg->paused && leg->alive && Partner(leg)->out.size() + leg->batched <= leg->session->params.high_water / 2) Resume(leg);
+    if (Pending(leg)) continue;  // more of its messages in the next batch
+    if (leg->close_pending) {
+      leg->close_pending = false;
+      std::vector<uint8_t> p;
+      p.swap(leg->close_payload);
+      if (leg->alive) OnCloseFrame(leg, Partner(leg), p.data(), p.size());
+    }
+    if (leg->eof_pending) {
+      leg->eof_pending = false;
+      OnEof(leg);
+    }
+  }
+  if (!in_dispatch_) Reap();
+}
+
+bool Engine::Send(uint32_t id, bool to_client, uint8_t op, const uint8_t* p, size_t n) {
+  Session* s = Find(id);
+  if (s == nullptr || s->ended || s->stage != kStageData || s->params.mode != 1) return false;
+  Leg* to = to_client ? &s->client : &s->server;
+  if (!CanSend(to)) return false;
+  SendData(to, op, p, n);
+  return true;
+}
+
+// One data frame to `to` (masked under a fresh key towards the upstream), behind what it
+// has queued; written now, or when the delivery running ends.
+void Engine::SendData(Leg* to, uint8_t op, const uint8_t* p, size_t n) {
+  uint8_t hdr[14];
+  size_t h = 0;
+  const uint8_t mask = to->client ? 0 : 0x80;
+  hdr[h++] = static_cast<uint8_t>(0x80 | op);
+  if (n < 126) {
+    hdr[h++] = static_cast<uint8_t>(mask | n);
+  } else if (n < 65536) {
+    hdr[h++] = static_cast<uint8_t>(mask | 126);
+    hdr[h++] = static_cast<uint8_t>(n >> 8);
+    hdr[h++] = static_cast<uint8_t>(n);
+  } else {
+    hdr[h++] = static_cast<uint8_t>(mask | 127);
+    for (int i = 7; i >= 0; i--) hdr[h++] = static_cast<uint8_t>(static_cast<uint64_t>(n) >> (8 * i));
+  }
+  uint8_t k[4];
+  if (mask != 0) {
+    keys_.Next(k);
+    std::memcpy(hdr + h, k, 4);
+    h += 4;
+  }
+  uint8_t* at = to->out.Reserve(h + n);
+  if (at == nullptr) {
+    WriteFailed(to);  // out of memory
+    return;
+  }
+  std::memcpy(at, hdr, h);
+  if (mask != 0) XorMask(at + h, p, n, k, 0);
+  else if (n > 0) std::memcpy(at + h, p, n);
+  if (delivering_) {
+    if (!to->dirty) {
+      to->dirty = true;
+      dirty_.push_back(to);
+    }
+    return;
+  }
+  DrainBacklog(to);
+  if (to->alive) AfterWrite(to);
+}
+
+// The envelope's own close before the WebSocket close (TypeScript: encodeEnvelope): v2 an
+// 8-byte header and the close payload, v1 JSON with the code and the reason.
+void Engine::SendEnvelopeClose(Leg* to, int code, const std::string& reason) {
+  uint8_t payload[125];
+  const size_t n = ClosePayload(code, reason, payload);
+  if (to->session->params.envelope == 2) {
+    uint8_t m[8 + 125];
+    m[0] = 0x02;
+    m[1] = 0x04;
+    m[2] = 0;
+    m[3] = 0;
+    m[4] = m[5] = 0;
+    m[6] = static_cast<uint8_t>(n >> 8);
+    m[7] = static_cast<uint8_t>(n);
+    std::memcpy(m + 8, payload, n);
+    SendData(to, opcode::kBinary, m, 8 + n);
+    return;
+  }
+  std::string j = "{\"type\":\"close\",\"code\":" + std::to_string(code) + ",\"reason\":\"";
+  static const char* const kHex = "0123456789abcdef";
+  for (size_t i = 2; i < n; i++) {
+    const uint8_t c = payload[i];
+    switch (c) {
+      case '"': j += "\\\""; break;
+      case '\\': j += "\\\\"; break;
+      case '\b': j += "\\b"; break;
+      case '\f': j += "\\f"; break;
+      case '\n': j += "\\n"; break;
+      case '\r': j += "\\r"; break;
+      case '\t': j += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          j += "\\u00";
+          j += kHex[c >> 4];
+          j += kHex[c & 15];
+        } else {
+          j += static_cast<char>(c);
+        }
+    }
+  }
+  j += "\"}";
+  SendData(to, opcode::kText, reinterpret_cast<const uint8_t*>(j.data()), j.size());
 }
 
 bool Engine::Destroy(uint32_t id) {
@@ -737,8 +951,9 @@ bool Engine::ReadSome(Leg* leg) {
 size_t Engine::ReadBudget(const Leg* leg) const {
   const Session* s = leg->session;
   const Leg* to = leg->client ? &s->server : &s->client;
-  if ((s->stage != kStageData && s->stage != kStagePipe) || s->params.policy != 0 || to->out.size() == 0) return kReadBytes;
-  const uint64_t queued = to->out.size();
+  // Messages mode: what this side has in the batch for JavaScript goes to `to` too.
+  const uint64_t queued = to->out.size() + (s->params.mode == 1 && Pending(leg) ? leg->batched : 0);
+  if ((s->stage != kStageData && s->stage != kStagePipe) || s->params.policy != 0 || queued == 0) return kReadBytes;
   const uint64_t room = s->params.high_water > queued ? s->params.high_water - queued : 0;
   if (room < kMinReadBytes) return kMinReadBytes;
   return room < kReadBytes ? static_cast<size_t>(room) : kReadBytes;
@@ -768,6 +983,13 @@ void Engine::OnEof(Leg* leg) {
   if (s->stage != kStageData) {
     // A client that failed while its refusal was written, or during the handshakes.
     EndHandshake(s, s->stage != kStageRefusal && s->stage != kStageHead);
+    return;
+  }
+  if (s->params.mode == 1 && Pending(leg)) {
+    // Its last messages are still on their way through JavaScript: the end follows them.
+    leg->eof_pending = true;
+    leg->readable = false;
+    leg->deaf = true;
     return;
   }
   leg->read_eof = true;
@@ -979,10 +1201,12 @@ void Engine::SendControl(Leg* to, uint8_t op, const uint8_t* payload, size_t n) 
 }
 
 void Engine::SendClose(Leg* leg, int code, const std::string& reason) {
+  bool envelope_close = false;
   if (leg->state == kOpen) {
     leg->state = kCloseSent;
     leg->code = code == 0 ? 1005 : code;
     leg->reason = reason;
+    envelope_close = leg->client && leg->session->params.envelope != 0 && code != 0;
   } else if (leg->state == kCloseReceived) {
     leg->state = kClosed;
   } else {
@@ -993,6 +1217,9 @@ void Engine::SendClose(Leg* leg, int code, const std::string& reason) {
     EndLeg(leg, kViolationLingerMs);
     return;
   }
+  // An envelope client sees code and reason in its own protocol too.
+  if (envelope_close) SendEnvelopeClose(leg, code, reason);
+  if (!leg->alive) return;
   uint8_t payload[125];
   const size_t n = ClosePayload(code, reason, payload);
   SendControl(leg, opcode::kClose, payload, n);
@@ -1300,6 +1527,13 @@ void Engine::CheckBackpressure(Session* s, double fill) {
       Emit(std::move(e));
     }
   } else if (s->bp_since != 0) {
+    if (s->bp_reported && s->params.mode == 1) {
+      // Messages mode: JavaScript tells an envelope client it cleared.
+      Event e{};
+      e.type = 7;
+      e.id = s->id;
+      Emit(std::move(e));
+    }
     s->bp_since = 0;
     s->bp_reported = false;
   }

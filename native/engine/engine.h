@@ -63,8 +63,15 @@ struct Params {
   double messages_per_second = 0;
   double bytes_per_second = 0;
   double expires_in_ms = 0;  // 0: never
+  // 0 transparent: frames go from socket to socket. 1 messages: each whole data message goes
+  // to JavaScript (batched per loop turn, Engine::batch()) and JavaScript sends through the
+  // engine (Send); control frames, limits, UTF-8, heartbeats and backpressure stay here.
+  int mode = 0;
+  // Envelope routes (mode 1): 1 v1, 2 v2. A close frame the client gets is preceded by the
+  // envelope's own close (the same code and reason), as the TypeScript engine does.
+  int envelope = 0;
 };
-constexpr int kParamCount = 11;
+constexpr int kParamCount = 13;
 
 // A growable byte queue: what a socket did not take yet. Memory only while bytes wait.
 class Backlog {
@@ -73,6 +80,8 @@ class Backlog {
   size_t size() const { return tail_ - head_; }
   const uint8_t* data() const { return data_ + head_; }
   bool Append(const uint8_t* p, size_t n);
+  // Room for n more bytes at the end, counted as queued (nullptr: out of memory).
+  uint8_t* Reserve(size_t n);
   void Consume(size_t n);
   void Free();
 
@@ -187,6 +196,17 @@ struct Leg {
   uint64_t queued = 0;
   uint64_t messages = 0;
   uint64_t bytes = 0;
+  // Messages mode: the message being assembled, how many of this side's messages wait in
+  // the engine's batch for JavaScript, and what this side did after them (a close frame, its
+  // end), acted on once they are delivered, so that nothing overtakes them.
+  std::vector<uint8_t> msg;
+  uint8_t msg_op = 0;
+  uint64_t batch_no = 0;  // the last batch holding one of its messages (Engine::Pending)
+  uint64_t batched = 0;   // bytes of its messages in that batch
+  bool close_pending = false;
+  std::vector<uint8_t> close_payload;
+  bool eof_pending = false;
+  bool dirty = false;  // JavaScript sent to it during a delivery: written once it returns
 };
 
 struct Session {
@@ -217,7 +237,7 @@ struct Session {
 
 // What JavaScript is told, batched per loop turn.
 struct Event {
-  // 1 end, 2 backpressure; handshakes: 3 a request head (text: method, text2: target,
+  // 1 end, 2 backpressure, 7 backpressure cleared (messages mode); handshakes: 3 a request head (text: method, text2: target,
   // list: header names and values, client_reason: remote address), 4 the dial failed
   // (client_code: 1 unreachable, 2 bad handshake, 3 refused with upstream_code as status,
   // client_reason: message, upstream_reason: status text, body), 5 opened (client_reason:
@@ -253,7 +273,25 @@ class Engine {
   uint32_t Adopt(int client_fd, int upstream_fd, const uint8_t* client_head, size_t client_len,
                  const uint8_t* upstream_head, size_t upstream_len, const Params& p, std::string* error);
   // Drain: the client gets `code`, the upstream 1001, both `reason`.
-  bool Shutdown(uint32_t id, int code, const std::string& reason);
+  // Close frames to both sides: the client gets `code`, the upstream `upstream_code` (drain,
+  // shutdown, reload: 1001; an envelope client's own close: its code), both `reason`.
+  // `by_client`: an envelope client's own close (the client closed first).
+  bool Shutdown(uint32_t id, int code, const std::string& reason, int upstream_code, const std::string& upstream_reason,
+                bool by_client = false);
+  // One side broke a rule JavaScript checks (an envelope): it gets `code`, its partner
+  // `partner_code` (as a protocol error the engine finds).
+  bool FailSide(uint32_t id, bool client, int code, const std::string& reason, int partner_code,
+                const std::string& partner_reason);
+  // Messages mode: one data message (opcode text or binary) to a side, framed (and masked
+  // towards the upstream) here. Queued during a delivery and written once it returns.
+  bool Send(uint32_t id, bool to_client, uint8_t op, const uint8_t* p, size_t n);
+  // The messages collected for JavaScript: bytes, and 4 numbers per message (session id,
+  // 1 from the client / 0 from the upstream, opcode, offset of its bytes; the length is the
+  // next offset's distance). BeginDelivery takes them (the engine starts a new batch),
+  // EndDelivery writes what JavaScript sent and acts on what waited behind the messages.
+  bool has_batch() const { return !batch_desc_.empty(); }
+  void BeginDelivery(std::vector<uint8_t>* bytes, std::vector<double>* desc);
+  void EndDelivery();
   // Cut both connections now.
   bool Destroy(uint32_t id);
   bool Flow(uint32_t id, double out[4]);
@@ -361,6 +399,11 @@ class Engine {
   void MaybeEnd(Session* s);
   void Free(Session* s);
   void CountFrame(bool in, int kind, uint64_t bytes);
+  void Collect(Leg* from, const FrameHeader& h, const uint8_t* p, size_t n);
+  void SendData(Leg* to, uint8_t op, const uint8_t* p, size_t n);
+  void SendEnvelopeClose(Leg* to, int code, const std::string& reason);
+  // Whether messages of `leg` wait in a batch JavaScript has not finished with.
+  bool Pending(const Leg* leg) const { return leg->batch_no > delivered_no_; }
   void Emit(Event&& e);
   uint64_t now() const { return uv_now(loop_); }
   static Leg* Partner(Leg* leg) { return leg->client ? &leg->session->server : &leg->session->client; }
@@ -401,6 +444,17 @@ class Engine {
   std::vector<Leg*> ready_;
   std::vector<Leg*> ready_batch_;  // the round RunReady is reading
   std::vector<Session*> graveyard_;  // freed after the dispatch that ended them
+  // Messages mode: the batch being collected, the legs it holds messages of, the legs
+  // JavaScript sent to while a delivery ran.
+  std::vector<uint8_t> batch_;
+  std::vector<double> batch_desc_;
+  std::vector<Leg*> batch_legs_;
+  std::vector<Leg*> delivered_legs_;
+  std::vector<Leg*> dirty_;
+  bool delivering_ = false;
+  uint64_t batch_no_ = 1;       // the batch being collected
+  uint64_t delivering_no_ = 0;  // the batch JavaScript has
+  uint64_t delivered_no_ = 0;   // the last batch JavaScript finished with
   // The listener (engine accept).
   int listen_fd_ = -1;
   bool listen_open_ = false;

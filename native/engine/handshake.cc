@@ -603,7 +603,11 @@ void Engine::ReadUpstreamHead(Session* s) {
         agreed = Str(v);
       }
       h->upstream_in.erase(0, res.head_bytes);
-      StartData(s, picked.empty() ? h->fallback_protocol : picked, agreed);
+      // An envelope client gets the envelope's subprotocol it offered, whatever the upstream
+      // picked (the upstream speaks plain WebSocket); else the upstream's pick.
+      const bool envelope_answer = s->params.envelope != 0 &&
+                                   (h->fallback_protocol == "sluice.v1" || h->fallback_protocol == "sluice.v2");
+      StartData(s, picked.empty() || envelope_answer ? h->fallback_protocol : picked, agreed);
       return;
     }
   }

@@ -6,9 +6,10 @@
  * per session end and per sustained backpressure, batched per loop turn, and the counters
  * at scrape time.
  *
- * Used where it can hold a session: the addon loaded, on Linux, plain TCP on both legs
- * (TLS runs on the TypeScript engine), transparent routes without permessage-deflate.
- * `SLUICE_ENGINE=typescript` keeps every session on the TypeScript engine.
+ * Used where it can hold a session: the addon loaded, on Linux. Envelope routes run in
+ * messages mode: each whole data message comes to JavaScript in the engine's batch (one
+ * call per loop turn) and goes back through send(). `SLUICE_ENGINE=typescript` keeps every
+ * session on the TypeScript engine.
  */
 import type net from 'node:net';
 import nodeTls from 'node:tls';
@@ -16,12 +17,13 @@ import { nativeAddon } from '../codec/native.js';
 import { NATIVE_SLOTS } from '../metrics/counters.js';
 
 /**
- * A session ended (type 1) or sustained backpressure began (type 2); and of the handshakes
+ * A session ended (type 1), sustained backpressure began (type 2) or cleared (type 7,
+ * messages mode only); and of the handshakes
  * the engine runs when it accepts: a request head (3), a failed dial (4), a session opened
  * (5, the client got its 101), a client gone during its handshake (6).
  */
 export interface EngineEvent {
-  type: 1 | 2 | 3 | 4 | 5 | 6;
+  type: 1 | 2 | 3 | 4 | 5 | 6 | 7;
   id: number;
   /** 3: the request line and header names and values (latin1, as sent), the client's address. */
   method?: string;
@@ -55,7 +57,9 @@ export interface EngineEvent {
 
 interface AddonEngine {
   adopt(clientFd: number, upstreamFd: number, clientHead: Uint8Array, upstreamHead: Uint8Array, params: Float64Array): number;
-  shutdown(id: number, code: number, reason: string): boolean;
+  shutdown(id: number, code: number, reason: string, upstreamCode?: number, upstreamReason?: string, byClient?: boolean): boolean;
+  fail(id: number, client: boolean, code: number, reason: string, partnerCode: number, partnerReason: string): boolean;
+  send(id: number, toClient: boolean, opcode: number, data: Uint8Array): boolean;
   destroy(id: number): boolean;
   flow(id: number): number[] | null;
   close(): void;
@@ -71,7 +75,17 @@ interface AddonEngine {
   abortDial(id: number): boolean;
   readonly sessions: number;
 }
-type AddonEngineClass = new (onEvents: (events: EngineEvent[]) => void, counters: Float64Array) => AddonEngine;
+type AddonEngineClass = new (
+  onEvents: (events: EngineEvent[]) => void, counters: Float64Array, onMessages?: MessagesCallback,
+) => AddonEngine;
+
+/**
+ * Messages mode: the whole data messages of one loop turn, in one call. `desc` holds 5
+ * numbers per message: engine session id, 1 from the client (0 from the upstream), opcode
+ * (1 text, 2 binary), offset and length in `bytes`. Sends made during the call are written
+ * when it returns, one write per side.
+ */
+export type MessagesCallback = (bytes: Buffer, desc: Float64Array) => void;
 
 const EngineClass = (nativeAddon?.Engine as AddonEngineClass | undefined) ?? null;
 
@@ -99,6 +113,10 @@ export interface EngineParams {
   bytesPerSecond: number;
   /** 0: the credentials do not expire. */
   expiresInMs: number;
+  /** 0 transparent; 1 messages: each data message goes to JavaScript (MessagesCallback). */
+  mode?: 0 | 1;
+  /** Envelope routes (messages mode): 1 v1, 2 v2; a close to the client is preceded by the envelope's own. */
+  envelope?: 0 | 1 | 2;
 }
 
 /** The descriptor of a plain TCP socket, or -1 (TLS, closed, or no descriptor on this platform). */
@@ -125,11 +143,11 @@ export class NativeEngine {
   /** The engine's counters (slots of engine.h), filled by `sync()`. */
   readonly counters = new Float64Array(NATIVE_SLOTS);
   private readonly engine: AddonEngine;
-  private readonly params = new Float64Array(11);
+  private readonly params = new Float64Array(13);
 
-  constructor(onEvents: (events: EngineEvent[]) => void) {
+  constructor(onEvents: (events: EngineEvent[]) => void, onMessages?: MessagesCallback) {
     if (EngineClass === null) throw new Error(`native engine unavailable: ${nativeEngineUnavailable}`);
-    this.engine = new EngineClass(onEvents, this.counters);
+    this.engine = new EngineClass(onEvents, this.counters, onMessages);
   }
 
   /**
@@ -224,10 +242,24 @@ export class NativeEngine {
     v[8] = p.messagesPerSecond;
     v[9] = p.bytesPerSecond;
     v[10] = p.expiresInMs;
+    v[11] = p.mode ?? 0;
+    v[12] = p.envelope ?? 0;
   }
 
-  shutdown(id: number, code: number, reason: string): void {
-    this.engine.shutdown(id, code, reason);
+  /** Close frames to both: the client gets `code`, the upstream 1001 (or `upstream`), both `reason`. */
+  shutdown(id: number, code: number, reason: string, upstream?: { code: number; reason: string; byClient: boolean }): void {
+    if (upstream === undefined) this.engine.shutdown(id, code, reason);
+    else this.engine.shutdown(id, code, reason, upstream.code, upstream.reason, upstream.byClient);
+  }
+
+  /** Messages mode: that side broke a rule JavaScript checks; it gets `code`, its partner `partnerCode`. */
+  fail(id: number, client: boolean, code: number, reason: string, partnerCode: number, partnerReason: string): void {
+    this.engine.fail(id, client, code, reason, partnerCode, partnerReason);
+  }
+
+  /** Messages mode: one message (opcode 1 text, 2 binary) to a side; false when it cannot take it. */
+  send(id: number, toClient: boolean, opcode: number, data: Uint8Array): boolean {
+    return this.engine.send(id, toClient, opcode, data);
   }
 
   destroy(id: number): void {

@@ -2,15 +2,31 @@
  * A session whose data phase runs in the native engine (src/engine/native.ts). The proxy
  * holds this record for routing counts, drain, stats and the end-of-session log; the
  * engine holds the sockets and tells us, once, how the session ended.
+ *
+ * On an envelope route the engine runs the session in messages mode: each whole data
+ * message comes here in the engine's batch (onMessage), is unwrapped or wrapped
+ * (envelope-route.ts, shared with the TypeScript engine), and goes back through the engine.
  */
 import type { RouteConfig } from '../config/types.js';
 import type { EngineEvent, NativeEngine } from '../engine/index.js';
+import type { ProxyCounters } from '../metrics/counters.js';
+import type { EnvelopeVersion } from '../protocol/index.js';
+import { Opcode } from '../codec/types.js';
 import type { Upstream } from './balancer.js';
+import * as envelopeRoute from './envelope-route.js';
+import type { EnvelopePeer } from './envelope-route.js';
 import type { Closer, SessionFlow } from './session.js';
+
+/** What an envelope session asks of the proxy. */
+export interface NativeSessionHost {
+  readonly counters: ProxyCounters;
+  controlFrame(s: NativeSession, payload: unknown): void;
+  errorFrame(s: NativeSession, reason: string): void;
+}
 
 const CLOSERS: ReadonlyArray<Closer | ''> = ['', 'client', 'upstream', 'proxy'];
 
-export class NativeSession {
+export class NativeSession implements EnvelopePeer {
   readonly id: number;
   readonly engineId: number;
   readonly route: RouteConfig;
@@ -21,8 +37,8 @@ export class NativeSession {
   readonly protocol: string;
   readonly startedAt = Date.now();
   readonly handshakeMs: number;
-  /** Native sessions are transparent: no envelope. */
-  readonly envelope = null;
+  /** Envelope routes: the version spoken with the client (the engine runs the session in messages mode). */
+  readonly envelope: EnvelopeVersion | null;
   ended = false;
   closedFirst: Closer | '' = '';
   clientCloseCode = 0;
@@ -34,9 +50,15 @@ export class NativeSession {
   bytesIn = 0;
   bytesOut = 0;
   private readonly engine: NativeEngine;
+  private readonly host: NativeSessionHost | null;
+  private readonly maxFrameBytes: number;
 
   constructor(id: number, engine: NativeEngine, engineId: number, route: RouteConfig, routeKey: string, upstream: Upstream,
-    meta: { remoteAddress: string; origin: string; protocol: string; handshakeMs: number }) {
+    meta: { remoteAddress: string; origin: string; protocol: string; handshakeMs: number },
+    envelope: { version: EnvelopeVersion; host: NativeSessionHost; maxFrameBytes: number } | null = null) {
+    this.envelope = envelope?.version ?? null;
+    this.host = envelope?.host ?? null;
+    this.maxFrameBytes = envelope?.maxFrameBytes ?? 0;
     this.id = id;
     this.engine = engine;
     this.engineId = engineId;
@@ -57,6 +79,44 @@ export class NativeSession {
   /** Cut both connections now. */
   destroy(): void {
     if (!this.ended) this.engine.destroy(this.engineId);
+  }
+
+  // ------------------------------------------------------------ messages mode (envelope)
+
+  /** One whole data message from the engine's batch (`data` is valid only during the call). */
+  onMessage(fromClient: boolean, opcode: number, data: Buffer): void {
+    if (this.ended || this.host === null) return;
+    if (fromClient) envelopeRoute.fromClient(this, data, opcode === Opcode.Binary, this.maxFrameBytes, this.host.counters);
+    else envelopeRoute.fromUpstream(this, data);
+  }
+
+  /** Sustained backpressure began (`fill`) or cleared (null): an envelope client is told. */
+  backpressure(fill: number | null): void {
+    if (!this.ended) envelopeRoute.backpressureSignal(this, fill);
+  }
+
+  upstreamData(payload: Buffer): void {
+    this.engine.send(this.engineId, false, Opcode.Binary, payload);
+  }
+
+  clientMessage(opcode: number, data: Buffer): void {
+    this.engine.send(this.engineId, true, opcode, data);
+  }
+
+  failClient(code: number, reason: string, partnerCode: number, partnerReason: string): void {
+    this.engine.fail(this.engineId, true, code, reason, partnerCode, partnerReason);
+  }
+
+  closeBoth(code: number, reason: string): void {
+    this.engine.shutdown(this.engineId, code, reason, { code, reason, byClient: true });
+  }
+
+  controlFrame(payload: unknown): void {
+    this.host?.controlFrame(this, payload);
+  }
+
+  errorFrame(reason: string): void {
+    this.host?.errorFrame(this, reason);
   }
 
   /** Heartbeats and deadlines run in the engine's own sweep. */

@@ -204,16 +204,27 @@ export class Proxy implements SessionHost {
     this.logger = createLogger(this.config.log.level);
     this.registry = createMetricsRegistry(this.count);
     if (nativeEngineUnavailable === '') {
-      const engine = new NativeEngine((events) => this.onEngineEvents(events));
+      const engine = new NativeEngine((events) => this.onEngineEvents(events), (bytes, desc) => this.onEngineMessages(bytes, desc));
       this.engine = engine;
       this.count.attachNative(() => engine.sync());
+    }
+  }
+
+  /** Messages mode (envelope routes): the engine's batch of whole messages, once per loop turn. */
+  private onEngineMessages(bytes: Buffer, desc: Float64Array): void {
+    let s: NativeSession | undefined;
+    for (let i = 0; i + 4 < desc.length; i += 5) {
+      if (s === undefined || s.engineId !== desc[i]) s = this.nativeSessions.get(desc[i]);
+      if (s === undefined) continue;
+      const at = desc[i + 3];
+      s.onMessage(desc[i + 1] === 1, desc[i + 2], bytes.subarray(at, at + desc[i + 4]));
     }
   }
 
   /** What the native engine reports, once per loop turn. */
   private onEngineEvents(events: EngineEvent[]): void {
     for (const e of events) {
-      if (e.type >= 3) {
+      if (e.type >= 3 && e.type <= 6) {
         if (e.type === 3) {
           this.onEngineRequest(e);
         } else {
@@ -227,7 +238,10 @@ export class Proxy implements SessionHost {
         this.nativeSessions.delete(e.id);
         s.finish(e);
         this.sessionEnded(s);
+      } else if (e.type === 7) {
+        s.backpressure(null);
       } else {
+        s.backpressure(e.fill ?? 1);
         // Counted by the engine; logged here.
         this.logger.warn({
           event: 'backpressure', session: s.id, route: s.route.path, fillPercent: Math.round((e.fill ?? 0) * 100),
@@ -303,7 +317,7 @@ export class Proxy implements SessionHost {
     }, 'sustained backpressure towards the upstream');
   }
 
-  controlFrame(s: Session, payload: unknown): void {
+  controlFrame(s: Session | NativeSession, payload: unknown): void {
     const who = { id: s.id, route: s.route.path, remoteAddress: s.remoteAddress, version: s.envelope ?? '' };
     if (chControl.hasSubscribers) chControl.publish({ session: who, payload });
     try {
@@ -313,7 +327,7 @@ export class Proxy implements SessionHost {
     }
   }
 
-  errorFrame(s: Session, reason: string): void {
+  errorFrame(s: Session | NativeSession, reason: string): void {
     this.count.envelopeErrors++;
     this.logger.warn({ event: 'envelope_error', session: s.id, route: s.route.path, reason: reason.slice(0, 200) }, 'client sent an error frame');
   }
@@ -730,7 +744,8 @@ export class Proxy implements SessionHost {
       };
       if (client instanceof EngineClient) {
         // The engine dials, sends our request, checks the answer and writes the 101 itself.
-        void this.dialThroughEngine(client, route, candidates, matched, path, upstreamQuery, fwd, upstreamProtocols, consumed ?? '', expiresAt, deflateOffer)
+        void this.dialThroughEngine(client, route, candidates, matched, path, upstreamQuery, fwd, upstreamProtocols,
+          clientProtocol ?? consumed ?? '', expiresAt, deflateOffer, envelope)
           .then(({ upstream, protocol }) => {
             this.handshaking.delete(client);
             client.offGone();
@@ -740,7 +755,7 @@ export class Proxy implements SessionHost {
             settle(false);
             this.nativeOpened(client.id, route, upstream, {
               remote, origin, protocol, handshakeMs: Date.now() - started,
-              tokenProtocol: protocol !== '' && protocol === consumed,
+              tokenProtocol: protocol !== '' && protocol === consumed, envelope,
             });
           }, failed);
         return;
@@ -843,7 +858,7 @@ export class Proxy implements SessionHost {
     socket.setNoDelay(true);
     const limits = this.config.limits;
     const engine = this.engine;
-    if (engine !== null && m.envelope === null && m.extensions === '' && socketFd(socket) >= 0 && socketFd(dialed.socket) >= 0) {
+    if (engine !== null && m.extensions === '' && socketFd(socket) >= 0 && socketFd(dialed.socket) >= 0) {
       // The engine takes both sockets once the 101 has left (Node's write callback). Until
       // then the place is held as an upgrade in flight, published before the 101 goes: a
       // client that gets its 101 and connects again at once, to another shard, must find it
@@ -899,7 +914,7 @@ export class Proxy implements SessionHost {
     }
     let engineId: number;
     try {
-      engineId = engine.adopt(socket, head, dialed.socket, dialed.head, this.engineParams(route, m.expiresAt));
+      engineId = engine.adopt(socket, head, dialed.socket, dialed.head, this.engineParams(route, m.expiresAt, m.envelope));
     } catch (err) {
       this.logger.error({ event: 'engine_adopt_failed', route: route.config.path, err }, 'the native engine could not take a session');
       socket.destroy();
@@ -911,8 +926,8 @@ export class Proxy implements SessionHost {
     this.nativeOpened(engineId, route, upstream, { ...m, handshakeMs });
   }
 
-  /** Settings of a session in the native engine. */
-  private engineParams(route: RouteRuntime, expiresAt: number): EngineParams {
+  /** Settings of a session in the native engine (an envelope session runs in messages mode). */
+  private engineParams(route: RouteRuntime, expiresAt: number, envelope: EnvelopeVersion | null): EngineParams {
     const limits = this.config.limits;
     const hb = this.config.heartbeat;
     return {
@@ -927,26 +942,29 @@ export class Proxy implements SessionHost {
       messagesPerSecond: limits.messagesPerSecond,
       bytesPerSecond: limits.bytesPerSecond,
       expiresInMs: expiresAt > 0 ? Math.max(1, expiresAt - Date.now()) : 0,
+      mode: envelope === null ? 0 : 1,
+      envelope: envelope === null ? 0 : envelope === 'v1' ? 1 : 2,
     };
   }
 
   /** A session the native engine holds now: count it, log it, and say what reloads and drains ask. */
   private nativeOpened(
     engineId: number, route: RouteRuntime, upstream: Upstream,
-    m: { remote: string; origin: string; protocol: string; tokenProtocol: boolean; handshakeMs: number },
+    m: { remote: string; origin: string; protocol: string; tokenProtocol: boolean; handshakeMs: number; envelope: EnvelopeVersion | null },
   ): void {
     const engine = this.engine!;
     const s = new NativeSession(this.nextId++, engine, engineId, route.config, route.key, upstream, {
       remoteAddress: m.remote, origin: m.origin, protocol: m.protocol, handshakeMs: m.handshakeMs,
-    });
+    }, m.envelope === null ? null : { version: m.envelope, host: this, maxFrameBytes: this.config.limits.maxFrameBytes });
     this.nativeSessions.set(engineId, s);
     this.sessions.add(s);
     route.counts.sessions++;
+    if (m.envelope !== null) route.counts.versions[m.envelope]++;
     this.publishCounts(route.key, route.counts);
     this.count.sessionOpened();
     const info = {
       event: 'session_open', session: s.id, route: route.config.path, upstream: upstream.href, remote: m.remote,
-      origin: m.origin, subprotocol: m.tokenProtocol ? '[credential]' : m.protocol, handshakeMs: m.handshakeMs, envelope: null, engine: 'native',
+      origin: m.origin, subprotocol: m.tokenProtocol ? '[credential]' : m.protocol, handshakeMs: m.handshakeMs, envelope: m.envelope, engine: 'native',
     };
     this.logger.info(info, 'session opened');
     if (chOpen.hasSubscribers) chOpen.publish(info);
@@ -991,7 +1009,7 @@ export class Proxy implements SessionHost {
     const matched = matchRoute(this.matchers, host, path);
     if (!matched) return true; // a 404, answered the same either way
     const rc = matched.route.config;
-    return rc.mode === 'transparent';
+    return rc.mode === 'transparent' || rc.mode === 'envelope';
   }
 
   /**
@@ -1031,7 +1049,7 @@ export class Proxy implements SessionHost {
   private async dialThroughEngine(
     client: EngineClient, route: RouteRuntime, candidates: Upstream[], matched: RouteMatcher<RouteRuntime>, path: string,
     query: string, headers: Array<[string, string]>, protocols: string[], fallbackProtocol: string, expiresAt: number,
-    extensions: string,
+    extensions: string, envelope: EnvelopeVersion | null,
   ): Promise<{ upstream: Upstream; protocol: string }> {
     const engine = this.engine!;
     let last: UpstreamError | undefined;
@@ -1055,7 +1073,7 @@ export class Proxy implements SessionHost {
           ? { context: this.engineTls(route), servername: route.config.tls?.servername ?? hostName, verify: route.config.tls?.rejectUnauthorized ?? true }
           : undefined;
         engine.dial(client.id, ip, Number(url.port || (wss ? 443 : 80)), request, protocols.join(','), fallbackProtocol,
-          this.engineParams(route, expiresAt), tlsDial, extensions !== '');
+          this.engineParams(route, expiresAt, envelope), tlsDial, extensions !== '');
         // Its outcome comes as an event on a later turn of the loop.
         const outcome = client.outcome();
         const timer = setTimeout(() => client.abandonDial(), this.config.limits.upstreamTimeoutMs);

@@ -26,14 +26,10 @@ import { Utf8Stream } from '../codec/utf8-stream.js';
 import { InflateMeter, INFLATE_PENDING, INFLATE_TOO_BIG, parseDeflateAgreement } from '../codec/inflate-meter.js';
 import { isUtf8 } from '../codec/utf8.js';
 import type { ProxyCounters } from '../metrics/counters.js';
-import {
-  closePayload as envelopeClosePayload,
-  decodeEnvelope,
-  encodeEnvelope,
-  parseClosePayload,
-  type EnvelopeVersion,
-} from '../protocol/index.js';
-import { EnvelopeFlag, EnvelopeType } from '../codec/types.js';
+import { closePayload as envelopeClosePayload, encodeEnvelope, type EnvelopeVersion } from '../protocol/index.js';
+import { EnvelopeType } from '../codec/types.js';
+import * as envelopeRoute from './envelope-route.js';
+import { isValidWireCloseCode, type EnvelopePeer } from './envelope-route.js';
 import type { MessageRateLimiter } from '../policy/index.js';
 import type { RouteConfig, ProxyConfig } from '../config/types.js';
 import type { Upstream } from './balancer.js';
@@ -82,10 +78,7 @@ const CLOSE_SENT = 1;
 const CLOSE_RECEIVED = 2;
 const CLOSED = 3;
 
-/** Close codes a peer may legitimately put on the wire (RFC 6455 §7.4, IANA registry). */
-export function isValidWireCloseCode(code: number): boolean {
-  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
-}
+export { isValidWireCloseCode };
 
 function closePayload(code: number, reason: string): Buffer {
   if (code === 0) return EMPTY;
@@ -163,7 +156,7 @@ export interface SessionMeta {
   deflate: string;
 }
 
-export class Session {
+export class Session implements EnvelopePeer {
   readonly id: number;
   readonly host: SessionHost;
   readonly route: RouteConfig;
@@ -450,9 +443,8 @@ export class Session {
       if (!fin) return;
       whole = from.assembly.subarray(0, need);
     }
-    if (from === this.client) this.fromEnvelopeClient(whole, !from.text);
-    // The upstream's message becomes one data frame for the client.
-    else this.sendEnvelope(EnvelopeType.Data, EnvelopeFlag.Final, whole);
+    if (from === this.client) envelopeRoute.fromClient(this, whole, !from.text, this.maxFrameBytes, this.counters);
+    else envelopeRoute.fromUpstream(this, whole);
     if (whole !== payload) {
       release(from.assembly!);
       from.assembly = null;
@@ -460,71 +452,38 @@ export class Session {
     }
   }
 
-  /** One envelope frame from the client (validated before anything is allocated for it). */
-  private fromEnvelopeClient(data: Buffer, isBinary: boolean): void {
-    const f = decodeEnvelope(this.envelope!, data, isBinary, { maxPayloadBytes: this.maxFrameBytes });
-    if (typeof f === 'number') {
-      if (f === 1009) {
-        this.counters.dropped.too_big++;
-        this.fail(this.client, 1009, `envelope payload over ${this.maxFrameBytes} bytes`, 1009, 'client message over the size limit');
-      } else {
-        this.fail(this.client, f, f === 1007 ? 'invalid envelope payload' : 'malformed envelope', 1001, 'client sent a malformed envelope');
-      }
+  // EnvelopePeer (envelope-route.ts): what an envelope message asks of this engine.
+
+  upstreamData(payload: Buffer): void {
+    if (!canSend(this.server)) return;
+    if (this.overBudget(this.client, this.server, payload.length)) {
+      if (this.route.backpressure === 'drop') this.counters.dropped.backpressure++;
+      else this.slowPeer(this.server);
       return;
     }
-    switch (f.type) {
-      case EnvelopeType.Data:
-        if (canSend(this.server)) {
-          if (this.overBudget(this.client, this.server, f.payload.length)) {
-            if (this.route.backpressure === 'drop') this.counters.dropped.backpressure++;
-            else this.slowPeer(this.server);
-            return;
-          }
-          this.server.encoder.frame(Opcode.Binary, f.payload, true, false);
-        }
-        return;
-      case EnvelopeType.Ping:
-        this.counters.message('in', 'ping', f.payload.length);
-        this.sendEnvelope(EnvelopeType.Pong, 0, f.payload);
-        return;
-      case EnvelopeType.Pong:
-        this.counters.message('in', 'pong', f.payload.length);
-        return;
-      case EnvelopeType.Close: {
-        const c = parseClosePayload(f.payload);
-        if (c === null || !isValidWireCloseCode(c.code)) {
-          this.fail(this.client, 1002, 'malformed envelope close', 1001, 'client sent a malformed envelope');
-          return;
-        }
-        this.counters.message('in', 'close', f.payload.length);
-        if (this.closedFirst === '') this.closedFirst = 'client';
-        this.sendClose(this.server, c.code, c.reason);
-        this.sendClose(this.client, c.code, c.reason);
-        return;
-      }
-      case EnvelopeType.Error:
-        this.host.errorFrame(this, f.payload.toString('utf8'));
-        return;
-      case EnvelopeType.Control: {
-        let json: unknown;
-        try {
-          json = JSON.parse(f.payload.toString('utf8'));
-        } catch {
-          this.fail(this.client, 1007, 'control frame is not JSON', 1001, 'client sent a malformed envelope');
-          return;
-        }
-        this.host.controlFrame(this, json);
-        return;
-      }
-    }
+    this.server.encoder.frame(Opcode.Binary, payload, true, false);
   }
 
-  /** Queue one envelope frame for the client (envelope routes only). */
-  sendEnvelope(type: number, flags: number, payload: Uint8Array): void {
-    const c = this.client;
-    if (this.envelope === null || !canSend(c)) return;
-    const m = encodeEnvelope(this.envelope, type, flags, payload);
-    c.encoder.frame(m.binary ? Opcode.Binary : Opcode.Text, typeof m.data === 'string' ? Buffer.from(m.data) : m.data, true, false);
+  clientMessage(opcode: number, data: Buffer): void {
+    if (canSend(this.client)) this.client.encoder.frame(opcode, data, true, false);
+  }
+
+  failClient(code: number, reason: string, partnerCode: number, partnerReason: string): void {
+    this.fail(this.client, code, reason, partnerCode, partnerReason);
+  }
+
+  closeBoth(code: number, reason: string): void {
+    if (this.closedFirst === '') this.closedFirst = 'client';
+    this.sendClose(this.server, code, reason);
+    this.sendClose(this.client, code, reason);
+  }
+
+  controlFrame(payload: unknown): void {
+    this.host.controlFrame(this, payload);
+  }
+
+  errorFrame(reason: string): void {
+    this.host.errorFrame(this, reason);
   }
 
   // ---------------------------------------------------------------- writing, backpressure
@@ -568,13 +527,12 @@ export class Session {
         this.bpReported = true;
         this.host.backpressureEvent(this, fill);
         // Envelope clients get the explicit signal: a control frame with the flag up.
-        this.sendEnvelope(EnvelopeType.Control, EnvelopeFlag.Backpressure,
-          Buffer.from(`{"backpressure":true,"fill":${Math.round(fill * 100) / 100}}`));
+        envelopeRoute.backpressureSignal(this, fill);
         this.flush(this.client);
       }
     } else if (this.bpSince !== 0) {
       if (this.bpReported) {
-        this.sendEnvelope(EnvelopeType.Control, 0, Buffer.from('{"backpressure":false}'));
+        envelopeRoute.backpressureSignal(this, null);
         this.flush(this.client);
       }
       this.bpSince = 0;

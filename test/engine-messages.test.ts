@@ -1,0 +1,179 @@
+/**
+ * Envelope routes in messages mode (issue #13, "Routes that need each message in
+ * JavaScript"): the native engine hands every whole data message to JavaScript in a batch
+ * per loop turn and sends what JavaScript gives back. What must hold, on either engine:
+ *
+ * - order: what a side sent before its close frame or its end arrives before the close
+ *   that follows it, even when all of it comes in one read (the engine holds the close
+ *   back until JavaScript has had the messages);
+ * - flood: a client flooding 64 KiB envelope messages at an upstream that stops reading is
+ *   held back (pause), the proxy's queue stays near highWaterMark, nothing is closed, and
+ *   every message arrives in order once the upstream reads again; the same the other way.
+ */
+import t, { type Test } from 'tap';
+import type net from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
+import { createProxy, type Proxy } from '../src/index.js';
+import type { ProxyConfigInput } from '../src/config/index.js';
+import { until } from './fixtures/peers.js';
+import { clientFrame, rawConnect } from './fixtures/raw-client.js';
+import { Op, closeBody, sf, startRawUpstream } from './fixtures/raw-upstream.js';
+
+const NO_NATIVE = process.env.SLUICE_NO_NATIVE === '1';
+const NATIVE_ENGINE = !NO_NATIVE && process.env.SLUICE_ENGINE !== 'typescript' && process.platform === 'linux';
+const MODE = NATIVE_ENGINE ? 'native engine, messages mode' : 'TypeScript engine';
+
+/** A v2 envelope: version 2, type, flags, reserved 0, uint32 BE length, payload. */
+function v2(type: number, flags: number, payload: Buffer): Buffer {
+  const h = Buffer.alloc(8);
+  h[0] = 0x02;
+  h[1] = type;
+  h[2] = flags;
+  h.writeUInt32BE(payload.length, 4);
+  return Buffer.concat([h, payload]);
+}
+
+/** A v2 envelope route to a raw upstream, and one session through it: the raw client and the upstream's side. */
+async function envelopeSession(t: Test, limits: object = {}) {
+  const up = await startRawUpstream();
+  t.teardown(up.close);
+  const proxy: Proxy = createProxy({
+    listen: { host: '127.0.0.1', port: 0 }, log: { level: 'silent' }, protocol: 'v2', limits,
+    routes: [{ path: '/e', mode: 'envelope', upstreams: [{ url: up.url }] }],
+  } as ProxyConfigInput);
+  const { port } = await proxy.listen();
+  t.teardown(() => proxy.close({ drainMs: 100 }));
+  const c = await rawConnect(port, '/e', 'Sec-WebSocket-Protocol: sluice.v2\r\n');
+  t.teardown(() => c.destroy());
+  return { proxy, c, peer: await up.conn(0) };
+}
+
+const seqOf = (i: number, size = 16) => {
+  const b = Buffer.alloc(size, i & 0xff);
+  b.writeUInt32BE(i, 0);
+  return b;
+};
+
+t.test(`${MODE}: an upstream's messages then its close, in one write, reach the client in that order`, async (t) => {
+  const { c, peer } = await envelopeSession(t);
+  const N = 50;
+  const frames: Buffer[] = [];
+  for (let i = 0; i < N; i++) frames.push(sf(Op.Binary, seqOf(i)));
+  frames.push(sf(Op.Close, closeBody(4005, 'done "now"\n')));
+  await peer.send(frames, 'whole');
+  const o = await c.outcome(5000);
+  t.equal(o.closeCode, 4005, 'the client gets the upstream\'s close code');
+  t.equal(o.closeReason, 'done "now"\n', 'and its reason');
+  const data = o.frames.filter((f) => f.payload[1] === 0x01);
+  t.equal(data.length, N, `all ${N} data frames arrived`);
+  t.ok(data.every((f, i) => f.payload.subarray(8).readUInt32BE(0) === i), 'in order');
+  const last = o.frames.at(-1)!;
+  t.same([last.payload[0], last.payload[1], last.payload.readUInt16BE(8), last.payload.subarray(10).toString()], [2, 4, 4005, 'done "now"\n'],
+    'the envelope close (code and reason) comes after the data, before the WebSocket close');
+});
+
+t.test(`${MODE}: an upstream's messages then its end (no close frame), in one write: data, then 1014`, async (t) => {
+  const { c, peer } = await envelopeSession(t);
+  const N = 20;
+  const all: Buffer[] = [];
+  for (let i = 0; i < N; i++) all.push(sf(Op.Binary, seqOf(i)));
+  peer.socket.end(Buffer.concat(all));
+  const o = await c.outcome(5000);
+  const data = o.frames.filter((f) => f.payload[1] === 0x01);
+  t.equal(data.length, N, `all ${N} data frames arrived before the end`);
+  t.ok(data.every((f, i) => f.payload.subarray(8).readUInt32BE(0) === i), 'in order');
+  t.equal(o.closeCode, 1014, 'then 1014 (upstream went away)');
+});
+
+t.test(`${MODE}: a client's envelopes then its close, in one write, reach the upstream in that order`, async (t) => {
+  const { c, peer } = await envelopeSession(t);
+  const N = 30;
+  const all: Buffer[] = [];
+  for (let i = 0; i < N; i++) all.push(clientFrame(0x2, v2(0x01, 0x04, seqOf(i))));
+  const cb = Buffer.alloc(2);
+  cb.writeUInt16BE(4002, 0);
+  all.push(clientFrame(0x8, cb));
+  c.write(Buffer.concat(all));
+  const o = await peer.outcome(5000);
+  const data = peer.nonClose();
+  t.equal(data.length, N, `the upstream got all ${N} messages`);
+  t.ok(data.every((f, i) => f.opcode === Op.Binary && f.payload.readUInt32BE(0) === i), 'unwrapped, in order');
+  t.equal(o.code, 4002, 'then the client\'s close code');
+  const co = await c.outcome(5000);
+  t.equal(co.closeCode, 4002, 'the client\'s close is answered with its code');
+});
+
+t.test(`${MODE}: an envelope route holds a flooding client back and loses nothing (both ways)`, async (t) => {
+  const HWM = 256 * 1024;
+  const MSG = 64 * 1024;
+  const COUNT = 400; // 25 MiB on offer, 100 x highWaterMark
+  const { proxy, c, peer } = await envelopeSession(t, { highWaterMark: HWM, maxFrameBytes: 128 * 1024 });
+  const payload = (i: number) => {
+    const b = Buffer.alloc(MSG, (i * 7) & 0xff);
+    b.writeUInt32BE(i, 0);
+    return b;
+  };
+
+  // Client -> upstream: the upstream stops reading.
+  peer.socket.pause();
+  const sock: net.Socket = c.socket;
+  let written = 0;
+  let blocked = false;
+  const pump = async () => {
+    while (written < COUNT) {
+      const ok = sock.write(clientFrame(0x2, v2(0x01, 0x04, payload(written++))));
+      if (!ok) {
+        blocked = true;
+        await new Promise((r) => sock.once('drain', r));
+      }
+    }
+  };
+  const pumping = pump();
+  await until(() => blocked, 5000, 'the client\'s writes block').catch(() => {});
+  await delay(500);
+  const stalledAt = written;
+  await delay(700);
+  t.ok(blocked && written === stalledAt && written < COUNT, `the client is held back (${written} of ${COUNT} written)`);
+  const flow = [...proxy.sessions][0]?.flow() ?? null;
+  t.ok(flow !== null && flow.upstreamPaused === false && flow.clientPaused === true, 'the client side is paused');
+  t.ok(flow !== null && flow.upstreamPending <= HWM + 2 * (MSG + 32),
+    `what the proxy holds for the upstream stays near highWaterMark (${flow?.upstreamPending} B, bound ${HWM + 2 * (MSG + 32)})`);
+  t.equal(c.frames.filter((f) => f.payload[1] === 0x04).length, 0, 'nothing closed');
+  t.equal(proxy.stats().sessions, 1, 'the session is open');
+  peer.socket.resume();
+  await pumping;
+  t.ok(await peer.waitFor(() => peer.nonClose().length === COUNT, 15000), `the upstream got all ${COUNT} messages once it read again`);
+  const got = peer.nonClose();
+  t.ok(got.every((f, i) => f.payload.length === MSG && f.payload.readUInt32BE(0) === i && f.payload[MSG - 1] === ((i * 7) & 0xff)),
+    'in order and intact');
+
+  // Upstream -> client: the client stops reading.
+  sock.pause();
+  let sent = 0;
+  let upBlocked = false;
+  const upPump = async () => {
+    while (sent < COUNT) {
+      const ok = peer.socket.write(sf(Op.Binary, payload(sent++)));
+      if (!ok) {
+        upBlocked = true;
+        await new Promise((r) => peer.socket.once('drain', r));
+      }
+    }
+  };
+  const upPumping = upPump();
+  await until(() => upBlocked, 5000, 'the upstream\'s writes block').catch(() => {});
+  await delay(500);
+  const upStalledAt = sent;
+  await delay(700);
+  t.ok(upBlocked && sent === upStalledAt && sent < COUNT, `the upstream is held back (${sent} of ${COUNT} written)`);
+  const upFlow = [...proxy.sessions][0]?.flow() ?? null;
+  t.ok(upFlow !== null && upFlow.clientPending <= HWM + 2 * (MSG + 32),
+    `what the proxy holds for the client stays near highWaterMark (${upFlow?.clientPending} B)`);
+  sock.resume();
+  await upPumping;
+  await until(() => c.frames.filter((f) => f.payload[1] === 0x01).length === COUNT, 15000, 'all reach the client').catch(() => {});
+  const down = c.frames.filter((f) => f.payload[1] === 0x01);
+  t.equal(down.length, COUNT, `the client got all ${COUNT} messages`);
+  t.ok(down.every((f, i) => f.payload.length === MSG + 8 && f.payload.readUInt32BE(8) === i), 'wrapped, in order and intact');
+  t.equal(proxy.stats().sessions, 1, 'still open');
+});
