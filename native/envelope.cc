@@ -24,8 +24,7 @@ int32_t CheckHeader(const uint8_t* p, size_t n, uint64_t max_payload, uint32_t* 
 
 }  // namespace
 
-size_t EnvelopeEncode(uint8_t* out, uint8_t type, uint8_t flags, const uint8_t* payload,
-                      uint32_t payload_len) {
+void EnvelopeHeader(uint8_t* out, uint8_t type, uint8_t flags, uint32_t payload_len) {
   out[0] = kEnvelopeVersion;
   out[1] = type;
   out[2] = flags;
@@ -34,6 +33,11 @@ size_t EnvelopeEncode(uint8_t* out, uint8_t type, uint8_t flags, const uint8_t* 
   out[5] = static_cast<uint8_t>(payload_len >> 16);
   out[6] = static_cast<uint8_t>(payload_len >> 8);
   out[7] = static_cast<uint8_t>(payload_len);
+}
+
+size_t EnvelopeEncode(uint8_t* out, uint8_t type, uint8_t flags, const uint8_t* payload,
+                      uint32_t payload_len) {
+  EnvelopeHeader(out, type, flags, payload_len);
   // memmove: the caller may encode a payload that already sits in `out`.
   if (payload_len) std::memmove(out + kEnvelopeHeaderBytes, payload, payload_len);
   return kEnvelopeHeaderBytes + payload_len;

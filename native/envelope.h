@@ -26,6 +26,9 @@
 
 namespace sluice {
 
+// Writes the 8-byte header of an envelope with a payload of payload_len bytes at out.
+void EnvelopeHeader(uint8_t* out, uint8_t type, uint8_t flags, uint32_t payload_len);
+
 // Writes header + payload at out (which must have 8 + payload_len bytes); returns bytes
 // written. Arguments are validated by the caller.
 size_t EnvelopeEncode(uint8_t* out, uint8_t type, uint8_t flags, const uint8_t* payload,

@@ -177,3 +177,67 @@ t.test(`${MODE}: an envelope route holds a flooding client back and loses nothin
   t.ok(down.every((f, i) => f.payload.length === MSG + 8 && f.payload.readUInt32BE(8) === i), 'wrapped, in order and intact');
   t.equal(proxy.stats().sessions, 1, 'still open');
 });
+
+t.test(`${MODE}: what a v2 client sends, and what each engine does with it (the same rules on both)`, async (t) => {
+  const controls: unknown[] = [];
+  const up = await startRawUpstream();
+  t.teardown(up.close);
+  const proxy: Proxy = createProxy({
+    listen: { host: '127.0.0.1', port: 0 }, log: { level: 'silent' }, protocol: 'v2', limits: { maxFrameBytes: 1024 },
+    routes: [{ path: '/e', mode: 'envelope', upstreams: [{ url: up.url }] }],
+  } as ProxyConfigInput, { onControl: (_who, payload) => controls.push(payload) });
+  const { port } = await proxy.listen();
+  t.teardown(() => proxy.close({ drainMs: 100 }));
+  const closeOf = (code: number, reason: Buffer) => {
+    const b = Buffer.alloc(2 + reason.length);
+    b.writeUInt16BE(code, 0);
+    reason.copy(b, 2);
+    return b;
+  };
+  // [what, the client's WebSocket message, client close code (null: stays open), upstream close code]
+  const cases: Array<[string, Buffer, number | null, number | null]> = [
+    ['a text message on v2', clientFrame(0x1, Buffer.from('{}')), 1003, 1001],
+    ['unknown flag bits', clientFrame(0x2, v2(0x01, 0x10, Buffer.from('x'))), 1002, 1001],
+    ['a length that lies', clientFrame(0x2, Buffer.concat([v2(0x01, 0, Buffer.from('abc')).subarray(0, 8), Buffer.from('ab')])), 1002, 1001],
+    ['a payload over maxFrameBytes', clientFrame(0x2, v2(0x01, 0, Buffer.alloc(1025))), 1009, 1009],
+    ['a close without a code', clientFrame(0x2, v2(0x04, 0, Buffer.alloc(0))), 1002, 1001],
+    ['a close of one byte', clientFrame(0x2, v2(0x04, 0, Buffer.from([3]))), 1002, 1001],
+    ['a close with code 1005', clientFrame(0x2, v2(0x04, 0, closeOf(1005, Buffer.alloc(0)))), 1002, 1001],
+    ['a close with a reason that is not UTF-8', clientFrame(0x2, v2(0x04, 0, closeOf(4000, Buffer.from([0xc3, 0x28])))), 1007, 1001],
+    ['a close with a 124-byte reason', clientFrame(0x2, v2(0x04, 0, closeOf(4000, Buffer.alloc(124, 0x61)))), 1002, 1001],
+    ['an error frame that is not UTF-8', clientFrame(0x2, v2(0x05, 0, Buffer.from([0xff]))), 1007, 1001],
+    ['a control frame that is not JSON', clientFrame(0x2, v2(0x06, 0, Buffer.from('{nope'))), 1007, 1001],
+    ['a close with 4321 "ok"', clientFrame(0x2, v2(0x04, 0, closeOf(4321, Buffer.from('ok')))), 4321, 4321],
+  ];
+  for (const [what, bytes, clientCode, upstreamCode] of cases) {
+    const index = up.conns.length;
+    const c = await rawConnect(port, '/e', 'Sec-WebSocket-Protocol: sluice.v2\r\n');
+    const peer = await up.conn(index);
+    c.write(bytes);
+    const o = await c.outcome(3000);
+    const u = await peer.outcome(3000);
+    t.same([o.closeCode, u.code, peer.nonClose().length], [clientCode, upstreamCode, 0], `${what}: client ${clientCode}, upstream ${upstreamCode}, nothing forwarded`);
+    c.destroy();
+  }
+
+  // What stays open: ping (pong with its payload), pong, a valid error frame, a control frame.
+  const errorsBefore = proxy.counters.envelopeErrors;
+  const index = up.conns.length;
+  const c = await rawConnect(port, '/e', 'Sec-WebSocket-Protocol: sluice.v2\r\n');
+  t.teardown(() => c.destroy());
+  const peer = await up.conn(index);
+  c.write(Buffer.concat([
+    clientFrame(0x2, v2(0x02, 0, Buffer.from('are you there'))),
+    clientFrame(0x2, v2(0x03, 0, Buffer.from('unasked pong'))),
+    clientFrame(0x2, v2(0x05, 0, Buffer.from('client-side trouble'))),
+    clientFrame(0x2, v2(0x06, 0, Buffer.from('{"hello":1}'))),
+    clientFrame(0x2, v2(0x01, 0x04, Buffer.from('then data'))),
+  ]));
+  t.ok(await peer.waitFor(() => peer.nonClose().length === 1, 3000), 'the data frame reaches the upstream');
+  t.equal(peer.nonClose()[0]?.payload.toString(), 'then data', 'unwrapped');
+  await until(() => c.frames.length >= 1 && controls.length >= 1, 3000, 'pong and hook').catch(() => {});
+  t.same(c.frames.map((f) => [f.payload[1], f.payload.subarray(8).toString()]), [[0x03, 'are you there']], 'the ping is answered with a pong carrying its payload');
+  t.same(controls, [{ hello: 1 }], 'the control frame reaches the hook');
+  t.equal(proxy.counters.envelopeErrors - errorsBefore, 1, 'the error frame is counted');
+  t.equal(proxy.stats().sessions, 1, 'the session stays open');
+});

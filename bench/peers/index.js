@@ -38,4 +38,6 @@ export const PEERS = [
   // The envelope route on the TypeScript engine (native codec): what messages mode saves.
   sluicePeer({ name: 'sluice-env-v2-ts-engine', describe: 'sluice, envelope route (v2), SLUICE_ENGINE=typescript', template: 'sluice-envelope.yaml.template',
     loadgenArgs: ['--envelope', 'v2'], env: { SLUICE_ENGINE: 'typescript' }, optional: true }),
+  sluicePeer({ name: 'sluice-env-v1-ts-engine', describe: 'sluice, envelope route (v1), SLUICE_ENGINE=typescript', template: 'sluice-envelope.yaml.template',
+    loadgenArgs: ['--envelope', 'v1'], env: { SLUICE_ENGINE: 'typescript' }, optional: true }),
 ];

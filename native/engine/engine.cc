@@ -16,6 +16,7 @@
 
 #include "http_head.h"
 #include "../codec_abi.h"
+#include "../envelope.h"
 #include "../mask.h"
 #include "../utf8.h"
 
@@ -702,6 +703,14 @@ void Engine::Collect(Leg* from, const FrameHeader& h, const uint8_t* p, size_t n
     p = from->msg.data();
     n = from->msg.size();
   }
+  const bool handled = from->session->params.envelope == 2 && (from->client ? EnvelopeFromClient(from, p, n) : EnvelopeToClient(from, p, n));
+  if (handled) {
+    if (!from->msg.empty()) {
+      from->msg.clear();
+      if (from->msg.capacity() > kHoldKeepBytes) from->msg.shrink_to_fit();
+    }
+    return;
+  }
   if (batch_desc_.empty() && notify_ != nullptr) notify_(owner_);
   batch_desc_.push_back(from->session->id);
   batch_desc_.push_back(from->client ? 1 : 0);
@@ -727,6 +736,90 @@ void Engine::Collect(Leg* from, const FrameHeader& h, const uint8_t* p, size_t n
   }
 }
 
+// Envelope v2, client side: a data frame's payload goes to the upstream as one binary
+// message; ping, pong and close are answered here. The rules and reasons are those of
+// src/proxy/envelope-route.ts and src/protocol/envelope.ts (decodeEnvelope). False: the
+// message goes to JavaScript (control and error frames: the host's hooks).
+bool Engine::EnvelopeFromClient(Leg* from, const uint8_t* p, size_t n) {
+  Session* s = from->session;
+  Leg* to = &s->server;
+  if (from->msg_op != opcode::kBinary) {
+    Fail(from, 1003, "malformed envelope", 1001, "client sent a malformed envelope");
+    return true;
+  }
+  uint32_t d[4];
+  const int32_t r = EnvelopeDecode(p, n, s->params.max_frame_bytes, d);
+  if (r < 0) {
+    if (-r == codec_errno::kEnvelopeTooBig) {
+      counters_[slot::kDroppedTooBig]++;
+      Fail(from, 1009, "envelope payload over " + std::to_string(s->params.max_frame_bytes) + " bytes", 1009,
+           "client message over the size limit");
+    } else {
+      Fail(from, 1002, "malformed envelope", 1001, "client sent a malformed envelope");
+    }
+    return true;
+  }
+  const uint8_t* payload = p + d[2];
+  const size_t len = d[3];
+  switch (d[0]) {
+    case 1:  // data
+      if (CanSend(to)) SendData(to, opcode::kBinary, nullptr, 0, payload, len);
+      return true;
+    case 2: {  // ping: a pong with its payload
+      CountFrame(true, kPing, len);
+      uint8_t h[8];
+      EnvelopeHeader(h, 3, 0, static_cast<uint32_t>(len));
+      if (CanSend(from)) SendData(from, opcode::kBinary, h, 8, payload, len);
+      return true;
+    }
+    case 3:  // pong
+      CountFrame(true, kPong, len);
+      return true;
+    case 4: {  // close: both sides get its code and reason
+      if (len == 1 || len > 125) {
+        Fail(from, 1002, "malformed envelope", 1001, "client sent a malformed envelope");
+        return true;
+      }
+      const int code = len >= 2 ? (payload[0] << 8) | payload[1] : 1005;
+      if (len >= 2 && !ValidWireCode(code)) {
+        Fail(from, 1002, "malformed envelope", 1001, "client sent a malformed envelope");
+        return true;
+      }
+      if (len >= 2 && !IsUtf8(payload + 2, len - 2)) {
+        Fail(from, 1007, "invalid envelope payload", 1001, "client sent a malformed envelope");
+        return true;
+      }
+      if (len == 0) {
+        // No code: nothing to pass on (an envelope close says how the session ends).
+        Fail(from, 1002, "malformed envelope close", 1001, "client sent a malformed envelope");
+        return true;
+      }
+      CountFrame(true, kCloseKind, len);
+      const std::string reason(reinterpret_cast<const char*>(payload + 2), len - 2);
+      Shutdown(s->id, code, reason, code, reason, true);
+      return true;
+    }
+    case 5:  // error: its text must be UTF-8; the host counts and logs it
+      if (!IsUtf8(payload, len)) {
+        Fail(from, 1007, "invalid envelope payload", 1001, "client sent a malformed envelope");
+        return true;
+      }
+      return false;
+    default:  // control: JSON, for the host
+      return false;
+  }
+}
+
+// Envelope v2, upstream side: its message becomes one data frame (final) for the client.
+bool Engine::EnvelopeToClient(Leg* from, const uint8_t* p, size_t n) {
+  Leg* to = &from->session->client;
+  if (!CanSend(to)) return true;
+  uint8_t h[8];
+  EnvelopeHeader(h, 1, 0x04, static_cast<uint32_t>(n));
+  SendData(to, opcode::kBinary, h, 8, p, n);
+  return true;
+}
+
 void Engine::BeginDelivery(std::vector<uint8_t>* bytes, std::vector<double>* desc) {
   bytes->swap(batch_);
   desc->swap(batch_desc_);
@@ -736,20 +829,14 @@ void Engine::BeginDelivery(std::vector<uint8_t>* bytes, std::vector<double>* des
   batch_legs_.clear();
   delivering_no_ = batch_no_++;
   delivering_ = true;
+  defer_writes_ = true;
 }
 
 void Engine::EndDelivery() {
   delivering_ = false;
+  defer_writes_ = false;
   delivered_no_ = delivering_no_;
-  // What JavaScript sent: one write per side.
-  std::vector<Leg*> dirty;
-  dirty.swap(dirty_);
-  for (Leg* leg : dirty) {
-    leg->dirty = false;
-    if (!leg->alive || leg->out.size() == 0) continue;
-    DrainBacklog(leg);
-    if (leg->alive) AfterWrite(leg);
-  }
+  FlushDirty();  // what JavaScript sent: one write per side
   // What waited behind the messages: a close frame, the end of the connection.
   std::vector<Leg*> legs;
   legs.swap(delivered_legs_);
@@ -777,13 +864,15 @@ bool Engine::Send(uint32_t id, bool to_client, uint8_t op, const uint8_t* p, siz
   if (s == nullptr || s->ended || s->stage != kStageData || s->params.mode != 1) return false;
   Leg* to = to_client ? &s->client : &s->server;
   if (!CanSend(to)) return false;
-  SendData(to, op, p, n);
+  SendData(to, op, nullptr, 0, p, n);
   return true;
 }
 
-// One data frame to `to` (masked under a fresh key towards the upstream), behind what it
-// has queued; written now, or when the delivery running ends.
-void Engine::SendData(Leg* to, uint8_t op, const uint8_t* p, size_t n) {
+// One data frame to `to` (masked under a fresh key towards the upstream) of `prefix` and
+// then `p`, behind what it has queued; written now, or (during a read or a delivery) once
+// that is done, one write per side.
+void Engine::SendData(Leg* to, uint8_t op, const uint8_t* prefix, size_t pn, const uint8_t* p, size_t pl) {
+  const size_t n = pn + pl;
   uint8_t hdr[14];
   size_t h = 0;
   const uint8_t mask = to->client ? 0 : 0x80;
@@ -810,9 +899,10 @@ void Engine::SendData(Leg* to, uint8_t op, const uint8_t* p, size_t n) {
     return;
   }
   std::memcpy(at, hdr, h);
-  if (mask != 0) XorMask(at + h, p, n, k, 0);
-  else if (n > 0) std::memcpy(at + h, p, n);
-  if (delivering_) {
+  if (pn > 0) std::memcpy(at + h, prefix, pn);
+  if (pl > 0) std::memcpy(at + h + pn, p, pl);
+  if (mask != 0) XorMask(at + h, at + h, n, k, 0);
+  if (defer_writes_) {
     if (!to->dirty) {
       to->dirty = true;
       dirty_.push_back(to);
@@ -823,22 +913,27 @@ void Engine::SendData(Leg* to, uint8_t op, const uint8_t* p, size_t n) {
   if (to->alive) AfterWrite(to);
 }
 
+// What was sent during a read or a delivery: one write per side.
+void Engine::FlushDirty() {
+  std::vector<Leg*> dirty;
+  dirty.swap(dirty_);
+  for (Leg* leg : dirty) {
+    leg->dirty = false;
+    if (!leg->alive || leg->out.size() == 0) continue;
+    DrainBacklog(leg);
+    if (leg->alive) AfterWrite(leg);
+  }
+}
+
 // The envelope's own close before the WebSocket close (TypeScript: encodeEnvelope): v2 an
 // 8-byte header and the close payload, v1 JSON with the code and the reason.
 void Engine::SendEnvelopeClose(Leg* to, int code, const std::string& reason) {
   uint8_t payload[125];
   const size_t n = ClosePayload(code, reason, payload);
   if (to->session->params.envelope == 2) {
-    uint8_t m[8 + 125];
-    m[0] = 0x02;
-    m[1] = 0x04;
-    m[2] = 0;
-    m[3] = 0;
-    m[4] = m[5] = 0;
-    m[6] = static_cast<uint8_t>(n >> 8);
-    m[7] = static_cast<uint8_t>(n);
-    std::memcpy(m + 8, payload, n);
-    SendData(to, opcode::kBinary, m, 8 + n);
+    uint8_t h[8];
+    EnvelopeHeader(h, 4, 0, static_cast<uint32_t>(n));
+    SendData(to, opcode::kBinary, h, 8, payload, n);
     return;
   }
   std::string j = "{\"type\":\"close\",\"code\":" + std::to_string(code) + ",\"reason\":\"";
@@ -864,7 +959,7 @@ void Engine::SendEnvelopeClose(Leg* to, int code, const std::string& reason) {
     }
   }
   j += "\"}";
-  SendData(to, opcode::kText, reinterpret_cast<const uint8_t*>(j.data()), j.size());
+  SendData(to, opcode::kText, nullptr, 0, reinterpret_cast<const uint8_t*>(j.data()), j.size());
 }
 
 bool Engine::Destroy(uint32_t id) {
@@ -967,6 +1062,15 @@ void Engine::Process(Leg* from, uint8_t* data, size_t len) {
     return;
   }
   LegVisitor v(this, from, to);
+  if (from->session->params.mode == 1) {
+    // Messages mode: what this read sends (envelope v2 in the engine, pongs) goes out in one
+    // write per side once the read is done.
+    defer_writes_ = true;
+    from->cursor.Feed(data, len, &v);
+    defer_writes_ = false;
+    FlushDirty();
+    return;
+  }
   from->cursor.Feed(data, len, &v);
   FlushGather();
 }

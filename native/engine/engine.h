@@ -400,7 +400,10 @@ class Engine {
   void Free(Session* s);
   void CountFrame(bool in, int kind, uint64_t bytes);
   void Collect(Leg* from, const FrameHeader& h, const uint8_t* p, size_t n);
-  void SendData(Leg* to, uint8_t op, const uint8_t* p, size_t n);
+  void SendData(Leg* to, uint8_t op, const uint8_t* prefix, size_t pn, const uint8_t* p, size_t pl);
+  void FlushDirty();
+  bool EnvelopeFromClient(Leg* from, const uint8_t* p, size_t n);
+  bool EnvelopeToClient(Leg* from, const uint8_t* p, size_t n);
   void SendEnvelopeClose(Leg* to, int code, const std::string& reason);
   // Whether messages of `leg` wait in a batch JavaScript has not finished with.
   bool Pending(const Leg* leg) const { return leg->batch_no > delivered_no_; }
@@ -452,6 +455,7 @@ class Engine {
   std::vector<Leg*> delivered_legs_;
   std::vector<Leg*> dirty_;
   bool delivering_ = false;
+  bool defer_writes_ = false;  // SendData queues (a read or a delivery runs); FlushDirty writes
   uint64_t batch_no_ = 1;       // the batch being collected
   uint64_t delivering_no_ = 0;  // the batch JavaScript has
   uint64_t delivered_no_ = 0;   // the last batch JavaScript finished with
