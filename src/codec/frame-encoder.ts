@@ -24,6 +24,45 @@ const MIN_SLAB_BYTES = 1024;
 const randomPool = Buffer.allocUnsafeSlow(RANDOM_POOL_BYTES);
 let randomAt = RANDOM_POOL_BYTES;
 
+/** Header bytes of a frame with `length` payload bytes (shortest length form; + 4 when masked). */
+export function headerBytes(length: number, masked: boolean): number {
+  return (length < 126 ? 2 : length < 65536 ? 4 : 10) + (masked ? 4 : 0);
+}
+
+/**
+ * Write a frame header at `out[at]` (shortest length form) and, when `masked`, a fresh
+ * mask key drawn from the pool into both the header and `key`. Returns where the payload
+ * starts.
+ */
+export function writeHeader(out: Buffer, at: number, opcode: number, fin: boolean, rsv1: boolean, length: number,
+  masked: boolean, key: Uint8Array): number {
+  out[at++] = (fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | (opcode & 0x0f);
+  const maskBit = masked ? 0x80 : 0;
+  if (length < 126) {
+    out[at++] = maskBit | length;
+  } else if (length < 65536) {
+    out[at++] = maskBit | 126;
+    out[at++] = length >>> 8;
+    out[at++] = length & 0xff;
+  } else {
+    out[at++] = maskBit | 127;
+    out.writeUInt32BE(Math.floor(length / 0x100000000), at);
+    out.writeUInt32BE(length >>> 0, at + 4);
+    at += 8;
+  }
+  if (masked) {
+    if (randomAt === RANDOM_POOL_BYTES) {
+      randomFillSync(randomPool);
+      randomAt = 0;
+    }
+    key[0] = out[at++] = randomPool[randomAt++];
+    key[1] = out[at++] = randomPool[randomAt++];
+    key[2] = out[at++] = randomPool[randomAt++];
+    key[3] = out[at++] = randomPool[randomAt++];
+  }
+  return at;
+}
+
 /** See FrameEncoder in types.ts for the contract. */
 export class TsFrameEncoder implements FrameEncoder {
   private readonly _masking: boolean;
@@ -74,35 +113,16 @@ export class TsFrameEncoder implements FrameEncoder {
     }
     if (opcode === 0 && rsv1) throw new RangeError('frame: RSV1 is only allowed on the first frame of a message');
     const masking = this._masking;
-    const headerBytes = (length < 126 ? 2 : length < 65536 ? 4 : 10) + (masking ? 4 : 0);
-    if (this._slab.length - this._end < headerBytes + length) this._grow(headerBytes + length);
+    const need = headerBytes(length, masking);
+    if (this._slab.length - this._end < need + length) this._grow(need + length);
     const out = this._slab;
-    let at = this._end;
-    out[at++] = (fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | (opcode & 0x0f);
-    const maskBit = masking ? 0x80 : 0;
-    if (length < 126) {
-      out[at++] = maskBit | length;
-    } else if (length < 65536) {
-      out[at++] = maskBit | 126;
-      out[at++] = length >>> 8;
-      out[at++] = length & 0xff;
-    } else {
-      out[at++] = maskBit | 127;
-      const high = Math.floor(length / 0x100000000);
-      out.writeUInt32BE(high, at);
-      out.writeUInt32BE(length >>> 0, at + 4);
-      at += 8;
-    }
+    const key = this._key;
+    const at = writeHeader(out, this._end, opcode, fin, rsv1, length, masking, key);
     if (masking) {
-      if (randomAt === RANDOM_POOL_BYTES) {
-        randomFillSync(randomPool);
-        randomAt = 0;
-      }
-      const key = this._key;
-      const k0 = (key[0] = out[at++] = randomPool[randomAt++]);
-      const k1 = (key[1] = out[at++] = randomPool[randomAt++]);
-      const k2 = (key[2] = out[at++] = randomPool[randomAt++]);
-      const k3 = (key[3] = out[at++] = randomPool[randomAt++]);
+      const k0 = key[0];
+      const k1 = key[1];
+      const k2 = key[2];
+      const k3 = key[3];
       if (length < INLINE_MASK_MAX_BYTES) {
         // Small payloads: XOR inline, four bytes a step with the key in locals; a call to
         // the mask function costs more than the work (perf on the proxy's 64 B echo).

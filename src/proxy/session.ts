@@ -10,6 +10,8 @@
  * the read; no closures per message.
  */
 import type net from 'node:net';
+import { wordView, xorInPlace } from '../codec/mask.js';
+import { headerBytes, writeHeader } from '../codec/frame-encoder.js';
 import {
   createFrameEncoder,
   createFrameParser,
@@ -80,6 +82,16 @@ const CLOSED = 3;
 
 export { isValidWireCloseCode };
 
+/** The mask key of the frame being forwarded in place (writeHeader fills it). */
+const maskKey = new Uint8Array(4);
+
+/** A leg's growing span goes to its out list (the span's frames are complete). */
+function closeSpan(leg: Leg): void {
+  if (leg.spanChunk === null) return;
+  leg.out.push(leg.spanChunk.subarray(leg.spanStart, leg.spanEnd));
+  leg.spanChunk = null;
+}
+
 function closePayload(code: number, reason: string): Buffer {
   if (code === 0) return EMPTY;
   return envelopeClosePayload(code, reason); // reason cut to 123 bytes on a character boundary
@@ -131,6 +143,16 @@ export class Leg {
   assemblyLength = 0;
   /** Messages written to this side while its socket's buffer was full (channel fill). */
   queued = 0;
+  /**
+   * What goes to this side at the next flush, in order, before the encoder's own bytes:
+   * frames forwarded in place (spans of the partner's read chunks) and encoder output that
+   * came before them.
+   */
+  readonly out: Buffer[] = [];
+  /** The span of a partner's chunk still growing (consecutive frames forwarded in place). */
+  spanChunk: Buffer | null = null;
+  spanStart = 0;
+  spanEnd = 0;
   /** Bytes this side sent us / we sent it in data frames, messages completed. */
   messages = 0;
   bytes = 0;
@@ -188,6 +210,9 @@ export class Session implements EnvelopePeer {
   bpReported = false;
   private readonly clientHead: Buffer;
   private readonly serverHead: Buffer;
+  /** The chunk onData is walking (transparent routes; null otherwise), and its word view once made. */
+  private reading: Buffer | null = null;
+  private readingWords: Int32Array | null = null;
 
   constructor(
     id: number,
@@ -292,6 +317,9 @@ export class Session implements EnvelopePeer {
   private onData(from: Leg, to: Leg, chunk: Buffer): void {
     from.seen = this.host.clock;
     if (from.deaf) return;
+    // Transparent routes forward the frames that lie whole in the chunk in place.
+    this.reading = this.envelope === null ? chunk : null;
+    this.readingWords = null;
     const parser = from.parser;
     const d = parser.descriptors;
     let offset = 0;
@@ -315,6 +343,8 @@ export class Session implements EnvelopePeer {
       if (resume < 0 || from.deaf) break;
       offset = resume;
     }
+    this.reading = null;
+    this.readingWords = null;
     this.flush(to);
     this.flush(from);
   }
@@ -399,7 +429,42 @@ export class Session implements EnvelopePeer {
       }
       return;
     }
-    to.encoder.frame(op, payload, fin, op !== Opcode.Continuation && from.compressed);
+    const rsv1 = op !== Opcode.Continuation && from.compressed;
+    if ((info & Desc.CARRY) === 0 && this.forwardInPlace(from, to, op, fin, rsv1, payload)) return;
+    to.encoder.frame(op, payload, fin, rsv1);
+  }
+
+  /**
+   * Forward a frame that lies whole in the chunk just read without copying it: our header
+   * is written over the bytes of the sender's header (ours is never longer: the shortest
+   * length form, and a mask key only towards the upstream, where the sender's frame had
+   * one too), a client's payload is re-masked in place under a fresh key, and the frame
+   * joins the span of the chunk that goes to `to` in one write (consecutive frames
+   * coalesce). False when the header does not fit (it was cut by the previous read).
+   */
+  private forwardInPlace(from: Leg, to: Leg, op: number, fin: boolean, rsv1: boolean, payload: Buffer): boolean {
+    const chunk = this.reading;
+    if (chunk === null || payload.buffer !== chunk.buffer) return false;
+    const length = payload.length;
+    const masking = from === this.client;
+    const at = payload.byteOffset - chunk.byteOffset;
+    const h = at - headerBytes(length, masking);
+    if (h < 0) return false;
+    writeHeader(chunk, h, op, fin, rsv1, length, masking, maskKey);
+    if (masking && length > 0) xorInPlace(chunk, this.readingWords ??= wordView(chunk), at, at + length, maskKey, 0);
+    const end = at + length;
+    if (to.spanChunk === chunk && to.spanEnd === h && to.encoder.length === 0) {
+      to.spanEnd = end;
+      return true;
+    }
+    closeSpan(to);
+    // What was encoded for `to` before this frame goes before it.
+    const before = to.encoder.take();
+    if (before !== null) to.out.push(before);
+    to.spanChunk = chunk;
+    to.spanStart = h;
+    to.spanEnd = end;
+    return true;
   }
 
   /**
@@ -490,9 +555,27 @@ export class Session implements EnvelopePeer {
 
   /** Write what was encoded for `leg`; past highWaterMark, stop reading its partner. */
   private flush(leg: Leg): void {
+    closeSpan(leg);
     const out = leg.encoder.take();
-    if (out === null || !leg.alive) return;
-    leg.socket.write(out);
+    const list = leg.out;
+    if (list.length > 0) {
+      if (out !== null) list.push(out);
+      if (leg.alive) {
+        if (list.length === 1) {
+          leg.socket.write(list[0]);
+        } else {
+          // One writev for the spans and the encoder's bytes between them.
+          leg.socket.cork();
+          for (const b of list) leg.socket.write(b);
+          leg.socket.uncork();
+        }
+      }
+      list.length = 0;
+      if (!leg.alive) return;
+    } else {
+      if (out === null || !leg.alive) return;
+      leg.socket.write(out);
+    }
     // The kernel took every byte synchronously: the encoder may reuse its memory, so a
     // steady flow allocates nothing per flush (external allocations drive V8's major GCs).
     const pending = leg.socket.writableLength;
