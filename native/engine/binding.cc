@@ -90,11 +90,17 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     SyncCounters();
     Napi::Env env = env_;
     Napi::HandleScope scope(env);
-    if (engine_->has_batch()) DeliverMessages(env);
-    if (engine_ == nullptr) return;
+    // Events first: a session that opened this turn is known to JavaScript (its record is
+    // made in the microtasks that run when the events call returns) before its first
+    // messages come. A session that ended has no messages waiting (the engine holds an end
+    // back behind them).
     std::vector<Event> events;
     events.swap(engine_->events());
-    if (events.empty()) return;
+    if (!events.empty()) DeliverEvents(env, events);
+    if (engine_ != nullptr && engine_->has_batch()) DeliverMessages(env);
+  }
+
+  void DeliverEvents(Napi::Env env, const std::vector<Event>& events) {
     Napi::Array list = Napi::Array::New(env, events.size());
     for (size_t i = 0; i < events.size(); i++) {
       const Event& e = events[i];

@@ -253,7 +253,8 @@ bool LegVisitor::OnHeader(const FrameHeader& h, uint8_t* raw, bool in_read) {
   if (h.fin) a->messages++;
   bool forward = CanSend(b) && !a->dropping;
   // Decided once per message, at its first frame: a message that started goes on whole.
-  if (forward && h.opcode != opcode::kContinuation && e_->OverBudget(a, b)) {
+  // (Messages mode: decided for envelope data towards the upstream only, ShedToUpstream.)
+  if (forward && h.opcode != opcode::kContinuation && s->params.mode != 1 && e_->OverBudget(a, b)) {
     forward = false;
     if (s->params.policy == 2) {
       e_->counters_[slot::kDroppedBackpressure]++;
@@ -763,7 +764,7 @@ bool Engine::EnvelopeFromClient(Leg* from, const uint8_t* p, size_t n) {
   const size_t len = d[3];
   switch (d[0]) {
     case 1:  // data
-      if (CanSend(to)) SendData(to, opcode::kBinary, nullptr, 0, payload, len);
+      if (CanSend(to) && !ShedToUpstream(s)) SendData(to, opcode::kBinary, nullptr, 0, payload, len);
       return true;
     case 2: {  // ping: a pong with its payload
       CountFrame(true, kPing, len);
@@ -808,6 +809,15 @@ bool Engine::EnvelopeFromClient(Leg* from, const uint8_t* p, size_t n) {
     default:  // control: JSON, for the host
       return false;
   }
+}
+
+// Under `close` and `drop`, whether an envelope's data for the upstream is shed (the
+// TypeScript engine's upstreamData): dropped and counted, or the client gets 1013.
+bool Engine::ShedToUpstream(Session* s) {
+  if (!OverBudget(&s->client, &s->server)) return false;
+  if (s->params.policy == 2) counters_[slot::kDroppedBackpressure]++;
+  else SlowPeer(&s->server);
+  return true;
 }
 
 // Envelope v2, upstream side: its message becomes one data frame (final) for the client.
@@ -856,6 +866,14 @@ void Engine::EndDelivery() {
       OnEof(leg);
     }
   }
+  // A violation found behind messages: now that they went, both sides are told.
+  for (Leg* leg : legs) {
+    for (Leg* l : {leg, Partner(leg)}) {
+      if (!l->fail_pending || Pending(l) || Pending(Partner(l))) continue;
+      l->fail_pending = false;
+      if (l->alive || Partner(l)->alive) Fail(l, l->fail_code, l->fail_reason, l->fail_partner_code, l->fail_partner_reason);
+    }
+  }
   if (!in_dispatch_) Reap();
 }
 
@@ -863,7 +881,7 @@ bool Engine::Send(uint32_t id, bool to_client, uint8_t op, const uint8_t* p, siz
   Session* s = Find(id);
   if (s == nullptr || s->ended || s->stage != kStageData || s->params.mode != 1) return false;
   Leg* to = to_client ? &s->client : &s->server;
-  if (!CanSend(to)) return false;
+  if (!CanSend(to) || (!to_client && ShedToUpstream(s))) return false;
   SendData(to, op, nullptr, 0, p, n);
   return true;
 }
@@ -1065,10 +1083,11 @@ void Engine::Process(Leg* from, uint8_t* data, size_t len) {
   if (from->session->params.mode == 1) {
     // Messages mode: what this read sends (envelope v2 in the engine, pongs) goes out in one
     // write per side once the read is done.
+    const bool outer = defer_writes_;
     defer_writes_ = true;
     from->cursor.Feed(data, len, &v);
-    defer_writes_ = false;
-    FlushDirty();
+    defer_writes_ = outer;
+    if (!outer) FlushDirty();
     return;
   }
   from->cursor.Feed(data, len, &v);
@@ -1568,6 +1587,21 @@ void Engine::ProtocolError(Leg* culprit, int32_t err, const char* detail) {
 // ended promptly; its partner gets `partner_code` with a reason that says why.
 void Engine::Fail(Leg* culprit, int code, const std::string& reason, int partner_code, const std::string& partner_reason) {
   Session* s = culprit->session;
+  if (s->params.mode == 1 && !delivering_ && (Pending(culprit) || Pending(Partner(culprit)))) {
+    // Messages read before the violation are still on their way through JavaScript: the
+    // culprit is not heard from now on, and the closes follow those messages (EndDelivery).
+    if (!culprit->fail_pending) {
+      culprit->fail_pending = true;
+      culprit->fail_code = code;
+      culprit->fail_reason = reason;
+      culprit->fail_partner_code = partner_code;
+      culprit->fail_partner_reason = partner_reason;
+      if (s->closed_first == 0) s->closed_first = 3;
+    }
+    culprit->deaf = true;
+    culprit->cursor.Stop();
+    return;
+  }
   if (s->closed_first == 0) s->closed_first = 3;
   culprit->deaf = true;
   culprit->cursor.Stop();

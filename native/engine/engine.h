@@ -206,6 +206,12 @@ struct Leg {
   bool close_pending = false;
   std::vector<uint8_t> close_payload;
   bool eof_pending = false;
+  // A violation of this side found while messages waited for JavaScript (Engine::Fail).
+  bool fail_pending = false;
+  int fail_code = 0;
+  std::string fail_reason;
+  int fail_partner_code = 0;
+  std::string fail_partner_reason;
   bool dirty = false;  // JavaScript sent to it during a delivery: written once it returns
 };
 
@@ -402,6 +408,7 @@ class Engine {
   void Collect(Leg* from, const FrameHeader& h, const uint8_t* p, size_t n);
   void SendData(Leg* to, uint8_t op, const uint8_t* prefix, size_t pn, const uint8_t* p, size_t pl);
   void FlushDirty();
+  bool ShedToUpstream(Session* s);
   bool EnvelopeFromClient(Leg* from, const uint8_t* p, size_t n);
   bool EnvelopeToClient(Leg* from, const uint8_t* p, size_t n);
   void SendEnvelopeClose(Leg* to, int code, const std::string& reason);

@@ -603,10 +603,9 @@ void Engine::ReadUpstreamHead(Session* s) {
         agreed = Str(v);
       }
       h->upstream_in.erase(0, res.head_bytes);
-      // An envelope client gets the envelope's subprotocol it offered, whatever the upstream
-      // picked (the upstream speaks plain WebSocket); else the upstream's pick.
-      const bool envelope_answer = s->params.envelope != 0 &&
-                                   (h->fallback_protocol == "sluice.v1" || h->fallback_protocol == "sluice.v2");
+      // An envelope client gets the envelope's subprotocol (sluice.v2, sluice.v1, or none for
+      // a legacy client), whatever the upstream picked: the upstream speaks plain WebSocket.
+      const bool envelope_answer = s->params.envelope != 0;
       StartData(s, picked.empty() || envelope_answer ? h->fallback_protocol : picked, agreed);
       return;
     }

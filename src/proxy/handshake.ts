@@ -52,6 +52,8 @@ export interface DialResult {
    * carry-over and fragment assembly do exactly that).
    */
   setDataHandler(fn: (chunk: Buffer) => void): void;
+  /** The chunks are views of the shared read buffer (ws://): nothing may keep them. */
+  readsBorrowed: boolean;
   /** The subprotocol the upstream picked, or ''. */
   protocol: string;
   /** The extensions the upstream accepted (Sec-WebSocket-Extensions of its 101), or ''. */
@@ -244,6 +246,7 @@ export function dial(opts: DialOptions): Promise<DialResult> {
         setDataHandler(fn) {
           route.fn = fn;
         },
+        readsBorrowed: opts.url.protocol !== 'wss:',
       });
     };
   });

@@ -52,6 +52,8 @@ export class NativeSession implements EnvelopePeer {
   private readonly engine: NativeEngine;
   private readonly host: NativeSessionHost | null;
   private readonly maxFrameBytes: number;
+  /** The client broke the envelope protocol: its session is closing. */
+  private failed = false;
 
   constructor(id: number, engine: NativeEngine, engineId: number, route: RouteConfig, routeKey: string, upstream: Upstream,
     meta: { remoteAddress: string; origin: string; protocol: string; handshakeMs: number },
@@ -85,7 +87,7 @@ export class NativeSession implements EnvelopePeer {
 
   /** One whole data message from the engine's batch (`data` is valid only during the call). */
   onMessage(fromClient: boolean, opcode: number, data: Buffer): void {
-    if (this.ended || this.host === null) return;
+    if (this.ended || this.failed || this.host === null) return;
     if (fromClient) envelopeRoute.fromClient(this, data, opcode === Opcode.Binary, this.maxFrameBytes, this.host.counters);
     else envelopeRoute.fromUpstream(this, data);
   }
@@ -104,6 +106,8 @@ export class NativeSession implements EnvelopePeer {
   }
 
   failClient(code: number, reason: string, partnerCode: number, partnerReason: string): void {
+    // Nothing after the violation is acted on (the rest of this batch included).
+    this.failed = true;
     this.engine.fail(this.engineId, true, code, reason, partnerCode, partnerReason);
   }
 

@@ -745,7 +745,7 @@ export class Proxy implements SessionHost {
       if (client instanceof EngineClient) {
         // The engine dials, sends our request, checks the answer and writes the 101 itself.
         void this.dialThroughEngine(client, route, candidates, matched, path, upstreamQuery, fwd, upstreamProtocols,
-          clientProtocol ?? consumed ?? '', expiresAt, deflateOffer, envelope)
+          envelope !== null ? (clientProtocol ?? '') : (consumed ?? ''), expiresAt, deflateOffer, envelope)
           .then(({ upstream, protocol }) => {
             this.handshaking.delete(client);
             client.offGone();

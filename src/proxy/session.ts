@@ -210,6 +210,8 @@ export class Session implements EnvelopePeer {
   bpReported = false;
   private readonly clientHead: Buffer;
   private readonly serverHead: Buffer;
+  /** The upstream's chunks are views of a shared read buffer: never forwarded in place. */
+  private readonly upstreamReadsBorrowed: boolean;
   /** The chunk onData is walking (transparent routes; null otherwise), and its word view once made. */
   private reading: Buffer | null = null;
   private readingWords: Int32Array | null = null;
@@ -221,7 +223,7 @@ export class Session implements EnvelopePeer {
     routeKey: string,
     upstream: Upstream,
     client: { socket: net.Socket; head: Buffer },
-    server: { socket: net.Socket; head: Buffer; setDataHandler(fn: (chunk: Buffer) => void): void },
+    server: { socket: net.Socket; head: Buffer; setDataHandler(fn: (chunk: Buffer) => void): void; readsBorrowed: boolean },
     meta: SessionMeta,
   ) {
     this.id = id;
@@ -257,6 +259,7 @@ export class Session implements EnvelopePeer {
     }
     this.clientHead = client.head;
     this.serverHead = server.head;
+    this.upstreamReadsBorrowed = server.readsBorrowed;
     this.remoteAddress = meta.remoteAddress;
     this.origin = meta.origin;
     this.protocol = meta.protocol;
@@ -317,8 +320,9 @@ export class Session implements EnvelopePeer {
   private onData(from: Leg, to: Leg, chunk: Buffer): void {
     from.seen = this.host.clock;
     if (from.deaf) return;
-    // Transparent routes forward the frames that lie whole in the chunk in place.
-    this.reading = this.envelope === null ? chunk : null;
+    // Transparent routes forward the frames that lie whole in the chunk in place, when the
+    // chunk is ours to keep until it is written (not the shared read buffer of ws:// upstreams).
+    this.reading = this.envelope === null && (from === this.client || !this.upstreamReadsBorrowed) ? chunk : null;
     this.readingWords = null;
     const parser = from.parser;
     const d = parser.descriptors;
