@@ -67,7 +67,7 @@ if [ "${SLUICE_TEST_QUICK:-0}" != "1" ]; then
 
   step "fuzz targets (bounded)"
   if command -v clang++ >/dev/null 2>&1; then
-    if bash scripts/fuzz.sh "${SLUICE_FUZZ_SECONDS:-10}"; then passed=$((passed + 1)); else status=1; failed=$((failed + 1)); fi
+    if bash scripts/fuzz.sh "${SLUICE_FUZZ_SECONDS:-5}"; then passed=$((passed + 1)); else status=1; failed=$((failed + 1)); fi
   else
     echo "SKIPPED: clang++ is not installed (apt-get install clang libclang-rt-14-dev); .ci/run installs it"
   fi

@@ -53,6 +53,10 @@ constexpr uint64_t kPipeLingerMs = 5000;
 // A pipe's leg whose end waits for its queue to drain is cut when the queue has not moved
 // for this long (a client that stops reading cannot pin the connection).
 constexpr uint64_t kPipeStallMs = 30000;
+// Messages mode: past this many bytes in the batch, legs in messages mode are read again
+// only after the batch has gone to JavaScript (one turn of the loop holds at most this
+// much, plus one read, for JavaScript).
+constexpr size_t kBatchMaxBytes = 1024 * 1024;
 constexpr uint64_t kSizeBounds[9] = {64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304};
 
 bool ValidWireCode(int code) {
@@ -454,6 +458,8 @@ void Engine::Dispose() {
   CloseAll();
   for (Leg* leg : ready_) leg->in_ready = false;
   ready_.clear();
+  for (Leg* leg : after_delivery_) leg->in_ready = false;
+  after_delivery_.clear();
   Reap();
   if (sweep_open_) {
     sweep_open_ = false;
@@ -874,6 +880,13 @@ void Engine::EndDelivery() {
       if (l->alive || Partner(l)->alive) Fail(l, l->fail_code, l->fail_reason, l->fail_partner_code, l->fail_partner_reason);
     }
   }
+  // Legs that stopped for a full batch are read again (the kick, next turn).
+  std::vector<Leg*> waiting;
+  waiting.swap(after_delivery_);
+  for (Leg* leg : waiting) {
+    leg->in_ready = false;
+    Schedule(leg);
+  }
   if (!in_dispatch_) Reap();
 }
 
@@ -1030,6 +1043,15 @@ void Engine::CloseAll() {
 // ready list for its turn.
 bool Engine::ReadSome(Leg* leg) {
   for (int i = 0; i < 4; i++) {
+    if (batch_.size() >= kBatchMaxBytes && leg->session->params.mode == 1) {
+      // Messages mode: this turn's batch is full; read on once JavaScript has had it (not
+      // through the ready list: it would only come back to a batch still full).
+      if (!leg->in_ready) {
+        leg->in_ready = true;
+        after_delivery_.push_back(leg);
+      }
+      return true;
+    }
     const size_t budget = ReadBudget(leg);
     bool dry = false;
     const ssize_t n = LegRecv(leg, read_buf_, budget, &dry);

@@ -461,6 +461,7 @@ class Engine {
   std::vector<Leg*> batch_legs_;
   std::vector<Leg*> delivered_legs_;
   std::vector<Leg*> dirty_;
+  std::vector<Leg*> after_delivery_;  // stopped for a full batch (in_ready set: not reaped)
   bool delivering_ = false;
   bool defer_writes_ = false;  // SendData queues (a read or a delivery runs); FlushDirty writes
   uint64_t batch_no_ = 1;       // the batch being collected
