@@ -385,3 +385,37 @@ t.test(`${MODE}, v1: more than a batch at once (30 clients x 4 x 64 KiB) all ech
     c.frames.every((f, i) => readEnvelope('v1', f).data?.equals(msg(ci, i)) === true)).length;
   t.equal(ok, 30, `${ok} of 30 clients got their 4 messages back, in order and intact`);
 });
+
+// A v1 client's message, then a frame that breaks the rules, then its end, all in one
+// write: the message reaches the upstream, the client gets 1002 (the violation, not the
+// end, decides the close), the upstream 1001 "client protocol error".
+t.test(`${MODE}, v1: a message, a violation and the client's end in one write: 1002 decides`, async (t) => {
+  const { c, peer } = await envelopeSession(t, 'v1');
+  c.socket.end(Buffer.concat([dataFrame('v1', seqOf(7)), clientFrame(0x3, Buffer.from('reserved opcode'))]));
+  const o = await c.outcome(5000);
+  const u = await peer.outcome(5000);
+  t.equal(peer.nonClose()[0]?.payload.readUInt32BE(0), 7, 'the message before the violation reaches the upstream');
+  t.equal(o.closeCode, 1002, 'the client gets 1002');
+  t.same([u.code, u.reason.toString()], [1001, 'client protocol error'], 'the upstream gets 1001, client protocol error');
+});
+
+// More than one batch (1 MiB) from one v1 client at once, to an upstream that never
+// answers: each batch after the first goes on in the next turns of the loop, not when a
+// timer next fires. (The engine also keeps an idle handle active while a delivery is due,
+// so that a quiet loop does not wait in poll; here the sockets' own events wake it anyway,
+// so this test does not fail without that handle.)
+t.test(`${MODE}, v1: 6 MiB from one client at once reach a silent upstream without waiting on timers`, async (t) => {
+  const { c, peer } = await envelopeSession(t, 'v1', { maxFrameBytes: 128 * 1024 });
+  const N = 70; // 70 x 64 KiB = 4.4 MiB of payload, 6 MiB of JSON
+  const big = (i: number) => {
+    const b = Buffer.alloc(64 * 1024, i & 0xff);
+    b.writeUInt32BE(i, 0);
+    return b;
+  };
+  const started = Date.now();
+  c.write(Buffer.concat(Array.from({ length: N }, (_, i) => dataFrame('v1', big(i)))));
+  const all = await peer.waitFor(() => peer.nonClose().length === N, 10000);
+  const ms = Date.now() - started;
+  t.ok(all && peer.nonClose().every((f, i) => f.payload.readUInt32BE(0) === i), `all ${N} arrived in order (${ms} ms)`);
+  t.ok(ms < 1500, `within 1.5 s (${ms} ms; a timer's wait per MiB would take seconds)`);
+});

@@ -66,6 +66,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     check_ = new uv_check_t;
     uv_check_init(loop, check_);
     check_->data = this;
+    idle_ = new uv_idle_t;
+    uv_idle_init(loop, idle_);
+    uv_unref(reinterpret_cast<uv_handle_t*>(idle_));
     env_ = env;
   }
 
@@ -77,6 +80,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (!w->check_active_ && w->check_ != nullptr) {
       w->check_active_ = true;
       uv_check_start(w->check_, &EngineWrap::OnCheck);
+      // An active idle handle makes the loop's next poll return at once (as setImmediate
+      // does): what was noted during a timer reaches JavaScript this turn, not at the
+      // next I/O or timer.
+      if (w->idle_ != nullptr) uv_idle_start(w->idle_, [](uv_idle_t*) {});
     }
   }
 
@@ -86,6 +93,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   void Deliver() {
     check_active_ = false;
     if (check_ != nullptr) uv_check_stop(check_);
+    if (idle_ != nullptr) uv_idle_stop(idle_);
     if (engine_ == nullptr) return;
     SyncCounters();
     Napi::Env env = env_;
@@ -189,6 +197,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       uv_check_stop(check_);
       uv_close(reinterpret_cast<uv_handle_t*>(check_), [](uv_handle_t* h) { delete reinterpret_cast<uv_check_t*>(h); });
       check_ = nullptr;
+    }
+    if (idle_ != nullptr) {
+      uv_idle_stop(idle_);
+      uv_close(reinterpret_cast<uv_handle_t*>(idle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
+      idle_ = nullptr;
     }
     delete context_;
     context_ = nullptr;
@@ -527,6 +540,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   double* counters_ = nullptr;
   Napi::AsyncContext* context_ = nullptr;
   uv_check_t* check_ = nullptr;
+  uv_idle_t* idle_ = nullptr;  // started with the check: the next poll does not wait
   bool check_active_ = false;
 };
 

@@ -860,24 +860,28 @@ void Engine::EndDelivery() {
     if (leg->batch_no == delivered_no_) leg->batched = 0;
     // Paused for what it had in the batch: read again once its partner's queue allows.
     if (leg->paused && leg->alive && Partner(leg)->out.size() + leg->batched <= leg->session->params.high_water / 2) Resume(leg);
-    if (Pending(leg)) continue;  // more of its messages in the next batch
-    if (leg->close_pending) {
-      leg->close_pending = false;
-      std::vector<uint8_t> p;
-      p.swap(leg->close_payload);
-      if (leg->alive) OnCloseFrame(leg, Partner(leg), p.data(), p.size());
-    }
-    if (leg->eof_pending) {
-      leg->eof_pending = false;
-      OnEof(leg);
-    }
   }
-  // A violation found behind messages: now that they went, both sides are told.
   for (Leg* leg : legs) {
+    // A violation found behind messages first (it was seen before any end that followed
+    // it): now that they went, both sides are told.
     for (Leg* l : {leg, Partner(leg)}) {
       if (!l->fail_pending || Pending(l) || Pending(Partner(l))) continue;
       l->fail_pending = false;
       if (l->alive || Partner(l)->alive) Fail(l, l->fail_code, l->fail_reason, l->fail_partner_code, l->fail_partner_reason);
+    }
+    // Then what waited behind the messages: a close frame, the end of the connection.
+    for (Leg* l : {leg, Partner(leg)}) {
+      if (Pending(l)) continue;  // more of its messages in the next batch
+      if (l->close_pending) {
+        l->close_pending = false;
+        std::vector<uint8_t> p;
+        p.swap(l->close_payload);
+        if (l->alive) OnCloseFrame(l, Partner(l), p.data(), p.size());
+      }
+      if (l->eof_pending) {
+        l->eof_pending = false;
+        OnEof(l);
+      }
     }
   }
   // Legs that stopped for a full batch are read again (the kick, next turn).
@@ -1130,8 +1134,9 @@ void Engine::OnEof(Leg* leg) {
     EndHandshake(s, s->stage != kStageRefusal && s->stage != kStageHead);
     return;
   }
-  if (s->params.mode == 1 && Pending(leg)) {
-    // Its last messages are still on their way through JavaScript: the end follows them.
+  if (s->params.mode == 1 && (Pending(leg) || leg->fail_pending)) {
+    // Its last messages (or its partner's, before its own violation is acted on) are still
+    // on their way through JavaScript: the end follows them.
     leg->eof_pending = true;
     leg->readable = false;
     leg->deaf = true;
