@@ -670,8 +670,15 @@ t.test('memory with deflate on: RSS per session above plain sessions', async (t)
   // Loose bounds: the point is the figure. The proxy's part is two inflaters (about 7 KiB
   // of zlib state and a 32 KiB window each); the ws figure adds four zlib streams of the
   // peers (two deflaters of up to about 256 KiB each with the default memLevel).
-  t.ok(r.above < 400, `the proxy's part: ${r.above.toFixed(1)} KiB per deflate session above plain (< 400 KiB)`);
-  t.ok(f.above < 400, `the proxy's part, windows full: ${f.above.toFixed(1)} KiB per deflate session above plain (< 400 KiB)`);
-  t.ok(w.above < 2048, `with the ws peers: ${w.above.toFixed(1)} KiB per deflate session above plain (< 2 MiB)`);
+  // Under ASan (scripts/test-asan.sh) RSS also holds its quarantine of freed memory and the
+  // redzones around every allocation (seen: 527 KiB for the second figure): the bounds are
+  // checked in the plain runs, the ASan run checks the memory safety of the same sessions.
+  if (/libasan/.test(process.env.LD_PRELOAD ?? '')) {
+    t.comment('under ASan: the RSS bounds are not checked here (its allocator holds freed memory)');
+  } else {
+    t.ok(r.above < 400, `the proxy's part: ${r.above.toFixed(1)} KiB per deflate session above plain (< 400 KiB)`);
+    t.ok(f.above < 400, `the proxy's part, windows full: ${f.above.toFixed(1)} KiB per deflate session above plain (< 400 KiB)`);
+    t.ok(w.above < 2048, `with the ws peers: ${w.above.toFixed(1)} KiB per deflate session above plain (< 2 MiB)`);
+  }
   await drained(t, proxy, 'memory');
 });

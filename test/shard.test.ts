@@ -60,6 +60,24 @@ function threads(): number {
   return m ? Number(m[1]) : -1;
 }
 
+/**
+ * The thread count once it has held still for 300 ms (at most 3 s): the shard threads of
+ * the test before may still be ending, and a baseline taken meanwhile is one too high
+ * (seen on Node 24 in CI).
+ */
+async function settledThreads(): Promise<number> {
+  const end = Date.now() + 3000;
+  let last = threads();
+  let same = 0;
+  while (same < 6 && Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 50));
+    const now = threads();
+    same = now === last ? same + 1 : 0;
+    last = now;
+  }
+  return last;
+}
+
 /** Opens `n` sessions on `url`, each checked by one echoed message. */
 async function openSessions(url: string, n: number): Promise<WebSocket[]> {
   const list: WebSocket[] = [];
@@ -212,7 +230,7 @@ shardTest('reload reaches every shard', async (t) => {
 });
 
 shardTest('close() drains every shard and leaves no thread behind', async (t) => {
-  const baseline = threads();
+  const baseline = await settledThreads();
   const proxy = createShardedProxy({ workers: 2, listen: { host: '127.0.0.1', port: 0 }, log: silent });
   const { port } = await proxy.listen();
   t.ok(threads() >= baseline + 2, 'one thread per shard at least');
@@ -231,7 +249,7 @@ shardTest('a port in use fails listen() once, with SLUICE_ERR_LISTEN, and leaves
   const holder = net.createServer().listen(0, '127.0.0.1');
   await once(holder, 'listening');
   t.teardown(() => holder.close());
-  const baseline = threads();
+  const baseline = await settledThreads();
   const proxy = createShardedProxy({ workers: 2, listen: { host: '127.0.0.1', port: (holder.address() as net.AddressInfo).port }, log: silent });
   await t.rejects(proxy.listen(), { code: 'SLUICE_ERR_LISTEN' });
   await until(() => threads() <= baseline, 2000, 'the shard threads to end').catch(() => undefined);
