@@ -76,6 +76,32 @@ async function envelopeSession(t: Test, version: Version, limits: object = {}) {
   return { proxy, c, peer: await up.conn(0) };
 }
 
+/** Writes frames 0..count-1 to `socket` as fast as it takes them (waiting for 'drain' after a false). */
+class Pump {
+  written = 0;
+  private blocked = false;
+  readonly done: Promise<void>;
+  constructor(private readonly socket: net.Socket, private readonly count: number, frameOf: (i: number) => Buffer) {
+    this.done = (async () => {
+      while (this.written < count) {
+        if (!socket.write(frameOf(this.written++))) {
+          this.blocked = true;
+          await new Promise((r) => socket.once('drain', r));
+        }
+      }
+    })();
+  }
+
+  /** Whether the writer is held back: its writes blocked, and nothing more was taken for 700 ms. */
+  async heldBack(): Promise<boolean> {
+    await until(() => this.blocked, 5000, 'the writes block').catch(() => {});
+    await delay(500);
+    const at = this.written;
+    await delay(700);
+    return this.blocked && this.written === at && this.written < this.count;
+  }
+}
+
 const seqOf = (i: number, size = 16) => {
   const b = Buffer.alloc(size, i & 0xff);
   b.writeUInt32BE(i, 0);
@@ -162,23 +188,9 @@ for (const version of ['v1', 'v2'] as const) {
     // Client -> upstream: the upstream stops reading.
     peer.socket.pause();
     const sock: net.Socket = c.socket;
-    let written = 0;
-    let blocked = false;
-    const pump = async () => {
-      while (written < COUNT) {
-        const ok = sock.write(dataFrame(version, payload(written++)));
-        if (!ok) {
-          blocked = true;
-          await new Promise((r) => sock.once('drain', r));
-        }
-      }
-    };
-    const pumping = pump();
-    await until(() => blocked, 5000, 'the client\'s writes block').catch(() => {});
-    await delay(500);
-    const stalledAt = written;
-    await delay(700);
-    t.ok(blocked && written === stalledAt && written < COUNT, `the client is held back (${written} of ${COUNT} written)`);
+    const up = new Pump(sock, COUNT, (i) => dataFrame(version, payload(i)));
+    const upHeld = await up.heldBack();
+    t.ok(upHeld, `the client is held back (${up.written} of ${COUNT} written)`);
     const flow = [...proxy.sessions][0]?.flow() ?? null;
     t.ok(flow !== null && flow.upstreamPaused === false && flow.clientPaused === true, 'the client side is paused');
     t.ok(flow !== null && flow.upstreamPending <= HWM + 2 * (MSG + 32),
@@ -186,7 +198,7 @@ for (const version of ['v1', 'v2'] as const) {
     t.equal(c.frames.filter((f) => readEnvelope(version, f).close !== undefined).length, 0, 'nothing closed');
     t.equal(proxy.stats().sessions, 1, 'the session is open');
     peer.socket.resume();
-    await pumping;
+    await up.done;
     t.ok(await peer.waitFor(() => peer.nonClose().length === COUNT, 15000), `the upstream got all ${COUNT} messages once it read again`);
     const got = peer.nonClose();
     t.ok(got.every((f, i) => f.payload.length === MSG && f.payload.readUInt32BE(0) === i && f.payload[MSG - 1] === ((i * 7) & 0xff)),
@@ -194,33 +206,18 @@ for (const version of ['v1', 'v2'] as const) {
 
     // Upstream -> client: the client stops reading.
     sock.pause();
-    let sent = 0;
-    let upBlocked = false;
-    const upPump = async () => {
-      while (sent < COUNT) {
-        const ok = peer.socket.write(sf(Op.Binary, payload(sent++)));
-        if (!ok) {
-          upBlocked = true;
-          await new Promise((r) => peer.socket.once('drain', r));
-        }
-      }
-    };
-    const upPumping = upPump();
-    await until(() => upBlocked, 5000, 'the upstream\'s writes block').catch(() => {});
-    await delay(500);
-    const upStalledAt = sent;
-    await delay(700);
-    t.ok(upBlocked && sent === upStalledAt && sent < COUNT, `the upstream is held back (${sent} of ${COUNT} written)`);
+    const down = new Pump(peer.socket, COUNT, (i) => sf(Op.Binary, payload(i)));
+    t.ok(await down.heldBack(), `the upstream is held back (${down.written} of ${COUNT} written)`);
     const upFlow = [...proxy.sessions][0]?.flow() ?? null;
     t.ok(upFlow !== null && upFlow.clientPending <= HWM + 2 * WIRE,
       `what the proxy holds for the client stays near highWaterMark (${upFlow?.clientPending} B, bound ${HWM + 2 * WIRE})`);
     sock.resume();
-    await upPumping;
+    await down.done;
     const isData = (f: { opcode: number; payload: Buffer }) => readEnvelope(version, f).data !== undefined;
     await until(() => c.frames.filter(isData).length === COUNT, 15000, 'all reach the client').catch(() => {});
-    const down = c.frames.filter(isData).map((f) => readEnvelope(version, f).data!);
-    t.equal(down.length, COUNT, `the client got all ${COUNT} messages`);
-    t.ok(down.every((d, i) => d.length === MSG && d.readUInt32BE(0) === i), 'wrapped, in order and intact');
+    const got2 = c.frames.filter(isData).map((f) => readEnvelope(version, f).data!);
+    t.equal(got2.length, COUNT, `the client got all ${COUNT} messages`);
+    t.ok(got2.every((d, i) => d.length === MSG && d.readUInt32BE(0) === i), 'wrapped, in order and intact');
     t.equal(proxy.stats().sessions, 1, 'still open');
   });
 }

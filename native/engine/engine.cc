@@ -710,14 +710,17 @@ void Engine::Collect(Leg* from, const FrameHeader& h, const uint8_t* p, size_t n
     p = from->msg.data();
     n = from->msg.size();
   }
+  // v2: unwrapped or wrapped here; anything else goes into the batch for JavaScript.
   const bool handled = from->session->params.envelope == 2 && (from->client ? EnvelopeFromClient(from, p, n) : EnvelopeToClient(from, p, n));
-  if (handled) {
-    if (!from->msg.empty()) {
-      from->msg.clear();
-      if (from->msg.capacity() > kHoldKeepBytes) from->msg.shrink_to_fit();
-    }
-    return;
+  if (!handled) Batch(from, p, n);
+  if (!from->msg.empty()) {
+    from->msg.clear();
+    if (from->msg.capacity() > kHoldKeepBytes) from->msg.shrink_to_fit();
   }
+}
+
+// One whole message of `from` into the batch JavaScript gets this turn.
+void Engine::Batch(Leg* from, const uint8_t* p, size_t n) {
   if (batch_desc_.empty() && notify_ != nullptr) notify_(owner_);
   batch_desc_.push_back(from->session->id);
   batch_desc_.push_back(from->client ? 1 : 0);
@@ -736,10 +739,6 @@ void Engine::Collect(Leg* from, const FrameHeader& h, const uint8_t* p, size_t n
   const Session* s = from->session;
   if (s->params.policy == 0 && from->state == kOpen && Partner(from)->out.size() + from->batched > s->params.high_water) {
     from->paused = true;
-  }
-  if (!from->msg.empty()) {
-    from->msg.clear();
-    if (from->msg.capacity() > kHoldKeepBytes) from->msg.shrink_to_fit();
   }
 }
 

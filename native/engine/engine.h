@@ -406,6 +406,7 @@ class Engine {
   void Free(Session* s);
   void CountFrame(bool in, int kind, uint64_t bytes);
   void Collect(Leg* from, const FrameHeader& h, const uint8_t* p, size_t n);
+  void Batch(Leg* from, const uint8_t* p, size_t n);
   void SendData(Leg* to, uint8_t op, const uint8_t* prefix, size_t pn, const uint8_t* p, size_t pl);
   void FlushDirty();
   bool ShedToUpstream(Session* s);
