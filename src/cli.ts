@@ -25,6 +25,7 @@ A WebSocket proxy: clients connect to sluice, sluice connects them to an upstrea
   sluice --config sluice.yaml     routes, limits and admin server from a YAML or JSON file
   sluice --port 8080 --upstream ws://127.0.0.1:3000/ws
                                   quick mode: every path (/*) to that upstream
+  sluice agent --help             the tunnel agent (dials out to a sluice gateway)
 
 Options:
   -c, --config FILE     config file (YAML or JSON); default: $SLUICE_CONFIG, else built-in defaults
@@ -295,4 +296,10 @@ async function run(resolved: ResolvedConfig, load: () => ResolvedConfig, cli: re
   });
 }
 
-main(process.argv.slice(2)).catch(failStartup);
+const args = process.argv.slice(2);
+if (args[0] === 'agent') {
+  // The tunnel agent (issue #14): its own flags and usage (sluice agent --help).
+  import('./tunnel/agent-cli.js').then(({ agentMain }) => agentMain(args.slice(1))).catch(failStartup);
+} else {
+  main(args).catch(failStartup);
+}

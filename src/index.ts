@@ -15,3 +15,6 @@ export type { ProxyConfig, ProxyConfigInput, RouteConfig, RouteConfigInput, Upst
 export { SluiceError, ConfigError, isSluiceError } from './errors.js';
 export { ProxyCounters } from './metrics/counters.js';
 export { native, codecInfo } from './codec/index.js';
+export { connectAgent, Agent } from './tunnel/agent.js';
+export type { AgentOptions, AgentStats } from './tunnel/agent.js';
+export { YamuxSession, YamuxStream } from './tunnel/yamux.js';

@@ -3,44 +3,17 @@
  * missing or older than the sources), real sockets on 127.0.0.1.
  */
 import t from 'tap';
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import WebSocket from 'ws';
+import { buildCli, cleanEnv, cli, root, startCli } from './fixtures/cli-process.js';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const cli = join(root, 'dist', 'cli.js');
+const note = buildCli();
+if (note !== null) t.comment(note);
 const version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version;
-
-function newestSource(dir: string): number {
-  let newest = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    newest = Math.max(newest, e.isDirectory() ? newestSource(p) : statSync(p).mtimeMs);
-  }
-  return newest;
-}
-let built = 0;
-try { built = statSync(cli).mtimeMs; } catch { /* not built */ }
-if (built < newestSource(join(root, 'src'))) {
-  try {
-    execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(root, 'tsconfig.json')],
-      { cwd: root, stdio: 'pipe', timeout: 180_000 });
-  } catch (err) {
-    // tsc still writes JavaScript when types elsewhere do not check; the type check is `npm test`'s job.
-    t.comment(`tsc reported problems: ${String((err as { stdout?: Buffer }).stdout ?? err).slice(0, 2000)}`);
-  }
-}
-
-/** Environment without the overrides a developer may have set. */
-function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  for (const k of Object.keys(env)) if (/^(AGENT_|PIPEOPS_|SLUICE_CONFIG$|SLUICE_LOG_LEVEL$)/.test(k)) delete env[k];
-  return { ...env, ...extra };
-}
 
 function sluice(args: string[], env: Record<string, string> = {}) {
   const r = spawnSync(process.execPath, [cli, ...args], { env: cleanEnv(env), encoding: 'utf8', timeout: 20_000 });
@@ -132,37 +105,7 @@ t.test('bad files, flags and environment values: exit 2, named', async (t) => {
 
 /** A running sluice: its JSON log lines and a way to wait for one. */
 function start(args: string[], env: Record<string, string> = {}) {
-  const child: ChildProcess = spawn(process.execPath, [cli, ...args], { env: cleanEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
-  const logs: Array<Record<string, unknown>> = [];
-  let stderr = '';
-  const waiters: Array<() => void> = [];
-  let buffered = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    buffered += d;
-    let nl: number;
-    while ((nl = buffered.indexOf('\n')) !== -1) {
-      logs.push(JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>);
-      buffered = buffered.slice(nl + 1);
-      for (const w of waiters.splice(0)) w();
-    }
-  });
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const killer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-  void exited.then(() => clearTimeout(killer));
-  return {
-    child, logs, exited, stderr: () => stderr,
-    /** Resolves with the first log line (from `from` on) that matches. */
-    async waitFor(match: (l: Record<string, unknown>) => boolean, from = 0): Promise<Record<string, unknown>> {
-      const deadline = Date.now() + 10_000;
-      for (;;) {
-        const hit = logs.slice(from).find(match);
-        if (hit) return hit;
-        if (Date.now() > deadline || child.exitCode !== null) throw new Error(`no such log line; logs: ${JSON.stringify(logs)} stderr: ${stderr}`);
-        await new Promise<void>((r) => { waiters.push(r); setTimeout(r, 100); });
-      }
-    },
-  };
+  return startCli(args, env, 30_000);
 }
 
 function echo(url: string, text: string): Promise<string> {

@@ -26,8 +26,9 @@ t.test('an empty config is the built-in default: /echo on 127.0.0.1:8080', async
   t.same(c.routes, [{
     path: '/echo', mode: 'transparent', balance: 'round_robin', backpressure: 'pause', compression: false, http: false,
     health: { intervalMs: 0, timeoutMs: 2000, coolOffMs: 5000 }, upstreams: [{ url: 'builtin:echo', weight: 1 }],
-    maxConnections: 0,
+    maxConnections: 0, duplicate: 'replace',
   }]);
+  t.same(c.tunnels, [], 'no tunnels');
   t.same(c.limits, {
     maxFrameBytes: 1048576, maxConnections: 10000, channelCapacity: 100, channelBytes: 4194304,
     upstreamTimeoutMs: 10000, highWaterMark: 1048576,
@@ -121,7 +122,7 @@ t.test('enums and kinds', async (t) => {
     'log.level: expected one of fatal|error|warn|info|debug|trace|silent, got "loud"',
   ]);
   t.same(problems({ routes: [route({ mode: 'magic', backpressure: 'wait', compression: 'yes' })] }), [
-    'routes[0].mode: expected one of transparent|envelope, got "magic"',
+    'routes[0].mode: expected one of transparent|envelope|agent, got "magic"',
     'routes[0].backpressure: expected one of pause|close|drop, got "wait"',
     'routes[0].compression: expected true or false, got "yes"',
   ]);
@@ -319,10 +320,10 @@ t.test('routes[].auth: jwt needs exactly one key source; defaults follow it', as
 t.test('routes[].auth.apiKeys: SHA-256 digests, header or query', async (t) => {
   const digest = 'AB'.repeat(32);
   t.same(parseConfig({ routes: [route({ auth: { apiKeys: { sha256: [digest], header: 'X-Tenant-Key' } } })] }).routes[0].auth, {
-    apiKeys: { sha256: ['ab'.repeat(32)], from: 'header', header: 'x-tenant-key', queryParam: 'api_key' },
+    apiKeys: { sha256: ['ab'.repeat(32)], from: 'header', header: 'x-tenant-key', queryParam: 'api_key', agents: {} },
   }, 'digests and header names are lower-cased');
   t.same(problems({ routes: [route({ auth: { apiKeys: { sha256: ['plaintext-key'] } } })] }),
-    ['routes[0].auth.apiKeys.sha256[0]: expected a SHA-256 digest (64 hex digits), got "plaintext-key"']);
+    ['routes[0].auth.apiKeys.sha256[0]: expected a SHA-256 digest (64 hex digits) or { sha256, agents: [names] }, got "plaintext-key"']);
   t.same(problems({ routes: [route({ auth: { apiKeys: { sha256: [] } } })] }),
     ['routes[0].auth.apiKeys.sha256: expected at least one key digest, got []']);
   t.same(problems({ routes: [route({ auth: { apiKeys: { sha256: [digest], from: 'body', header: 'bad header' } } })] }), [
@@ -346,4 +347,41 @@ t.test('connection and message limits', async (t) => {
     'limits.maxHeaderCount: expected a positive integer, got "many"',
     'routes[0].maxConnections: expected an integer >= 0, got -2',
   ]);
+});
+
+t.test('agent routes and tunnels (issue #14)', async (t) => {
+  const digest = 'cd'.repeat(32);
+  const agentRoute = { path: '/agent', mode: 'agent' as const, auth: { apiKeys: { sha256: ['ab'.repeat(32), { sha256: digest.toUpperCase(), agents: ['site-b'] }] } } };
+  const c = parseConfig({ routes: [agentRoute], tunnels: [{ listen: '127.0.0.1:15432', agent: 'site-a', service: 'db' }] });
+  t.same(c.routes[0].upstreams, [], 'an agent route has no upstreams');
+  t.equal(c.routes[0].duplicate, 'replace', 'a reconnecting agent takes its name over by default');
+  t.same(c.routes[0].auth?.apiKeys?.sha256, ['ab'.repeat(32), digest], 'digests of both forms, lower-cased');
+  t.same(c.routes[0].auth?.apiKeys?.agents, { [digest]: ['site-b'] }, 'the names a key may register, by digest');
+  t.same(c.tunnels, [{ listen: '127.0.0.1:15432', agent: 'site-a', service: 'db', protocol: 'tcp', udpIdleMs: 60000 }]);
+  t.same(parseConfig(c), c, 'a resolved config parses again as itself');
+  t.same(problems({ routes: [{ path: '/agent', mode: 'agent', upstreams: [{ url: 'ws://127.0.0.1:1/' }] }] }), [
+    'routes[0].upstreams: expected none on an agent route (agents connect to it), got 1',
+    'routes[0].auth: expected jwt or apiKeys on an agent route (agents must authenticate), got nothing',
+  ]);
+  t.same(problems({ routes: [{ path: '/x' }] }), ['routes[0].upstreams: expected at least one upstream, got []']);
+  t.same(problems({ workers: 2, routes: [agentRoute] }),
+    ['workers: expected 1 with agent routes or tunnels (an agent is connected to one shard, and its tunnels must be there), got 2']);
+  t.same(problems({
+    routes: [agentRoute],
+    tunnels: [
+      { listen: '127.0.0.1', agent: 'a', service: 'b' },
+      { listen: '127.0.0.1:99999', agent: 'bad name', service: 'b', protocol: 'sctp' },
+    ],
+  }), [
+    'tunnels[0].listen: expected host:port (an IPv6 host in brackets), got "127.0.0.1"',
+    'tunnels[1].listen: expected host:port (an IPv6 host in brackets), got "127.0.0.1:99999"',
+    'tunnels[1].agent: expected a name: letters, digits, ".", "_", "-" (at most 63, starting with a letter or digit), got "bad name"',
+    'tunnels[1].protocol: expected one of tcp|udp, got "sctp"',
+  ]);
+  t.same(problems({
+    routes: [agentRoute],
+    tunnels: [{ listen: '[::1]:5000', agent: 'a', service: 'b' }, { listen: '[::1]:5000', agent: 'a', service: 'c' }],
+  }), ['tunnels[1].listen: expected an address not already used by tunnels[0], got "[::1]:5000"']);
+  t.same(problems({ routes: [route()], tunnels: [{ listen: '127.0.0.1:1', agent: 'a', service: 'b' }] }),
+    ['tunnels: expected a route with mode: agent for the agents to connect to, got 1']);
 });

@@ -58,7 +58,10 @@ export const DEFAULTS = {
     upstreamWeight: 1,
     /** 0: no per-route limit (limits.maxConnections still applies). */
     maxConnections: 0,
+    /** A reconnecting agent is usually the same agent: it takes its name over. */
+    duplicate: 'replace' as const,
   },
+  tunnel: { udpIdleMs: 60_000 },
   auth: {
     jwt: {
       clockToleranceSeconds: 30,
@@ -222,15 +225,35 @@ const jwtSchema = section({
   algorithms: jwt.algorithms ?? (jwt.secret !== undefined ? ['HS256'] : ['RS256', 'ES256']) as JwtAlgorithm[],
 }));
 
+const digestSchema = z.string({ error: SHA256_EXPECTED }).regex(/^[0-9a-fA-F]{64}$/, { error: SHA256_EXPECTED })
+  .transform((v) => v.toLowerCase());
+const NAME_EXPECTED = 'expected a name: letters, digits, ".", "_", "-" (at most 63, starting with a letter or digit)';
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+function nameSchema() {
+  return z.string({ error: NAME_EXPECTED }).regex(NAME, { error: NAME_EXPECTED });
+}
+
 const apiKeysSchema = section({
+  // A digest, or `{ sha256, agents }`: a key that may register only those agent names.
   sha256: z.array(
-    z.string({ error: SHA256_EXPECTED }).regex(/^[0-9a-fA-F]{64}$/, { error: SHA256_EXPECTED }).transform((v) => v.toLowerCase()),
+    z.union([digestSchema, section({ sha256: digestSchema, agents: z.array(nameSchema(), { error: 'expected a list of agent names' }) })],
+      { error: 'expected a SHA-256 digest (64 hex digits) or { sha256, agents: [names] }' }),
     { error: 'expected a list of SHA-256 digests' },
   ).min(1, { error: 'expected at least one key digest' }),
   from: oneOf(['header', 'query']).default(DEFAULTS.auth.apiKeys.from),
   header: z.string({ error: HEADER_NAME_EXPECTED }).regex(HEADER_TOKEN, { error: HEADER_NAME_EXPECTED })
     .default(DEFAULTS.auth.apiKeys.header).transform((v) => v.toLowerCase()),
   queryParam: nonEmptyString('a query parameter name').default(DEFAULTS.auth.apiKeys.queryParam),
+  // The resolved form of the `{ sha256, agents }` entries (a resolved config parses again as itself).
+  agents: z.record(z.string(), z.array(nameSchema()), { error: 'expected a mapping of digest: [agent names]' }).optional(),
+}).transform((k) => {
+  const agents: Record<string, string[]> = { ...(k.agents ?? {}) };
+  const sha256 = k.sha256.map((e) => {
+    if (typeof e === 'string') return e;
+    agents[e.sha256] = e.agents;
+    return e.sha256;
+  });
+  return { ...k, sha256, agents };
 });
 
 const authSchema = section({
@@ -252,14 +275,14 @@ const healthSchema = section({
 const routeSchema = section({
   path: z.string({ error: PATH_EXPECTED }).refine(isRoutePath, { error: PATH_EXPECTED }),
   host: nonEmptyString('a host name').optional(),
-  mode: oneOf(['transparent', 'envelope']).default(DEFAULTS.route.mode),
+  mode: oneOf(['transparent', 'envelope', 'agent']).default(DEFAULTS.route.mode),
   balance: z.string({ error: BALANCE_EXPECTED })
     .refine(isBalance, { error: BALANCE_EXPECTED })
     .default(DEFAULTS.route.balance)
     .transform((v) => v as BalanceStrategy),
   backpressure: oneOf(['pause', 'close', 'drop']).default(DEFAULTS.route.backpressure),
-  upstreams: z.array(upstreamSchema, { error: 'expected a list of upstreams' })
-    .min(1, { error: 'expected at least one upstream' }),
+  // At least one, except on agent routes (checked below, where the mode is known).
+  upstreams: z.array(upstreamSchema, { error: 'expected a list of upstreams' }).default([]),
   compression: bool().default(DEFAULTS.route.compression),
   http: bool().default(DEFAULTS.route.http),
   health: healthSchema.prefault({}),
@@ -270,6 +293,17 @@ const routeSchema = section({
   }).optional(),
   auth: authSchema.optional(),
   maxConnections: nonNegativeInt().default(DEFAULTS.route.maxConnections),
+  duplicate: oneOf(['replace', 'refuse']).default(DEFAULTS.route.duplicate),
+});
+
+const LISTEN_EXPECTED = 'expected host:port (an IPv6 host in brackets)';
+const tunnelSchema = section({
+  listen: z.string({ error: LISTEN_EXPECTED }).regex(/^(?:\[[^\]]+\]|[^:[\]\s]+):\d{1,5}$/, { error: LISTEN_EXPECTED, abort: true })
+    .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, { error: LISTEN_EXPECTED }),
+  agent: nameSchema(),
+  service: nameSchema(),
+  protocol: oneOf(['tcp', 'udp']).default('tcp'),
+  udpIdleMs: positiveInt().default(DEFAULTS.tunnel.udpIdleMs),
 });
 
 /** The schema of a whole config; its output is exactly {@link ProxyConfig}. */
@@ -308,6 +342,7 @@ export const proxyConfigSchema = section({
   routes: z.array(routeSchema, { error: 'expected a list of routes' })
     .min(1, { error: 'expected at least one route' })
     .prefault(() => structuredClone(DEFAULTS.routes) as unknown as RouteConfig[]),
+  tunnels: z.array(tunnelSchema, { error: 'expected a list of tunnels' }).default([]),
   protocol: oneOf(PROTOCOLS).default(DEFAULTS.protocol),
   drain: section({
     timeoutMs: nonNegativeInt().default(DEFAULTS.drain.timeoutMs),
@@ -346,6 +381,19 @@ export const proxyConfigSchema = section({
     } else {
       seen.set(key, i);
     }
+    if (route.mode === 'agent') {
+      if (route.upstreams.length > 0) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'upstreams'], message: 'expected none on an agent route (agents connect to it)', input: route.upstreams.length });
+      }
+      if (route.auth === undefined) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'auth'], message: 'expected jwt or apiKeys on an agent route (agents must authenticate)', input: undefined });
+      }
+      if (route.http) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'http'], message: 'expected false on an agent route', input: route.http });
+      }
+    } else if (route.upstreams.length === 0) {
+      ctx.addIssue({ code: 'custom', path: ['routes', i, 'upstreams'], message: 'expected at least one upstream', input: [] });
+    }
     // The built-in echo is a WebSocket endpoint only: there is nothing to proxy HTTP to.
     if (route.http && route.upstreams.some((u) => u.url === BUILTIN_ECHO_URL)) {
       ctx.addIssue({
@@ -354,6 +402,27 @@ export const proxyConfigSchema = section({
         message: `expected false on a route with a ${BUILTIN_ECHO_URL} upstream (the built-in echo has no HTTP side)`,
         input: route.http,
       });
+    }
+  });
+  const agentRoutes = cfg.routes.some((r) => r.mode === 'agent');
+  if ((agentRoutes || cfg.tunnels.length > 0) && cfg.workers !== 1) {
+    ctx.addIssue({
+      code: 'custom', path: ['workers'],
+      message: 'expected 1 with agent routes or tunnels (an agent is connected to one shard, and its tunnels must be there)',
+      input: cfg.workers,
+    });
+  }
+  if (cfg.tunnels.length > 0 && !agentRoutes) {
+    ctx.addIssue({ code: 'custom', path: ['tunnels'], message: 'expected a route with mode: agent for the agents to connect to', input: cfg.tunnels.length });
+  }
+  const listens = new Map<string, number>();
+  cfg.tunnels.forEach((tn, i) => {
+    const key = `${tn.protocol} ${tn.listen}`;
+    const first = listens.get(key);
+    if (first !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['tunnels', i, 'listen'], message: `expected an address not already used by tunnels[${first}]`, input: tn.listen });
+    } else {
+      listens.set(key, i);
     }
   });
 });
@@ -368,6 +437,7 @@ export interface ProxyConfigInput {
   heartbeat?: Partial<ProxyConfig['heartbeat']>;
   origins?: string[];
   routes?: RouteConfigInput[];
+  tunnels?: Array<{ listen: string; agent: string; service: string; protocol?: 'tcp' | 'udp'; udpIdleMs?: number }>;
   protocol?: ProxyConfig['protocol'];
   drain?: Partial<ProxyConfig['drain']>;
   workers?: number;
@@ -382,19 +452,21 @@ export interface RouteConfigInput {
   mode?: RouteMode;
   balance?: BalanceStrategy;
   backpressure?: BackpressurePolicy;
-  upstreams: Array<{ url: string; weight?: number }>;
+  /** Required, except on agent routes (which have none). */
+  upstreams?: Array<{ url: string; weight?: number }>;
   compression?: boolean;
   http?: boolean;
   health?: Partial<RouteConfig['health']>;
   tls?: { caFile?: string; rejectUnauthorized?: boolean; servername?: string };
   auth?: RouteAuthInput;
   maxConnections?: number;
+  duplicate?: 'replace' | 'refuse';
 }
 
 /** `routes[].auth` as written in a config: see `RouteAuthConfig` in types.ts. */
 export interface RouteAuthInput {
   jwt?: Partial<JwtAuthConfig>;
-  apiKeys?: Partial<ApiKeyAuthConfig> & { sha256: string[] };
+  apiKeys?: Partial<Omit<ApiKeyAuthConfig, 'sha256' | 'agents'>> & { sha256: Array<string | { sha256: string; agents: string[] }> };
 }
 
 // Compile-time proof that the schema produces exactly ProxyConfig and accepts ProxyConfigInput.

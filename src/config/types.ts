@@ -5,7 +5,7 @@
 
 export type BalanceStrategy = 'round_robin' | 'least_conn' | 'ip_hash' | `header:${string}`;
 export type BackpressurePolicy = 'pause' | 'drop' | 'close';
-export type RouteMode = 'transparent' | 'envelope';
+export type RouteMode = 'transparent' | 'envelope' | 'agent';
 
 export interface UpstreamConfig {
   /** ws:// or wss:// URL; its path is the base the client's path maps onto. */
@@ -53,6 +53,11 @@ export interface JwtAuthConfig {
 export interface ApiKeyAuthConfig {
   /** Lower-case hex SHA-256 digests of the accepted keys. */
   sha256: string[];
+  /**
+   * Agent routes: the agent names a key may register, by digest (a key written as
+   * `{ sha256, agents: [...] }`); a key written as a plain digest may register any name.
+   */
+  agents: Record<string, string[]>;
   from: 'header' | 'query';
   /** Header name (lower case). */
   header: string;
@@ -88,6 +93,19 @@ export interface RouteConfig {
   auth?: RouteAuthConfig;
   /** Sessions at most on this route (503 past it); 0 = no per-route limit. */
   maxConnections: number;
+  /** Agent routes: a second agent with a connected agent's name replaces it, or is refused. */
+  duplicate: 'replace' | 'refuse';
+}
+
+/** An L4 listener whose connections (TCP) or client addresses (UDP) go through an agent. */
+export interface TunnelListenConfig {
+  /** "host:port" on this machine. */
+  listen: string;
+  agent: string;
+  service: string;
+  protocol: 'tcp' | 'udp';
+  /** UDP: a client address with no datagram either way for this long loses its stream. */
+  udpIdleMs: number;
 }
 
 export interface ProxyConfig {
@@ -122,6 +140,8 @@ export interface ProxyConfig {
   /** Empty or ["*"]: all origins; else exact "scheme://host[:port]". */
   origins: string[];
   routes: RouteConfig[];
+  /** L4 listeners through agents (issue #14). */
+  tunnels: TunnelListenConfig[];
   /** Envelope protocol version allowed on envelope routes (PIPEOPS_WS_PROTOCOL). */
   protocol: 'v1' | 'v2';
   drain: { timeoutMs: number };

@@ -30,6 +30,11 @@ export type AccessDecision =
     expiresAt?: number;
     /** The subprotocol entry that carried the token: not to be forwarded upstream. */
     consumedProtocol?: string;
+    /**
+     * Agent routes: the names these credentials may register (a JWT's `sub` and its `agents`
+     * claim; an API key's `agents` list), or null for any name (a key listed as a plain digest).
+     */
+    agents?: string[] | null;
   }
   | { ok: false; status: 401; reason: string };
 
@@ -135,11 +140,11 @@ class JwtCheck {
     return v === null || v === '' ? null : { token: v };
   }
 
-  async verify(token: string): Promise<{ sub?: string; exp?: number } | string> {
+  async verify(token: string): Promise<{ sub?: string; exp?: number; agents?: unknown } | string> {
     try {
       // jose's overloads are per key kind; ours is one of them, chosen at creation.
       const { payload } = await jwtVerify(token, this.key as Uint8Array, this.options);
-      return { sub: typeof payload.sub === 'string' ? payload.sub : undefined, exp: payload.exp };
+      return { sub: typeof payload.sub === 'string' ? payload.sub : undefined, exp: payload.exp, agents: payload.agents };
     } catch (err) {
       return jwtRefusal(err);
     }
@@ -159,7 +164,10 @@ class ApiKeyCheck {
   key(info: UpgradeInfo): string | null {
     if (this.config.from === 'header') {
       const v = info.headers.get(this.config.header);
-      return v === undefined || v === '' ? null : v.trim();
+      if (v === undefined || v === '') return null;
+      // In the Authorization header a key is a bearer credential (as agents send it).
+      const bearer = this.config.header === 'authorization' ? /^Bearer\s+(\S+)\s*$/i.exec(v) : null;
+      return bearer !== null ? bearer[1] : v.trim();
     }
     const v = new URLSearchParams(info.query).get(this.config.queryParam);
     return v === null || v === '' ? null : v;
@@ -186,10 +194,15 @@ export class AccessPolicy {
   private readonly apiKeys: ApiKeyCheck | null;
   private readonly closeOnExpiry: boolean;
   private readonly toleranceMs: number;
+  private readonly keyAgents: Record<string, string[]>;
+  /** Agent routes: decisions say which agent names the credentials may register. */
+  private readonly forAgents: boolean;
 
-  private constructor(jwt: JwtCheck | null, apiKeys: ApiKeyCheck | null, auth: RouteAuthConfig) {
+  private constructor(jwt: JwtCheck | null, apiKeys: ApiKeyCheck | null, auth: RouteAuthConfig, forAgents: boolean) {
+    this.forAgents = forAgents;
     this.jwt = jwt;
     this.apiKeys = apiKeys;
+    this.keyAgents = auth.apiKeys?.agents ?? {};
     this.closeOnExpiry = auth.jwt?.closeOnExpiry ?? false;
     this.toleranceMs = (auth.jwt?.clockToleranceSeconds ?? 0) * 1000;
   }
@@ -199,13 +212,13 @@ export class AccessPolicy {
    * (`SLUICE_ERR_CONFIG`, one line naming the route and key) when a key file cannot be
    * read or holds no usable key.
    */
-  static async create(auth: RouteAuthConfig, routePath: string): Promise<AccessPolicy> {
+  static async create(auth: RouteAuthConfig, routePath: string, forAgents = false): Promise<AccessPolicy> {
     const jwt = auth.jwt ? JwtCheck.create(auth.jwt, routePath) : null;
     const apiKeys = auth.apiKeys ? new ApiKeyCheck(auth.apiKeys) : null;
     if (jwt === null && apiKeys === null) {
       throw new ConfigError([`route ${routePath}: auth: expected jwt, apiKeys or both`]);
     }
-    return new AccessPolicy(jwt, apiKeys, auth);
+    return new AccessPolicy(jwt, apiKeys, auth, forAgents);
   }
 
   /** Decides on one upgrade request. Never throws: every failure is a 401 with a reason. */
@@ -215,7 +228,11 @@ export class AccessPolicy {
       const key = this.apiKeys.key(info);
       if (key !== null) {
         const digest = this.apiKeys.match(key);
-        if (digest !== null) return { ok: true, principal: `apikey:${digest.slice(0, 8)}` };
+        if (digest !== null) {
+          const ok: AccessDecision = { ok: true, principal: `apikey:${digest.slice(0, 8)}` };
+          if (this.forAgents) ok.agents = this.keyAgents[digest] ?? null;
+          return ok;
+        }
         reason = 'API key not accepted';
       }
     }
@@ -226,6 +243,10 @@ export class AccessPolicy {
         if (typeof result === 'string') return { ok: false, status: 401, reason: result };
         const decision: AccessDecision = { ok: true };
         if (result.sub !== undefined) decision.principal = result.sub;
+        if (this.forAgents) {
+          const claimed = Array.isArray(result.agents) ? (result.agents as unknown[]).filter((a): a is string => typeof a === 'string') : [];
+          decision.agents = result.sub !== undefined ? [result.sub, ...claimed] : claimed;
+        }
         if (this.closeOnExpiry && typeof result.exp === 'number') decision.expiresAt = result.exp * 1000 + this.toleranceMs;
         if (found.protocol !== undefined) decision.consumedProtocol = found.protocol;
         return decision;

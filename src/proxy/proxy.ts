@@ -35,6 +35,9 @@ import { EngineClient, SocketClient, setPeerAddress, type HandshakeClient } from
 import { NativeEngine, nativeEngineUnavailable, socketFd, type EngineEvent, type EngineParams } from '../engine/index.js';
 import { negotiateEnvelope, type EnvelopeVersion } from '../protocol/index.js';
 import { AccessPolicy, ConnectionRateLimiter, MessageRateLimiter, type AccessDecision } from '../policy/index.js';
+import { AgentRegistry, type AgentInfo } from '../tunnel/gateway.js';
+import { TunnelListener, type TunnelStats } from '../tunnel/listener.js';
+import { TUNNEL_SUBPROTOCOL } from '../tunnel/wire.js';
 
 const BUILTIN_ECHO = 'builtin:echo';
 const EMPTY = Buffer.alloc(0);
@@ -139,6 +142,9 @@ export interface ProxyStats {
    */
   engine: { kind: 'native' | 'typescript'; native: number; reason?: string };
   shards: Array<{ id: number; sessions: number; restarts: number }>;
+  /** Agents connected to this gateway (routes with mode: agent), and the L4 tunnels through them. */
+  agents: AgentInfo[];
+  tunnels: TunnelStats[];
 }
 
 /** Options of `close()`. */
@@ -180,6 +186,9 @@ export class Proxy implements SessionHost {
   /** The native engine (null: every session on the TypeScript engine) and its sessions by engine id. */
   private engine: NativeEngine | null = null;
   private readonly nativeSessions = new Map<number, NativeSession>();
+  /** Agents connected to agent routes (tunnels, issue #14); made when a route or tunnel needs it. */
+  private agents: AgentRegistry | null = null;
+  private tunnelListeners: TunnelListener[] = [];
   private pendingUpgrades = 0;
   private nextId = 1;
   private sweepTimer: NodeJS.Timeout | null = null;
@@ -426,6 +435,17 @@ export class Proxy implements SessionHost {
       const e = err as NodeJS.ErrnoException;
       throw new SluiceError('SLUICE_ERR_LISTEN', `cannot listen on ${listen.host}:${listen.port}: ${e.code ?? e.message} (in use, or not an address of this machine)`);
     }
+    try {
+      await this.startTunnels();
+    } catch (err) {
+      this.stopAccepting();
+      this.server?.close();
+      this.server = null;
+      this.stopRoutes();
+      this.echo?.close();
+      this.echo = null;
+      throw err;
+    }
     this.listening = true;
     this.sweepTimer = setInterval(() => this.sweep(), 1000);
     this.sweepTimer.unref();
@@ -476,6 +496,10 @@ export class Proxy implements SessionHost {
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
     this.sweepTimer = null;
     this.stopRoutes();
+    for (const t of this.tunnelListeners) t.close();
+    this.tunnelListeners = [];
+    this.agents?.close();
+    this.agents = null;
     this.echo?.close();
     this.echo = null;
     await this.admin?.close();
@@ -495,6 +519,10 @@ export class Proxy implements SessionHost {
     const prev = this.config;
     if (JSON.stringify(next.listen) !== JSON.stringify(prev.listen)) {
       this.logger.warn({ event: 'reload' }, 'listen (address, port, TLS) applies after a restart');
+    }
+    if (JSON.stringify(next.tunnels) !== JSON.stringify(prev.tunnels)) {
+      this.logger.warn({ event: 'reload' }, 'tunnels apply after a restart');
+      next.tunnels = prev.tunnels;
     }
     const keys = new Set(next.routes.map(routeKey));
     await this.applyRoutes(next);
@@ -537,7 +565,9 @@ export class Proxy implements SessionHost {
       return { key, config: rc, balancer: new Balancer(ups, rc.balance), healthTimer: null, access: null, counts };
     });
     // Key files are read here, before anything changes: a bad one fails the reload whole.
-    for (const r of runtimes) if (r.config.auth) r.access = await AccessPolicy.create(r.config.auth, r.config.path);
+    for (const r of runtimes) {
+      if (r.config.auth) r.access = await AccessPolicy.create(r.config.auth, r.config.path, r.config.mode === 'agent');
+    }
     const l = config.limits;
     this.connectionRate = l.connectionRatePerIp > 0 ? new ConnectionRateLimiter(l.connectionRatePerIp, l.connectionBurstPerIp) : null;
     this.stopRoutes();
@@ -722,6 +752,10 @@ export class Proxy implements SessionHost {
         settle();
         return;
       }
+      if (route.config.mode === 'agent') {
+        this.acceptAgent(req, client, head, route, decision, offeredList, remote, () => settle());
+        return;
+      }
       const consumed = decision?.consumedProtocol;
       const upstreamProtocols = consumed ? protocols.filter((p) => p !== consumed) : protocols;
       const candidates = route.balancer.order(remote, hashValue, Date.now(), MAX_DIAL_TRIES);
@@ -796,6 +830,37 @@ export class Proxy implements SessionHost {
     // Credentials are checked before any upstream is dialled.
     route.access.check({ headers: headerMap, query, protocols: offeredList, remoteAddress: remote }).then(finish, (err: Error) => {
       finish({ ok: false, status: 401, reason: `credentials could not be checked: ${err.message}` });
+    });
+  }
+
+  /**
+   * An agent's upgrade on an agent route, its credentials checked: the agent registry
+   * answers it (101 with sluice.tunnel.v1) and registers the agent once its hello names a
+   * name these credentials may use.
+   */
+  private acceptAgent(
+    req: UpgradeRequest, client: HandshakeClient, head: Buffer, route: RouteRuntime, decision: AccessDecision | null,
+    offered: string[], remote: string, settle: () => void,
+  ): void {
+    settle();
+    this.handshaking.delete(client);
+    client.offGone();
+    const socket = client.socket;
+    if (socket === undefined || socket === null || !(req instanceof http.IncomingMessage)) {
+      client.answer('HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+      return;
+    }
+    if (!offered.includes(TUNNEL_SUBPROTOCOL)) {
+      const text = `sluice: an agent route needs subprotocol ${TUNNEL_SUBPROTOCOL}\n`;
+      client.answer(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`);
+      return;
+    }
+    const ok = decision !== null && decision.ok ? decision : null;
+    void this.agentRegistry().accept(req, socket, head, {
+      principal: ok?.principal ?? 'anonymous',
+      names: ok?.agents === undefined ? null : ok.agents,
+      duplicate: route.config.duplicate,
+      remote,
     });
   }
 
@@ -1009,7 +1074,39 @@ export class Proxy implements SessionHost {
     const matched = matchRoute(this.matchers, host, path);
     if (!matched) return true; // a 404, answered the same either way
     const rc = matched.route.config;
+    // Agent routes end here (no upstream): Node's server and the ws library take them.
     return rc.mode === 'transparent' || rc.mode === 'envelope';
+  }
+
+  private agentRegistry(): AgentRegistry {
+    this.agents ??= new AgentRegistry({
+      logger: this.logger,
+      helloTimeoutMs: this.config.limits.handshakeTimeoutMs,
+      pingIntervalMs: this.config.heartbeat.pingIntervalSeconds * 1000,
+      pongTimeoutMs: this.config.heartbeat.pongTimeoutSeconds * 1000,
+    });
+    return this.agents;
+  }
+
+  /** The L4 listeners of `tunnels:` (read at start; a reload keeps them). */
+  private async startTunnels(): Promise<void> {
+    for (const tc of this.config.tunnels) {
+      const t = new TunnelListener(tc, this.agentRegistry(), this.logger, this.config.limits.upstreamTimeoutMs);
+      try {
+        await t.listen();
+      } catch (err) {
+        for (const l of this.tunnelListeners) l.close();
+        this.tunnelListeners = [];
+        const e = err as NodeJS.ErrnoException;
+        throw new SluiceError('SLUICE_ERR_LISTEN', `tunnel ${tc.protocol} ${tc.listen}: cannot listen: ${e.code ?? e.message}`);
+      }
+      this.tunnelListeners.push(t);
+    }
+  }
+
+  /** The listening port of tunnels[i] (0 until listening; useful with port 0). */
+  tunnelPort(i: number): number {
+    return this.tunnelListeners[i]?.stats().port ?? 0;
   }
 
   /**
@@ -1116,6 +1213,8 @@ export class Proxy implements SessionHost {
         ? { kind: 'native', native: this.nativeSessions.size }
         : { kind: 'typescript', native: 0, reason: nativeEngineUnavailable },
       shards: [{ id: 0, sessions: this.sessions.size, restarts: 0 }],
+      agents: this.agents?.list() ?? [],
+      tunnels: this.tunnelListeners.map((t) => t.stats()),
     };
   }
 }

@@ -522,5 +522,7 @@ export function mergeShardStats(
       ? { ...first.engine, native: answered.reduce((n, p) => n + (p.stats.engine?.native ?? 0), 0) }
       : { kind: 'typescript', native: 0, reason: 'no shard answered' },
     shards: parts.map((p) => ({ id: p.id, sessions: p.stats?.sessions ?? 0, restarts: p.restarts })),
+    agents: answered.flatMap((p) => p.stats.agents ?? []),
+    tunnels: answered.flatMap((p) => p.stats.tunnels ?? []),
   };
 }

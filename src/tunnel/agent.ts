@@ -1,0 +1,349 @@
+/**
+ * The tunnel agent (issue #14): it runs inside a network nobody can dial into, dials out to
+ * a sluice gateway over one WebSocket, and serves the streams the gateway opens through it
+ * by dialling the services it exposes (a name maps to host:port). It dials nothing else,
+ * whatever the gateway asks. Heartbeats (a ping every 30 s, a gateway silent for 90 s is
+ * given up) and reconnects with full-jitter backoff, as the client SDK does.
+ */
+import dgram from 'node:dgram';
+import { EventEmitter } from 'node:events';
+import net from 'node:net';
+import { readFileSync } from 'node:fs';
+import { Backoff } from '../client/backoff.js';
+import { createLogger, type Logger } from '../log.js';
+import { linkOverWebSocket, MESSAGE_BYTES, type Link } from './link.js';
+import {
+  DatagramReader, NAME_PATTERN, TUNNEL_SUBPROTOCOL, datagram, errorLine, helloAck, okLine, parseControl, parseOpen, readLine,
+} from './wire.js';
+import type { YamuxStream } from './yamux.js';
+
+export interface ServiceTarget {
+  host: string;
+  port: number;
+}
+
+export interface AgentOptions {
+  /** The gateway's agent endpoint, ws:// or wss://. */
+  server: string;
+  /** Sent as `Authorization: Bearer <token>`: a JWT or an API key the gateway accepts. */
+  token: string;
+  /** The name this agent registers under. */
+  name: string;
+  /** Services by name: `{ db: '127.0.0.1:5432' }` or `{ db: { host, port } }`. */
+  expose: Record<string, string | ServiceTarget>;
+  /** Ping interval (default 30 s). */
+  pingIntervalMs?: number;
+  /** A gateway silent this long is given up and dialled again (default 90 s). */
+  silenceTimeoutMs?: number;
+  /** Reconnect backoff (full jitter): first ceiling and largest delay (default 500 ms, 30 s). */
+  backoff?: { initialDelayMs?: number; maxDelayMs?: number };
+  /** A service must accept within this (default 10 s). */
+  dialTimeoutMs?: number;
+  /** UDP: a stream with no datagram either way for this long is closed (default 60 s). */
+  udpIdleMs?: number;
+  /** wss:// gateways: a CA file to trust, and whether to check the certificate (default true). */
+  tls?: { caFile?: string; rejectUnauthorized?: boolean };
+  logger?: Logger;
+}
+
+export interface AgentStats {
+  connected: boolean;
+  name: string;
+  services: string[];
+  connects: number;
+  streamsOpen: number;
+  streamsTotal: number;
+  streamsRefused: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** Parses "host:port" (IPv6 as "[::1]:5432"); throws with the reason. */
+export function parseTarget(value: string): ServiceTarget {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port < 1 || port > 65535) throw new Error(`expected host:port, got "${value}"`);
+  return { host: m[1] ?? m[2], port };
+}
+
+/**
+ * Connects an agent; it keeps itself connected until `close()`. Events: `connected` (the
+ * gateway took the hello), `disconnected` (with the reason), `refused` (the gateway
+ * answered the upgrade with an HTTP status: `{ status, body }`).
+ */
+export function connectAgent(options: AgentOptions): Agent {
+  return new Agent(options);
+}
+
+export class Agent extends EventEmitter {
+  readonly name: string;
+  private readonly options: AgentOptions;
+  private readonly services = new Map<string, ServiceTarget>();
+  private readonly logger: Logger;
+  private readonly backoff: Backoff;
+  private ws: import('ws').WebSocket | null = null;
+  private link: Link | null = null;
+  private closed = false;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private pingTimer: NodeJS.Timeout | null = null;
+  private lastHeard = 0;
+  private readonly open = new Set<{ close(): void }>();
+  private readonly counters = { connects: 0, streamsTotal: 0, streamsRefused: 0, bytesIn: 0, bytesOut: 0 };
+  private isConnected = false;
+
+  constructor(options: AgentOptions) {
+    super();
+    if (!NAME_PATTERN.test(options.name)) throw new TypeError(`agent name "${options.name}": expected [A-Za-z0-9][A-Za-z0-9._-]{0,62}`);
+    if (!/^wss?:\/\//i.test(options.server)) throw new TypeError(`agent server "${options.server}": expected a ws:// or wss:// URL`);
+    for (const [name, target] of Object.entries(options.expose)) {
+      if (!NAME_PATTERN.test(name)) throw new TypeError(`service name "${name}": expected [A-Za-z0-9][A-Za-z0-9._-]{0,62}`);
+      this.services.set(name, typeof target === 'string' ? parseTarget(target) : target);
+    }
+    this.name = options.name;
+    this.options = options;
+    this.logger = options.logger ?? createLogger('silent');
+    this.backoff = new Backoff(options.backoff?.initialDelayMs ?? 500, options.backoff?.maxDelayMs ?? 30_000);
+    this.on('error', () => {}); // failures are logged and retried, never thrown at the caller
+    void this.dial();
+  }
+
+  get connected(): boolean {
+    return this.isConnected;
+  }
+
+  stats(): AgentStats {
+    return {
+      connected: this.isConnected, name: this.name, services: [...this.services.keys()],
+      connects: this.counters.connects, streamsOpen: this.open.size, streamsTotal: this.counters.streamsTotal,
+      streamsRefused: this.counters.streamsRefused, bytesIn: this.counters.bytesIn, bytesOut: this.counters.bytesOut,
+    };
+  }
+
+  /** Stop: no more reconnects; the WebSocket closes with 1001 and every stream ends. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    const ws = this.ws;
+    if (ws !== null && ws.readyState !== ws.CLOSED) {
+      const gone = new Promise<void>((resolve) => ws.once('close', () => resolve()));
+      ws.close(1001, 'agent shutting down');
+      const timer = setTimeout(() => ws.terminate(), 2000);
+      await gone;
+      clearTimeout(timer);
+    }
+    this.teardown();
+  }
+
+  // ---------------------------------------------------------------- the connection
+
+  private async dial(): Promise<void> {
+    if (this.closed) return;
+    const { WebSocket } = await import('ws');
+    const o = this.options;
+    const ca = o.tls?.caFile !== undefined ? readFileSync(o.tls.caFile) : undefined;
+    const ws = new WebSocket(o.server, [TUNNEL_SUBPROTOCOL], {
+      headers: { authorization: `Bearer ${o.token}` },
+      handshakeTimeout: o.dialTimeoutMs ?? 10_000,
+      perMessageDeflate: false,
+      maxPayload: 4 * MESSAGE_BYTES,
+      ...(ca !== undefined ? { ca } : {}),
+      rejectUnauthorized: o.tls?.rejectUnauthorized ?? true,
+    });
+    this.ws = ws;
+    let helloSeen = false;
+    ws.on('unexpected-response', (_req, res) => {
+      const parts: Buffer[] = [];
+      res.on('data', (c: Buffer) => parts.push(c));
+      res.on('end', () => {
+        const body = Buffer.concat(parts).toString('utf8').trim();
+        this.logger.warn({ event: 'agent_refused', status: res.statusCode, body }, 'the gateway refused the agent');
+        this.emit('refused', { status: res.statusCode ?? 0, body });
+      });
+      res.on('error', () => {});
+      ws.terminate();
+    });
+    ws.on('error', (err: Error) => {
+      this.logger.debug({ event: 'agent_socket_error', err: err.message }, 'agent connection error');
+    });
+    ws.on('open', () => {
+      this.lastHeard = Date.now();
+      if (ws.protocol !== TUNNEL_SUBPROTOCOL) {
+        ws.close(1002, `expected subprotocol ${TUNNEL_SUBPROTOCOL}`);
+        return;
+      }
+      this.link = linkOverWebSocket(ws, {
+        client: false,
+        onStream: (s) => this.onStream(s),
+        onControl: (text) => {
+          const msg = parseControl(text);
+          if (msg?.type !== 'gateway_hello' || helloSeen) return; // unknown control messages are ignored
+          helloSeen = true;
+          if (msg.version !== 1 || msg.use_yamux !== true) {
+            ws.close(1002, 'unsupported gateway hello');
+            return;
+          }
+          this.link!.sendControl(helloAck(this.name, [...this.services.keys()]));
+          this.isConnected = true;
+          this.counters.connects++;
+          this.logger.info({ event: 'agent_connected', server: o.server, name: this.name }, 'agent connected');
+          this.emit('connected');
+        },
+      });
+      this.startHeartbeat(ws);
+    });
+    ws.on('message', () => { this.lastHeard = Date.now(); });
+    ws.on('pong', () => { this.lastHeard = Date.now(); });
+    ws.on('ping', () => { this.lastHeard = Date.now(); });
+    ws.on('close', (code: number, reason: Buffer) => {
+      const was = this.isConnected;
+      this.teardown();
+      if (was) {
+        this.logger.warn({ event: 'agent_disconnected', code, reason: reason.toString('utf8') }, 'agent disconnected');
+        this.emit('disconnected', { code, reason: reason.toString('utf8') });
+        // It had been up: the next failure starts from the first delay again.
+        if (helloSeen) this.backoff.reset();
+      }
+      this.scheduleRetry();
+    });
+  }
+
+  private startHeartbeat(ws: import('ws').WebSocket): void {
+    const every = this.options.pingIntervalMs ?? 30_000;
+    const silence = this.options.silenceTimeoutMs ?? 90_000;
+    this.pingTimer = setInterval(() => {
+      if (Date.now() - this.lastHeard > silence) {
+        this.logger.warn({ event: 'agent_gateway_silent', ms: Date.now() - this.lastHeard }, 'gateway silent: reconnecting');
+        ws.terminate();
+        return;
+      }
+      if (ws.readyState === ws.OPEN) ws.ping();
+    }, Math.min(every, Math.max(100, silence / 3)));
+    this.pingTimer.unref();
+  }
+
+  private teardown(): void {
+    this.isConnected = false;
+    if (this.pingTimer !== null) clearInterval(this.pingTimer);
+    this.pingTimer = null;
+    if (this.link !== null) {
+      this.counters.bytesIn += this.link.bytes.in;
+      this.counters.bytesOut += this.link.bytes.out;
+      this.link.session.destroy(new Error('the tunnel closed'));
+      this.link = null;
+    }
+    for (const o of [...this.open]) o.close();
+    this.open.clear();
+    this.ws = null;
+  }
+
+  private scheduleRetry(): void {
+    if (this.closed || this.retryTimer !== null) return;
+    const delay = this.backoff.next();
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      void this.dial();
+    }, delay);
+  }
+
+  // ---------------------------------------------------------------- streams
+
+  private onStream(stream: YamuxStream): void {
+    this.counters.streamsTotal++;
+    stream.on('error', () => {});
+    readLine(stream, this.options.dialTimeoutMs ?? 10_000).then((line) => {
+      const req = parseOpen(line);
+      if (typeof req === 'string') return this.refuse(stream, req);
+      const target = this.services.get(req.service);
+      // Only what this agent exposes, whatever the gateway asks.
+      if (target === undefined) return this.refuse(stream, `service "${req.service}" is not exposed by agent ${this.name}`);
+      if (req.protocol === 'udp') this.serveUdp(stream, req.service, target);
+      else this.serveTcp(stream, req.service, target);
+    }, (err: Error) => this.refuse(stream, err.message));
+  }
+
+  private refuse(stream: YamuxStream, error: string): void {
+    this.counters.streamsRefused++;
+    this.logger.info({ event: 'agent_stream_refused', error }, 'stream refused');
+    if (!stream.destroyed && stream.writable) stream.end(errorLine(error));
+    // Whatever else the gateway sends on it is read and dropped until it ends.
+    stream.resume();
+  }
+
+  private serveTcp(stream: YamuxStream, service: string, target: ServiceTarget): void {
+    const socket = net.connect({ host: target.host, port: target.port, noDelay: true, allowHalfOpen: true });
+    const entry = { close: () => { socket.destroy(); stream.destroy(); } };
+    this.open.add(entry);
+    let connected = false;
+    const timer = setTimeout(() => socket.destroy(new Error(`${service}: no connection within the dial timeout`)),
+      this.options.dialTimeoutMs ?? 10_000);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      connected = true;
+      stream.write(okLine());
+      // Raw bytes both ways; an end on either side is a half-close of the other.
+      stream.pipe(socket);
+      socket.pipe(stream);
+    });
+    socket.on('error', (err: Error) => {
+      clearTimeout(timer);
+      if (!connected) {
+        this.open.delete(entry);
+        this.refuse(stream, `${service}: ${(err as NodeJS.ErrnoException).code ?? err.message}`);
+      } else {
+        stream.destroy();
+      }
+    });
+    stream.on('close', () => {
+      // A stream reset or failed under a live connection: the connection goes too.
+      if (!stream.readableEnded || !stream.writableFinished) socket.destroy();
+      else if (!socket.destroyed && socket.writableEnded && socket.readableEnded) socket.destroy();
+    });
+    socket.on('close', () => {
+      this.open.delete(entry);
+      if (connected && !stream.writableEnded && !stream.destroyed) stream.destroy();
+    });
+  }
+
+  private serveUdp(stream: YamuxStream, service: string, target: ServiceTarget): void {
+    const socket = dgram.createSocket(net.isIPv6(target.host) ? 'udp6' : 'udp4');
+    const idleMs = this.options.udpIdleMs ?? 60_000;
+    let idle: NodeJS.Timeout | null = null;
+    const entry = { close: () => { finish(); } };
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      if (idle !== null) clearTimeout(idle);
+      this.open.delete(entry);
+      try { socket.close(); } catch { /* already closed */ }
+      if (!stream.destroyed) stream.end();
+    };
+    const touch = () => {
+      if (idle !== null) clearTimeout(idle);
+      idle = setTimeout(finish, idleMs);
+      idle.unref();
+    };
+    this.open.add(entry);
+    socket.on('error', (err) => {
+      if (!done) this.logger.debug({ event: 'agent_udp_error', service, err: err.message }, 'udp error');
+      finish();
+    });
+    socket.connect(target.port, target.host, () => {
+      stream.write(okLine());
+      touch();
+      const reader = new DatagramReader();
+      stream.on('data', (chunk: Buffer) => {
+        touch();
+        for (const d of reader.push(chunk)) socket.send(d);
+      });
+      socket.on('message', (msg: Buffer) => {
+        touch();
+        if (!stream.destroyed) stream.write(datagram(msg));
+      });
+      stream.on('end', finish);
+      stream.on('close', finish);
+      stream.resume(); // readLine left it paused
+    });
+  }
+}

@@ -1,0 +1,254 @@
+/**
+ * The gateway's side of tunnels (issue #14): the agents connected to this proxy, each one
+ * yamux session over its WebSocket (the gateway is the yamux client), and the streams
+ * opened through them for L4 tunnels (TCP, UDP) and, later, routes.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { WebSocket, WebSocketServer } from 'ws';
+import type { Logger } from '../log.js';
+import { linkOverWebSocket, MESSAGE_BYTES, type Link } from './link.js';
+import {
+  TUNNEL_SUBPROTOCOL, checkHelloAck, gatewayHello, openLine, parseAnswer, parseControl, readLine, type TunnelProtocol,
+} from './wire.js';
+import type { YamuxStream } from './yamux.js';
+
+export interface AgentRegistryOptions {
+  logger: Logger;
+  /** The agent must answer the hello within this (ms). */
+  helloTimeoutMs: number;
+  /** WebSocket ping interval and the silence after which an agent is dropped (ms). */
+  pingIntervalMs: number;
+  pongTimeoutMs: number;
+}
+
+/** Who may register which names: null = any name; else exactly these. */
+export interface AgentGrant {
+  principal: string;
+  names: string[] | null;
+  duplicate: 'replace' | 'refuse';
+  remote: string;
+}
+
+export interface AgentInfo {
+  name: string;
+  services: string[];
+  principal: string;
+  remote: string;
+  connectedAt: number;
+  streamsOpen: number;
+  streamsTotal: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** A stream could not be opened: the agent is not connected, or it refused. */
+export class TunnelError extends Error {
+  constructor(readonly code: 'SLUICE_ERR_AGENT_OFFLINE' | 'SLUICE_ERR_AGENT_REFUSED' | 'SLUICE_ERR_AGENT_TIMEOUT', message: string) {
+    super(message);
+  }
+}
+
+interface Agent {
+  name: string;
+  services: string[];
+  principal: string;
+  remote: string;
+  connectedAt: number;
+  ws: WebSocket;
+  link: Link;
+  streamsTotal: number;
+  /** Time from SYN to the agent's answer line, ms (stream open latency). */
+  openTimes: number[];
+}
+
+export class AgentRegistry {
+  private readonly options: AgentRegistryOptions;
+  private readonly agents = new Map<string, Agent>();
+  private readonly pending = new Set<WebSocket>();
+  private wss: WebSocketServer | null = null;
+  private closed = false;
+  private pinger: NodeJS.Timeout | null = null;
+  private readonly lastHeard = new WeakMap<WebSocket, number>();
+
+  constructor(options: AgentRegistryOptions) {
+    this.options = options;
+  }
+
+  /** Names of the agents connected now. */
+  names(): string[] {
+    return [...this.agents.keys()];
+  }
+
+  has(name: string): boolean {
+    return this.agents.has(name);
+  }
+
+  list(): AgentInfo[] {
+    return [...this.agents.values()].map((a) => ({
+      name: a.name, services: a.services, principal: a.principal, remote: a.remote, connectedAt: a.connectedAt,
+      streamsOpen: a.link.session.size, streamsTotal: a.streamsTotal, bytesIn: a.link.bytes.in, bytesOut: a.link.bytes.out,
+    }));
+  }
+
+  /**
+   * An agent's upgrade, its credentials already checked: the 101 (subprotocol
+   * sluice.tunnel.v1), the hello, and once the answer names an allowed agent, the agent is
+   * registered. Refusals after the 101 are close frames with 1008 and the reason.
+   */
+  async accept(req: IncomingMessage, socket: Duplex, head: Buffer, grant: AgentGrant): Promise<void> {
+    if (this.closed) {
+      socket.destroy();
+      return;
+    }
+    const wss = await this.server();
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      this.onConnection(ws, grant);
+      // The proxy pauses a socket until it knows what it is for; ws only adds listeners.
+      socket.resume();
+    });
+  }
+
+  private async server(): Promise<WebSocketServer> {
+    if (this.wss !== null) return this.wss;
+    const { WebSocketServer } = await import('ws');
+    this.wss ??= new WebSocketServer({
+      noServer: true,
+      perMessageDeflate: false,
+      maxPayload: 4 * MESSAGE_BYTES,
+      clientTracking: false,
+      handleProtocols: (protocols) => (protocols.has(TUNNEL_SUBPROTOCOL) ? TUNNEL_SUBPROTOCOL : false),
+    });
+    this.pinger ??= setInterval(() => this.heartbeat(), Math.max(100, Math.min(this.options.pingIntervalMs, this.options.pongTimeoutMs / 3)));
+    this.pinger.unref();
+    return this.wss;
+  }
+
+  private heartbeat(): void {
+    const now = Date.now();
+    for (const a of this.agents.values()) {
+      const heard = this.lastHeard.get(a.ws) ?? now;
+      if (now - heard > this.options.pongTimeoutMs) {
+        this.options.logger.warn({ event: 'agent_silent', agent: a.name }, 'agent silent: dropped');
+        a.ws.terminate();
+      } else if (now - heard >= this.options.pingIntervalMs / 2) {
+        a.ws.ping();
+      }
+    }
+  }
+
+  private onConnection(ws: WebSocket, grant: AgentGrant): void {
+    const log = this.options.logger;
+    if (this.closed) {
+      ws.close(1001, 'gateway shutting down');
+      return;
+    }
+    this.pending.add(ws);
+    const heard = () => this.lastHeard.set(ws, Date.now());
+    heard();
+    ws.on('message', heard);
+    ws.on('pong', heard);
+    ws.on('ping', heard);
+    ws.on('error', () => {});
+    let agent: Agent | null = null;
+    const helloTimer = setTimeout(() => ws.close(1008, 'no gateway_hello_ack in time'), this.options.helloTimeoutMs);
+    const link = linkOverWebSocket(ws, {
+      client: true,
+      // The agent is the yamux server: a stream it opens is refused.
+      onStream: (s) => s.destroy(),
+      onControl: (text) => {
+        if (agent !== null) return; // control messages after the hello: none defined yet, ignored
+        const msg = parseControl(text);
+        if (msg === null || msg.type !== 'gateway_hello_ack') return;
+        clearTimeout(helloTimer);
+        const ack = checkHelloAck(msg);
+        if (typeof ack === 'string') {
+          ws.close(1008, ack.slice(0, 120));
+          return;
+        }
+        if (grant.names !== null && !grant.names.includes(ack.name)) {
+          log.warn({ event: 'agent_refused', agent: ack.name, principal: grant.principal }, 'agent name not allowed for these credentials');
+          ws.close(1008, `agent name "${ack.name}" is not allowed for these credentials`);
+          return;
+        }
+        const existing = this.agents.get(ack.name);
+        if (existing !== undefined) {
+          if (grant.duplicate === 'refuse') {
+            log.warn({ event: 'agent_refused', agent: ack.name }, 'an agent with this name is connected');
+            ws.close(1008, `agent "${ack.name}" is already connected`);
+            return;
+          }
+          log.info({ event: 'agent_replaced', agent: ack.name }, 'agent replaced by a new connection');
+          this.agents.delete(ack.name);
+          existing.ws.close(1008, 'replaced by a new connection of the same agent');
+        }
+        this.pending.delete(ws);
+        agent = {
+          name: ack.name, services: ack.services, principal: grant.principal, remote: grant.remote, connectedAt: Date.now(),
+          ws, link, streamsTotal: 0, openTimes: [],
+        };
+        this.agents.set(ack.name, agent);
+        log.info({ event: 'agent_connected', agent: ack.name, services: ack.services, remote: grant.remote }, 'agent connected');
+      },
+      onClose: () => {
+        clearTimeout(helloTimer);
+        this.pending.delete(ws);
+        if (agent !== null && this.agents.get(agent.name) === agent) {
+          this.agents.delete(agent.name);
+          log.info({ event: 'agent_disconnected', agent: agent.name }, 'agent disconnected');
+        }
+      },
+    });
+    link.sendControl(gatewayHello());
+  }
+
+  /**
+   * A stream to `service` through agent `name`, once the agent answered ok: raw bytes both
+   * ways from then on. Rejects with a TunnelError when the agent is not connected, refuses,
+   * or does not answer within `timeoutMs`.
+   */
+  async open(name: string, service: string, protocol: TunnelProtocol, timeoutMs: number): Promise<YamuxStream> {
+    const agent = this.agents.get(name);
+    if (agent === undefined) throw new TunnelError('SLUICE_ERR_AGENT_OFFLINE', `agent "${name}" is not connected`);
+    let stream: YamuxStream;
+    try {
+      stream = agent.link.session.open();
+    } catch (err) {
+      throw new TunnelError('SLUICE_ERR_AGENT_OFFLINE', `agent "${name}": ${(err as Error).message}`);
+    }
+    agent.streamsTotal++;
+    stream.on('error', () => {});
+    stream.write(openLine({ service, protocol }));
+    let line: string;
+    try {
+      line = await readLine(stream, timeoutMs);
+    } catch (err) {
+      stream.destroy();
+      const timedOut = /within/.test((err as Error).message);
+      throw new TunnelError(timedOut ? 'SLUICE_ERR_AGENT_TIMEOUT' : 'SLUICE_ERR_AGENT_REFUSED',
+        `agent "${name}", service "${service}": ${(err as Error).message}`);
+    }
+    const answer = parseAnswer(line);
+    if (!answer.ok) {
+      stream.destroy();
+      throw new TunnelError('SLUICE_ERR_AGENT_REFUSED', `agent "${name}" refused service "${service}": ${answer.error}`);
+    }
+    const ms = performance.now() - stream.openedAt;
+    agent.openTimes.push(ms);
+    if (agent.openTimes.length > 1024) agent.openTimes.splice(0, 512);
+    return stream;
+  }
+
+  /** Every agent gets 1001; no new agent is taken. */
+  close(): void {
+    this.closed = true;
+    if (this.pinger !== null) clearInterval(this.pinger);
+    this.pinger = null;
+    for (const a of this.agents.values()) a.ws.close(1001, 'gateway shutting down');
+    for (const ws of this.pending) ws.close(1001, 'gateway shutting down');
+    this.agents.clear();
+    this.pending.clear();
+    this.wss?.close();
+    this.wss = null;
+  }
+}
