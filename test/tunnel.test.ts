@@ -43,6 +43,7 @@ udpEcho.on('message', (m, r) => udpEcho.send(m, r.port, r.address));
 
 const dir = mkdtempSync(join(tmpdir(), 'sluice-tunnel-'));
 let gwPort = 0;
+let adminPort = 0;
 const tunnelPorts = { echo: 0, hash: 0, missing: 0, udp: 0, offline: 0 };
 
 function gatewayConfig(): string {
@@ -50,6 +51,7 @@ function gatewayConfig(): string {
   const file = join(dir, 'gateway.yaml');
   writeFileSync(file, `
 listen: { host: 127.0.0.1, port: ${gwPort} }
+admin: { host: 127.0.0.1, port: ${adminPort} }
 log: { level: info }
 heartbeat: { pingIntervalSeconds: 1, pongTimeoutSeconds: 3 }
 routes:
@@ -117,6 +119,7 @@ t.before(async () => {
   for (const s of [echo, hasher]) await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
   await new Promise<void>((r) => udpEcho.bind(0, '127.0.0.1', r));
   gwPort = await freePort();
+  adminPort = await freePort();
   for (const k of Object.keys(tunnelPorts) as Array<keyof typeof tunnelPorts>) tunnelPorts[k] = await freePort();
 });
 t.teardown(() => {
@@ -144,6 +147,29 @@ t.test('gateway and agent as processes: TCP (100 MiB by hash, 100 concurrent str
     const inputs = Array.from({ length: 100 }, () => randomBytes(256 * 1024));
     const outputs = await Promise.all(inputs.map((d) => roundTrip(tunnelPorts.echo, d)));
     t.equal(outputs.filter((o, i) => sha(o) === sha(inputs[i])).length, 100, 'all 100 came back whole');
+  });
+
+  await t.test('/stats, /metrics and /readyz show agents, their streams and the tunnels', async (t) => {
+    const get = async (path: string) => {
+      const r = await fetch(`http://127.0.0.1:${adminPort}${path}`);
+      return { status: r.status, text: await r.text() };
+    };
+    const stats = JSON.parse((await get('/stats')).text) as { agents: Array<{ name: string; services: string[]; streamsTotal: number }>; tunnels: unknown[] };
+    const a = stats.agents.find((x) => x.name === 'site-a');
+    t.same(a?.services, ['echo', 'hash', 'udp'], '/stats lists the agent and its services');
+    t.ok((a?.streamsTotal ?? 0) >= 101, `and the streams it carried (${a?.streamsTotal})`);
+    t.equal(stats.tunnels.length, 5, 'and the five tunnels');
+    const metrics = (await get('/metrics')).text;
+    t.match(metrics, /^agent_websocket_agents_connected 1$/m, 'agents connected: 1');
+    t.match(metrics, /^sluice_agent_streams_total\{agent="site-a"\} (\d+)$/m);
+    t.match(metrics, /^sluice_agent_bytes_total\{agent="site-a",direction="in"\} \d{8,}$/m, 'bytes from the agent: the 100 MiB run\'s answers and echoes');
+    t.match(metrics, /^sluice_agent_stream_open_seconds_count \d+$/m, 'stream open times are a histogram');
+    t.match(metrics, /^sluice_tunnel_connections_total\{listen="127\.0\.0\.1:\d+",protocol="tcp",agent="site-a",service="echo",result="opened"\} 100$/m,
+      '100 connections opened through the echo tunnel');
+    const ready = await get('/readyz');
+    t.equal(ready.status, 503, 'not ready: a tunnel names an agent that is not connected');
+    const reasons = (JSON.parse(ready.text) as { reasons: string[] }).reasons;
+    t.same(reasons, ['agent nobody: not connected'], '/readyz names that agent, and only it');
   });
 
   await t.test('a service the agent does not expose, and an agent that is not connected: closed at once', async (t) => {

@@ -21,6 +21,7 @@ import { SluiceError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { ProxyCounters } from '../metrics/counters.js';
 import { createMetricsRegistry } from '../metrics/index.js';
+import { registerTunnelMetrics } from '../metrics/tunnel-metrics.js';
 import { startAdminServer, type AdminServer } from '../admin/index.js';
 import { Balancer, Upstream } from './balancer.js';
 import { listenOptions, listenSocket, socketPort } from './listen.js';
@@ -212,6 +213,11 @@ export class Proxy implements SessionHost {
     this.config = parseConfig(input);
     this.logger = createLogger(this.config.log.level);
     this.registry = createMetricsRegistry(this.count);
+    registerTunnelMetrics(this.registry, {
+      agents: () => this.agents?.list() ?? [],
+      tunnels: () => this.tunnelListeners.map((t) => t.stats()),
+      openTimes: () => this.agents?.openTimes() ?? { buckets: [], sum: 0, count: 0 },
+    });
     if (nativeEngineUnavailable === '') {
       const engine = new NativeEngine((events) => this.onEngineEvents(events), (bytes, desc) => this.onEngineMessages(bytes, desc));
       this.engine = engine;
@@ -274,8 +280,12 @@ export class Proxy implements SessionHost {
     if (this.draining) reasons.push('draining');
     const now = Date.now();
     for (const r of this.routes) {
+      if (r.config.mode === 'agent') continue; // agents connect to it: nothing to be healthy
       if (!r.balancer.upstreams.some((u) => u.healthy(now))) reasons.push(`route ${r.config.path}: no healthy upstream`);
     }
+    // Tunnels through an agent that is not connected cannot carry anything.
+    const missing = new Set(this.config.tunnels.map((t) => t.agent).filter((a) => !(this.agents?.has(a) ?? false)));
+    for (const a of missing) reasons.push(`agent ${a}: not connected`);
     return { ok: reasons.length === 0, reasons };
   }
 

@@ -12,6 +12,7 @@ import {
   TUNNEL_SUBPROTOCOL, checkHelloAck, gatewayHello, openLine, parseAnswer, parseControl, readLine, type TunnelProtocol,
 } from './wire.js';
 import type { YamuxStream } from './yamux.js';
+import { STREAM_OPEN_SECONDS_BUCKETS } from '../metrics/tunnel-metrics.js';
 
 export interface AgentRegistryOptions {
   logger: Logger;
@@ -58,8 +59,6 @@ interface Agent {
   ws: WebSocket;
   link: Link;
   streamsTotal: number;
-  /** Time from SYN to the agent's answer line, ms (stream open latency). */
-  openTimes: number[];
 }
 
 export class AgentRegistry {
@@ -70,6 +69,10 @@ export class AgentRegistry {
   private closed = false;
   private pinger: NodeJS.Timeout | null = null;
   private readonly lastHeard = new WeakMap<WebSocket, number>();
+  /** Stream open times (SYN to the agent's answer), as histogram buckets in seconds. */
+  private readonly openBuckets = new Float64Array(STREAM_OPEN_SECONDS_BUCKETS.length + 1);
+  private openSum = 0;
+  private openCount = 0;
 
   constructor(options: AgentRegistryOptions) {
     this.options = options;
@@ -185,7 +188,7 @@ export class AgentRegistry {
         this.pending.delete(ws);
         agent = {
           name: ack.name, services: ack.services, principal: grant.principal, remote: grant.remote, connectedAt: Date.now(),
-          ws, link, streamsTotal: 0, openTimes: [],
+          ws, link, streamsTotal: 0,
         };
         this.agents.set(ack.name, agent);
         log.info({ event: 'agent_connected', agent: ack.name, services: ack.services, remote: grant.remote }, 'agent connected');
@@ -233,10 +236,18 @@ export class AgentRegistry {
       stream.destroy();
       throw new TunnelError('SLUICE_ERR_AGENT_REFUSED', `agent "${name}" refused service "${service}": ${answer.error}`);
     }
-    const ms = performance.now() - stream.openedAt;
-    agent.openTimes.push(ms);
-    if (agent.openTimes.length > 1024) agent.openTimes.splice(0, 512);
+    const seconds = (performance.now() - stream.openedAt) / 1000;
+    let i = 0;
+    while (i < STREAM_OPEN_SECONDS_BUCKETS.length && seconds > STREAM_OPEN_SECONDS_BUCKETS[i]) i++;
+    this.openBuckets[i]++;
+    this.openSum += seconds;
+    this.openCount++;
     return stream;
+  }
+
+  /** Stream open times, for the histogram (buckets per bound, not cumulative). */
+  openTimes(): { buckets: Float64Array; sum: number; count: number } {
+    return { buckets: this.openBuckets, sum: this.openSum, count: this.openCount };
   }
 
   /** Every agent gets 1001; no new agent is taken. */
