@@ -10,8 +10,10 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import http from 'node:http';
 import { SignJWT } from 'jose';
 import t from 'tap';
+import { WebSocket, WebSocketServer } from 'ws';
 import { connectAgent } from '../src/tunnel/agent.js';
 import { buildCli, freePort, startCli, type CliProcess } from './fixtures/cli-process.js';
 
@@ -38,6 +40,23 @@ const hasher = net.createServer({ allowHalfOpen: true }, (s) => {
   s.on('end', () => s.end(`${h.digest('hex')} ${n}\n`));
   s.on('error', () => {});
 });
+/** A WebSocket service behind the agent: echoes, and remembers the path and the close it got. */
+const wsSeen: { url: string; close: [number, string] | null } = { url: '', close: null };
+const wsEcho = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+wsEcho.on('connection', (ws, req) => {
+  wsSeen.url = req.url ?? '';
+  ws.on('message', (data, isBinary) => ws.send(data as Buffer, { binary: isBinary }));
+  ws.on('close', (code, reason) => { wsSeen.close = [code, reason.toString()]; });
+});
+/** An HTTP service behind the agent: answers with what it got. */
+const web = http.createServer((req, res) => {
+  const parts: Buffer[] = [];
+  req.on('data', (d: Buffer) => parts.push(d));
+  req.on('end', () => {
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({ method: req.method, url: req.url, host: req.headers.host, body: Buffer.concat(parts).toString() }));
+  });
+});
 const udpEcho = dgram.createSocket('udp4');
 udpEcho.on('message', (m, r) => udpEcho.send(m, r.port, r.address));
 
@@ -61,6 +80,13 @@ routes:
       apiKeys:
         header: authorization
         sha256: [ "${digest(KEY_ANY)}", { sha256: "${digest(KEY_B)}", agents: [ site-b ] } ]
+  - path: /ws-via/*
+    upstreams: [ { agent: site-a, service: wsecho, path: /echo } ]
+  - path: /web/*
+    http: true
+    upstreams: [ { agent: site-a, service: web } ]
+  - path: /offline
+    upstreams: [ { agent: nobody, service: web } ]
   - path: /agent-jwt
     mode: agent
     duplicate: refuse
@@ -80,7 +106,8 @@ function startAgent(name = 'site-a', token = KEY_ANY, path = '/agent'): CliProce
   const a = (s: net.Server) => (s.address() as net.AddressInfo).port;
   return startCli(['agent', '--server', `ws://127.0.0.1:${gwPort}${path}`, '--token', token, '--name', name,
     '--expose', `echo=127.0.0.1:${a(echo)}`, '--expose', `hash=127.0.0.1:${a(hasher)}`,
-    '--expose', `udp=127.0.0.1:${udpEcho.address().port}`], {}, 120_000);
+    '--expose', `udp=127.0.0.1:${udpEcho.address().port}`, '--expose', `wsecho=127.0.0.1:${(wsEcho.address() as net.AddressInfo).port}`,
+    '--expose', `web=127.0.0.1:${a(web)}`], {}, 120_000);
 }
 
 /** Resolves once the gateway logged the agent `name` connected (from log index `from`). */
@@ -116,13 +143,16 @@ async function closedAtOnce(port: number): Promise<boolean> {
 }
 
 t.before(async () => {
-  for (const s of [echo, hasher]) await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  for (const s of [echo, hasher, web]) await new Promise<void>((r) => (s as net.Server).listen(0, '127.0.0.1', r));
+  if (wsEcho.address() === null) await once(wsEcho, 'listening');
   await new Promise<void>((r) => udpEcho.bind(0, '127.0.0.1', r));
   gwPort = await freePort();
   adminPort = await freePort();
   for (const k of Object.keys(tunnelPorts) as Array<keyof typeof tunnelPorts>) tunnelPorts[k] = await freePort();
 });
 t.teardown(() => {
+  wsEcho.close();
+  web.close();
   echo.close();
   hasher.close();
   udpEcho.close();
@@ -156,7 +186,7 @@ t.test('gateway and agent as processes: TCP (100 MiB by hash, 100 concurrent str
     };
     const stats = JSON.parse((await get('/stats')).text) as { agents: Array<{ name: string; services: string[]; streamsTotal: number }>; tunnels: unknown[] };
     const a = stats.agents.find((x) => x.name === 'site-a');
-    t.same(a?.services, ['echo', 'hash', 'udp'], '/stats lists the agent and its services');
+    t.same(a?.services, ['echo', 'hash', 'udp', 'wsecho', 'web'], '/stats lists the agent and its services');
     t.ok((a?.streamsTotal ?? 0) >= 101, `and the streams it carried (${a?.streamsTotal})`);
     t.equal(stats.tunnels.length, 5, 'and the five tunnels');
     const metrics = (await get('/metrics')).text;
@@ -169,7 +199,33 @@ t.test('gateway and agent as processes: TCP (100 MiB by hash, 100 concurrent str
     const ready = await get('/readyz');
     t.equal(ready.status, 503, 'not ready: a tunnel names an agent that is not connected');
     const reasons = (JSON.parse(ready.text) as { reasons: string[] }).reasons;
-    t.same(reasons, ['agent nobody: not connected'], '/readyz names that agent, and only it');
+    t.same(reasons, ['route /offline: no healthy upstream', 'agent nobody: not connected'], '/readyz names that agent, and only it');
+  });
+
+  await t.test('a WebSocket route and an HTTP route through the agent; an agent that is not connected: 502', async (t) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${gwPort}/ws-via/room/7?x=1`);
+    await once(ws, 'open');
+    ws.send('hello through the tunnel');
+    const [msg] = await once(ws, 'message') as [Buffer];
+    t.equal(msg.toString(), 'hello through the tunnel', 'echoed by the service behind the agent');
+    t.equal(wsSeen.url, '/echo/room/7?x=1', 'the path maps onto the upstream\'s path as for any route');
+    ws.close(4001, 'bye from the client');
+    await once(ws, 'close');
+    const deadline = Date.now() + 3000;
+    while (wsSeen.close === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    t.same(wsSeen.close, [4001, 'bye from the client'], 'the close code and reason reach the service unchanged');
+
+    const get = await fetch(`http://127.0.0.1:${gwPort}/web/hello?q=1`);
+    t.equal(get.status, 200);
+    t.same(await get.json(), { method: 'GET', url: '/hello?q=1', host: 'web', body: '' }, 'GET through the agent (Host: the service name)');
+    const post = await fetch(`http://127.0.0.1:${gwPort}/web/form`, { method: 'POST', body: 'a=1&b=2' });
+    t.match(await post.json(), { method: 'POST', url: '/form', body: 'a=1&b=2' }, 'POST with its body');
+
+    const off = new WebSocket(`ws://127.0.0.1:${gwPort}/offline`);
+    off.on('error', () => {});
+    const [, res] = await once(off, 'unexpected-response') as [unknown, http.IncomingMessage];
+    t.equal(res.statusCode, 502, 'an upstream through an agent that is not connected: 502');
+    off.terminate();
   });
 
   await t.test('a service the agent does not expose, and an agent that is not connected: closed at once', async (t) => {

@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import type {
   ApiKeyAuthConfig, BackpressurePolicy, BalanceStrategy, JwtAlgorithm, JwtAuthConfig, ProxyConfig, RouteConfig, RouteMode,
+  UpstreamConfig,
 } from './types.js';
 
 /** The upstream URL that stands for the echo backend the data plane starts itself. */
@@ -261,9 +262,27 @@ const authSchema = section({
   apiKeys: apiKeysSchema.optional(),
 }).refine((a) => a.jwt !== undefined || a.apiKeys !== undefined, { error: 'expected jwt, apiKeys or both' });
 
+const AGENT_PATH_EXPECTED = 'expected a path starting with "/"';
 const upstreamSchema = section({
-  url: z.string({ error: UPSTREAM_URL_EXPECTED }).refine(isUpstreamUrl, { error: UPSTREAM_URL_EXPECTED }),
+  url: z.string({ error: UPSTREAM_URL_EXPECTED }).refine(isUpstreamUrl, { error: UPSTREAM_URL_EXPECTED }).optional(),
+  // Through a tunnel agent: { agent, service, path } instead of a URL.
+  agent: nameSchema().optional(),
+  service: nameSchema().optional(),
+  path: z.string({ error: AGENT_PATH_EXPECTED }).regex(/^\/[^\s#]*$/, { error: AGENT_PATH_EXPECTED }).optional(),
   weight: positiveInt().default(DEFAULTS.route.upstreamWeight),
+}).superRefine((u, ctx) => {
+  if (u.agent === undefined && u.service === undefined) {
+    if (u.url === undefined) ctx.addIssue({ code: 'custom', path: ['url'], message: `${UPSTREAM_URL_EXPECTED} (or agent and service)`, input: undefined });
+    if (u.path !== undefined) ctx.addIssue({ code: 'custom', path: ['path'], message: 'expected only with agent and service (a URL carries its own path)', input: u.path });
+    return;
+  }
+  if (u.agent === undefined) ctx.addIssue({ code: 'custom', path: ['agent'], message: 'expected the agent that exposes the service', input: undefined });
+  if (u.service === undefined) ctx.addIssue({ code: 'custom', path: ['service'], message: 'expected the service the agent exposes', input: undefined });
+}).transform((u): UpstreamConfig => {
+  if (u.agent === undefined || u.service === undefined) return { url: u.url!, weight: u.weight };
+  // The resolved form keeps the path in a URL (a resolved config parses again as itself).
+  const path = u.path ?? (u.url !== undefined ? new URL(u.url).pathname + new URL(u.url).search : '/');
+  return { url: `ws://${u.service}${path}`, weight: u.weight, agent: u.agent, service: u.service };
 });
 
 const healthSchema = section({
@@ -394,6 +413,15 @@ export const proxyConfigSchema = section({
     } else if (route.upstreams.length === 0) {
       ctx.addIssue({ code: 'custom', path: ['routes', i, 'upstreams'], message: 'expected at least one upstream', input: [] });
     }
+    if (route.upstreams.some((u) => u.agent !== undefined) && cfg.workers !== 1) {
+      ctx.addIssue({
+        code: 'custom', path: ['workers'],
+        message: 'expected 1 with upstreams through agents (an agent is connected to one shard)', input: cfg.workers,
+      });
+    }
+    if (route.upstreams.some((u) => u.agent !== undefined) && !cfg.routes.some((r) => r.mode === 'agent')) {
+      ctx.addIssue({ code: 'custom', path: ['routes', i, 'upstreams'], message: 'expected a route with mode: agent for the agents to connect to', input: route.upstreams.length });
+    }
     // The built-in echo is a WebSocket endpoint only: there is nothing to proxy HTTP to.
     if (route.http && route.upstreams.some((u) => u.url === BUILTIN_ECHO_URL)) {
       ctx.addIssue({
@@ -453,7 +481,7 @@ export interface RouteConfigInput {
   balance?: BalanceStrategy;
   backpressure?: BackpressurePolicy;
   /** Required, except on agent routes (which have none). */
-  upstreams?: Array<{ url: string; weight?: number }>;
+  upstreams?: Array<{ url: string; weight?: number } | { agent: string; service: string; path?: string; weight?: number }>;
   compression?: boolean;
   http?: boolean;
   health?: Partial<RouteConfig['health']>;

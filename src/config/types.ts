@@ -8,9 +8,15 @@ export type BackpressurePolicy = 'pause' | 'drop' | 'close';
 export type RouteMode = 'transparent' | 'envelope' | 'agent';
 
 export interface UpstreamConfig {
-  /** ws:// or wss:// URL; its path is the base the client's path maps onto. */
+  /**
+   * ws:// or wss:// URL; its path is the base the client's path maps onto. Through an
+   * agent: `ws://<service><path>` (the Host header is the service name).
+   */
   url: string;
   weight: number;
+  /** Through a tunnel agent (issue #14): the agent's name and the service it exposes. */
+  agent?: string;
+  service?: string;
 }
 
 export interface HealthCheckConfig {

@@ -120,7 +120,7 @@ export interface EngineParams {
 }
 
 /** The descriptor of a plain TCP socket, or -1 (TLS, closed, or no descriptor on this platform). */
-export function socketFd(socket: net.Socket): number {
+export function socketFd(socket: net.Socket | import('node:stream').Duplex): number {
   const handle = (socket as unknown as { _handle?: { fd?: number } | null })._handle;
   if (!handle || typeof handle.fd !== 'number' || handle.fd < 0) return -1;
   if ((socket as { encrypted?: boolean }).encrypted) return -1;

@@ -19,10 +19,14 @@ export class Upstream {
   /** Smooth weighted round robin state. */
   current = 0;
   failures = 0;
+  /** Through a tunnel agent: its name and the service; null for a URL upstream. */
+  readonly agent: { name: string; service: string } | null;
 
   constructor(cfg: UpstreamConfig) {
     this.url = new URL(cfg.url);
-    this.href = cfg.url;
+    this.agent = cfg.agent !== undefined && cfg.service !== undefined ? { name: cfg.agent, service: cfg.service } : null;
+    // Shown in /stats and logs: an agent upstream by its agent, service and path.
+    this.href = this.agent !== null ? `agent:${this.agent.name}/${this.agent.service}${this.url.pathname}${this.url.search}` : cfg.url;
     this.weight = cfg.weight;
   }
 

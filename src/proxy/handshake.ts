@@ -6,6 +6,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { SluiceError } from '../errors.js';
 
@@ -41,10 +42,16 @@ export interface DialOptions {
   extensions?: string;
   timeoutMs: number;
   tls?: { caFile?: string; rejectUnauthorized: boolean; servername?: string };
+  /**
+   * An upstream through a tunnel agent: the byte stream to run the handshake over (a yamux
+   * stream the agent answered ok), instead of a TCP or TLS connection to `url`.
+   */
+  open?: () => Promise<Duplex>;
 }
 
 export interface DialResult {
-  socket: net.Socket;
+  /** A TCP or TLS socket, or a tunnel's stream: the session uses only what a Duplex has. */
+  socket: Duplex;
   /**
    * Where the socket's data goes from now on. For ws:// upstreams the chunk is a view
    * of a read buffer shared by every upstream socket of this thread (net's `onread`):
@@ -124,14 +131,8 @@ export function dial(opts: DialOptions): Promise<DialResult> {
   return new Promise((resolve, reject) => {
     const key = randomBytes(16).toString('base64');
     const expectedAccept = createHash('sha1').update(key + WS_GUID).digest('base64');
-    let socket: net.Socket;
+    let socket: Duplex | null = null;
     const route: DataRoute = { fn: (chunk) => onHandshakeData(chunk) };
-    try {
-      socket = connect(opts, route);
-    } catch (err) {
-      reject(new UpstreamError('SLUICE_ERR_UPSTREAM_UNREACHABLE', 502, `cannot dial ${opts.url.host}: ${(err as Error).message}`));
-      return;
-    }
     let settled = false;
     let received: Buffer = Buffer.alloc(0);
     let refusal: { status: number; text: string; bodyStart: number; contentLength: number } | undefined;
@@ -141,8 +142,10 @@ export function dial(opts: DialOptions): Promise<DialResult> {
       settled = true;
       clearTimeout(timer);
       route.fn = () => {};
-      socket.on('error', () => {});
-      socket.destroy();
+      if (socket !== null) {
+        socket.on('error', () => {});
+        socket.destroy();
+      }
       reject(err);
     };
     const timer = setTimeout(() => {
@@ -150,15 +153,15 @@ export function dial(opts: DialOptions): Promise<DialResult> {
     }, opts.timeoutMs);
 
     const secure = opts.url.protocol === 'wss:';
-    socket.once(secure ? 'secureConnect' : 'connect', () => {
+    const sendRequest = (s: Duplex) => {
       const hostHeader = opts.url.host;
       let req = `GET ${opts.target} HTTP/1.1\r\nHost: ${hostHeader}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
         `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n`;
       if (opts.protocols.length > 0) req += `Sec-WebSocket-Protocol: ${opts.protocols.join(', ')}\r\n`;
       if (opts.extensions) req += `Sec-WebSocket-Extensions: ${opts.extensions}\r\n`;
       for (const [name, value] of opts.headers) req += `${name}: ${value}\r\n`;
-      socket.write(req + '\r\n');
-    });
+      s.write(req + '\r\n');
+    };
     const onError = (err: NodeJS.ErrnoException) => {
       fail(new UpstreamError('SLUICE_ERR_UPSTREAM_UNREACHABLE', 502, `upstream ${opts.url.host}: ${err.code ?? err.message}`));
     };
@@ -169,8 +172,6 @@ export function dial(opts: DialOptions): Promise<DialResult> {
       }
       fail(new UpstreamError('SLUICE_ERR_UPSTREAM_BAD_HANDSHAKE', 502, `upstream ${opts.url.host} closed during the handshake`));
     };
-    socket.on('error', onError);
-    socket.on('close', onClose);
 
     const finishRefusal = () => {
       const r = refusal!;
@@ -234,20 +235,50 @@ export function dial(opts: DialOptions): Promise<DialResult> {
       settled = true;
       clearTimeout(timer);
       // Only ours: a TLSSocket has internal 'close' listeners (freeing its SSL state).
-      socket.off('close', onClose);
-      socket.off('error', onError);
-      socket.pause();
+      const s = socket!;
+      s.off('close', onClose);
+      s.off('error', onError);
+      s.pause();
       route.fn = () => {};
       resolve({
-        socket,
+        socket: s,
         protocol,
         extensions,
         head: received.subarray(end + 4),
         setDataHandler(fn) {
           route.fn = fn;
         },
-        readsBorrowed: opts.url.protocol !== 'wss:',
+        readsBorrowed: opts.url.protocol !== 'wss:' && opts.open === undefined,
       });
     };
+
+    const start = (s: Duplex, connected: boolean) => {
+      socket = s;
+      s.on('error', onError);
+      s.on('close', onClose);
+      if (connected) sendRequest(s);
+      else s.once(secure ? 'secureConnect' : 'connect', () => sendRequest(s));
+    };
+    if (opts.open !== undefined) {
+      // Through an agent: its stream, once the agent answered ok, carries the handshake.
+      opts.open().then((stream) => {
+        if (settled) {
+          stream.destroy();
+          return;
+        }
+        stream.on('data', (chunk: Buffer) => route.fn(chunk));
+        stream.resume(); // left paused after the agent's answer line
+        start(stream, true);
+      }, (err: Error & { code?: string }) => {
+        const slow = err.code === 'SLUICE_ERR_AGENT_TIMEOUT';
+        fail(new UpstreamError(slow ? 'SLUICE_ERR_UPSTREAM_TIMEOUT' : 'SLUICE_ERR_UPSTREAM_UNREACHABLE', slow ? 504 : 502, err.message));
+      });
+      return;
+    }
+    try {
+      start(connect(opts, route), false);
+    } catch (err) {
+      fail(new UpstreamError('SLUICE_ERR_UPSTREAM_UNREACHABLE', 502, `cannot dial ${opts.url.host}: ${(err as Error).message}`));
+    }
   });
 }

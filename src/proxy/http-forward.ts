@@ -11,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { ProxyConfig, RouteConfig } from '../config/types.js';
 import type { ProxyCounters } from '../metrics/counters.js';
@@ -118,6 +119,8 @@ export interface HttpForwardHost {
   stripCredentials(query: string, route: RouteConfig): string;
   /** An upstream's health changed (logged and published as for upgrades). */
   healthChanged(upstream: Upstream, healthy: boolean, reason: string): void;
+  /** A stream to a service through a tunnel agent (upstreams with `agent`). */
+  openAgentStream(agent: string, service: string, timeoutMs: number): Promise<Duplex>;
 }
 
 export class HttpForwarder {
@@ -285,6 +288,15 @@ export class HttpForwarder {
         headers: ['Host', url.host, ...headers] as unknown as http.OutgoingHttpHeaders,
         agent: secure ? this.httpsAgent : this.httpAgent,
       };
+      const via = upstream.agent;
+      if (via !== null) {
+        // Through an agent: one yamux stream per request (the agent dials the service for it).
+        options.agent = undefined;
+        options.createConnection = ((_o: unknown, done: (err: Error | null, stream?: Duplex) => void) => {
+          this.host.openAgentStream(via.name, via.service, timeoutMs).then((stream) => done(null, stream), (err: Error) => done(err));
+          return undefined;
+        }) as unknown as https.RequestOptions['createConnection'];
+      }
       if (secure) {
         const tls = route.config.tls;
         options.rejectUnauthorized = tls?.rejectUnauthorized ?? true;
@@ -315,7 +327,7 @@ export class HttpForwarder {
         });
       };
       r.once('socket', (socket: net.Socket) => {
-        if (socket.connecting) socket.once(secure ? 'secureConnect' : 'connect', onConnected);
+        if (socket.connecting === true) socket.once(secure ? 'secureConnect' : 'connect', onConnected);
         else onConnected();
       });
       r.on('error', (err: NodeJS.ErrnoException) => {

@@ -206,6 +206,7 @@ export class Proxy implements SessionHost {
     allow: (remote, now) => this.connectionRate === null || this.connectionRate.allow(remote, now),
     stripCredentials: stripCredentialParams,
     healthChanged: (up, healthy, reason) => this.healthChanged(up, healthy, reason),
+    openAgentStream: (agent, service, timeoutMs) => this.agentRegistry().open(agent, service, 'tcp', timeoutMs),
   });
 
   constructor(input: unknown, hooks: ProxyHooks = {}) {
@@ -281,10 +282,11 @@ export class Proxy implements SessionHost {
     const now = Date.now();
     for (const r of this.routes) {
       if (r.config.mode === 'agent') continue; // agents connect to it: nothing to be healthy
-      if (!r.balancer.upstreams.some((u) => u.healthy(now))) reasons.push(`route ${r.config.path}: no healthy upstream`);
+      if (!r.balancer.upstreams.some((u) => this.upstreamUp(u, now))) reasons.push(`route ${r.config.path}: no healthy upstream`);
     }
-    // Tunnels through an agent that is not connected cannot carry anything.
-    const missing = new Set(this.config.tunnels.map((t) => t.agent).filter((a) => !(this.agents?.has(a) ?? false)));
+    // Tunnels and upstreams through an agent that is not connected cannot carry anything.
+    const needed = [...this.config.tunnels.map((t) => t.agent), ...this.config.routes.flatMap((r) => r.upstreams.map((u) => u.agent ?? ''))];
+    const missing = new Set(needed.filter((a) => a !== '' && !(this.agents?.has(a) ?? false)));
     for (const a of missing) reasons.push(`agent ${a}: not connected`);
     return { ok: reasons.length === 0, reasons };
   }
@@ -558,10 +560,10 @@ export class Proxy implements SessionHost {
     const runtimes: RouteRuntime[] = config.routes.map((rc) => {
       const ups = rc.upstreams.map((u) => {
         const href = u.url === BUILTIN_ECHO ? this.echoUrl : u.url;
-        const key = `${href}#${u.weight}`;
+        const key = `${href}#${u.weight}${u.agent !== undefined ? `@${u.agent}` : ''}`;
         let up = this.upstreamsByUrl.get(key);
         if (!up) {
-          up = new Upstream({ url: href, weight: u.weight });
+          up = new Upstream({ ...u, url: href });
           this.upstreamsByUrl.set(key, up);
         }
         return up;
@@ -599,7 +601,11 @@ export class Proxy implements SessionHost {
     if (intervalMs <= 0) return;
     r.healthTimer = setInterval(() => {
       for (const up of r.balancer.upstreams) {
-        dial({ url: up.url, target: up.url.pathname + up.url.search, headers: [], protocols: [], timeoutMs, tls: r.config.tls })
+        const via = up.agent;
+        dial({
+          url: up.url, target: up.url.pathname + up.url.search, headers: [], protocols: [], timeoutMs, tls: r.config.tls,
+          ...(via !== null ? { open: () => this.agentRegistry().open(via.name, via.service, 'tcp', timeoutMs) } : {}),
+        })
           .then(({ socket }) => {
             socket.destroy();
             if (up.downUntil !== 0) this.healthChanged(up, true, '');
@@ -884,14 +890,17 @@ export class Proxy implements SessionHost {
       // session takes the count over, every other ending gives it back.
       upstream.sessions++;
       try {
+        const timeoutMs = this.config.limits.upstreamTimeoutMs;
+        const via = upstream.agent;
         const result = await dial({
           url: upstream.url,
           target: mapTarget(matched, upstream.url, path, query),
           headers,
           protocols,
           extensions,
-          timeoutMs: this.config.limits.upstreamTimeoutMs,
+          timeoutMs,
           tls: route.config.tls,
+          ...(via !== null ? { open: () => this.agentRegistry().open(via.name, via.service, 'tcp', timeoutMs) } : {}),
         });
         upstream.failures = 0;
         return { upstream, result };
@@ -989,7 +998,8 @@ export class Proxy implements SessionHost {
     }
     let engineId: number;
     try {
-      engineId = engine.adopt(socket, head, dialed.socket, dialed.head, this.engineParams(route, m.expiresAt, m.envelope));
+      // socketFd said it is a TCP socket (a tunnel's stream has no descriptor and stays in TypeScript).
+      engineId = engine.adopt(socket, head, dialed.socket as net.Socket, dialed.head, this.engineParams(route, m.expiresAt, m.envelope));
     } catch (err) {
       this.logger.error({ event: 'engine_adopt_failed', route: route.config.path, err }, 'the native engine could not take a session');
       socket.destroy();
@@ -1084,8 +1094,9 @@ export class Proxy implements SessionHost {
     const matched = matchRoute(this.matchers, host, path);
     if (!matched) return true; // a 404, answered the same either way
     const rc = matched.route.config;
-    // Agent routes end here (no upstream): Node's server and the ws library take them.
-    return rc.mode === 'transparent' || rc.mode === 'envelope';
+    // Agent routes end here (no upstream): Node's server and the ws library take them. Upstreams
+    // through agents are yamux streams, not sockets: those sessions run on the TypeScript engine.
+    return (rc.mode === 'transparent' || rc.mode === 'envelope') && !rc.upstreams.some((u) => u.agent !== undefined);
   }
 
   private agentRegistry(): AgentRegistry {
@@ -1096,6 +1107,11 @@ export class Proxy implements SessionHost {
       pongTimeoutMs: this.config.heartbeat.pongTimeoutSeconds * 1000,
     });
     return this.agents;
+  }
+
+  /** Healthy, and for an upstream through an agent, that agent connected. */
+  private upstreamUp(u: Upstream, now: number): boolean {
+    return u.healthy(now) && (u.agent === null || (this.agents?.has(u.agent.name) ?? false));
   }
 
   /** The L4 listeners of `tunnels:` (read at start; a reload keeps them). */

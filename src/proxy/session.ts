@@ -10,6 +10,7 @@
  * the read; no closures per message.
  */
 import type net from 'node:net';
+import type { Duplex } from 'node:stream';
 import { wordView, xorInPlace } from '../codec/mask.js';
 import { headerBytes, writeHeader } from '../codec/frame-encoder.js';
 import {
@@ -111,7 +112,8 @@ function canSend(leg: Leg): boolean {
 /** One side of a session: a socket, the frames it sends us, the frames we send it. */
 export class Leg {
   readonly side: Side;
-  readonly socket: net.Socket;
+  /** The client's TCP socket, or the upstream's socket or tunnel stream: only Duplex members are used. */
+  readonly socket: Duplex;
   /** Parses what this side sends (masked frames from a client, unmasked from a server). */
   readonly parser: FrameParser;
   /** Encodes what we send this side (unmasked to a client, masked under fresh keys to a server). */
@@ -157,7 +159,7 @@ export class Leg {
   messages = 0;
   bytes = 0;
 
-  constructor(side: Side, socket: net.Socket, parser: FrameParser, encoder: FrameEncoder, now: number) {
+  constructor(side: Side, socket: Duplex, parser: FrameParser, encoder: FrameEncoder, now: number) {
     this.side = side;
     this.socket = socket;
     this.parser = parser;
@@ -223,7 +225,7 @@ export class Session implements EnvelopePeer {
     routeKey: string,
     upstream: Upstream,
     client: { socket: net.Socket; head: Buffer },
-    server: { socket: net.Socket; head: Buffer; setDataHandler(fn: (chunk: Buffer) => void): void; readsBorrowed: boolean },
+    server: { socket: Duplex; head: Buffer; setDataHandler(fn: (chunk: Buffer) => void): void; readsBorrowed: boolean },
     meta: SessionMeta,
   ) {
     this.id = id;

@@ -117,41 +117,49 @@ function parseObject(text: string): Record<string, unknown> | null {
  * Read one line (up to `\n`) from the start of a stream; the bytes after it are put back
  * (unshift), so the stream then carries exactly what followed. Rejects past
  * MAX_LINE_BYTES, at the stream's end, on its error, or after `timeoutMs`.
+ *
+ * It reads with 'readable' and read(), not 'data': once its listener is gone the stream is
+ * neither flowing nor paused, so whoever takes it next starts it by listening or piping.
  */
 export function readLine(stream: Duplex, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
     let length = 0;
+    let finished = false;
     const done = (err: Error | null, line?: string, rest?: Buffer) => {
+      if (finished) return;
+      finished = true;
       clearTimeout(timer);
-      stream.off('data', onData);
+      stream.off('readable', onReadable);
       stream.off('end', onEnd);
       stream.off('error', onError);
       stream.off('close', onEnd);
-      stream.pause();
       if (rest !== undefined && rest.length > 0) stream.unshift(rest);
       if (err !== null) reject(err);
       else resolve(line!);
     };
-    const onData = (chunk: Buffer) => {
-      const nl = chunk.indexOf(0x0a);
-      if (nl < 0) {
-        parts.push(chunk);
-        length += chunk.length;
-        if (length >= MAX_LINE_BYTES) done(new Error(`no end of line in the first ${MAX_LINE_BYTES} bytes`));
-        return;
+    const onReadable = () => {
+      let chunk: Buffer | null;
+      while (!finished && (chunk = stream.read() as Buffer | null) !== null) {
+        const nl = chunk.indexOf(0x0a);
+        if (nl < 0) {
+          parts.push(chunk);
+          length += chunk.length;
+          if (length >= MAX_LINE_BYTES) done(new Error(`no end of line in the first ${MAX_LINE_BYTES} bytes`));
+          continue;
+        }
+        if (length + nl + 1 > MAX_LINE_BYTES) {
+          done(new Error(`a line longer than ${MAX_LINE_BYTES} bytes`));
+          return;
+        }
+        parts.push(chunk.subarray(0, nl));
+        done(null, Buffer.concat(parts).toString('utf8'), chunk.subarray(nl + 1));
       }
-      if (length + nl + 1 > MAX_LINE_BYTES) {
-        done(new Error(`a line longer than ${MAX_LINE_BYTES} bytes`));
-        return;
-      }
-      parts.push(chunk.subarray(0, nl));
-      done(null, Buffer.concat(parts).toString('utf8'), chunk.subarray(nl + 1));
     };
     const onEnd = () => done(new Error('the stream ended before its first line'));
     const onError = (err: Error) => done(err);
     const timer = setTimeout(() => done(new Error(`no line within ${timeoutMs} ms`)), timeoutMs);
-    stream.on('data', onData);
+    stream.on('readable', onReadable);
     stream.once('end', onEnd);
     stream.once('close', onEnd);
     stream.once('error', onError);
