@@ -7,16 +7,10 @@
 #include <cstring>
 #include <vector>
 
+#include "fuzz_check.h"
 #include "../codec_abi.h"
 #include "../envelope.h"
 
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      __builtin_printf("check failed: %s (line %d)\n", #cond, __LINE__); \
-      __builtin_trap();                                                 \
-    }                                                                   \
-  } while (0)
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;

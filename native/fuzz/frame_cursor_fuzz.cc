@@ -14,12 +14,15 @@
 #include <vector>
 
 #include "../codec_abi.h"
+#include "fuzz_check.h"
 #include "../engine/frame_cursor.h"
 #include "../engine/utf8_stream.h"
 #include "../frame.h"
 #include "../utf8.h"
 
 namespace {
+
+using sluice_fuzz::VecCarry;
 
 using sluice::CarryStore;
 using sluice::CursorLimits;
@@ -29,13 +32,6 @@ using sluice::FrameLimits;
 using sluice::FrameParserCore;
 using sluice::FrameVisitor;
 
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      __builtin_printf("check failed: %s (line %d)\n", #cond, __LINE__); \
-      __builtin_trap();                                                 \
-    }                                                                   \
-  } while (0)
 
 struct Frame {
   uint32_t info;  // opcode | FIN | RSV1 | MASKED, as frame.h describes it
@@ -43,20 +39,6 @@ struct Frame {
   bool operator==(const Frame& o) const { return info == o.info && payload == o.payload; }
 };
 
-class VecCarry : public CarryStore {
- public:
-  uint8_t* Reserve(size_t n) override {
-    cur_.assign(n ? n : 1, 0);
-    return cur_.data();
-  }
-  void Complete() override { done_.swap(cur_); }
-  void Recycle() override { done_.clear(); }
-  void Discard() override { cur_.clear(); }
-  const uint8_t* done() const { return done_.data(); }
-
- private:
-  std::vector<uint8_t> cur_, done_;
-};
 
 // The reference: every complete frame FrameParserCore describes, and its error.
 void ParseWhole(const FrameLimits& limits, const uint8_t* wire, size_t n, std::vector<Frame>* frames, int32_t* err) {

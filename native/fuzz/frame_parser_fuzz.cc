@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "fuzz_check.h"
 #include "../codec_abi.h"
 #include "../frame.h"
 
@@ -21,13 +22,6 @@ using sluice::CarryStore;
 using sluice::FrameLimits;
 using sluice::FrameParserCore;
 
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      __builtin_printf("check failed: %s (line %d)\n", #cond, __LINE__); \
-      __builtin_trap();                                                 \
-    }                                                                   \
-  } while (0)
 
 // Exact-size heap blocks, freed as early as the contract allows, so ASan reports any use
 // of carry memory past its lifetime.

@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_check.h"
 #include "../engine/http_head.h"
 
 namespace {
@@ -47,13 +48,6 @@ using sluice::engine::ResponseHead;
 using sluice::engine::Span;
 using sluice::engine::WebSocketAccept;
 
-#define CHECK(cond)                                                          \
-  do {                                                                       \
-    if (!(cond)) {                                                           \
-      std::fprintf(stderr, "check failed: %s (line %d)\n", #cond, __LINE__); \
-      __builtin_trap();                                                      \
-    }                                                                        \
-  } while (0)
 
 // A parse, in offsets from the start of the input: what both parsers must agree on.
 struct Parsed {
