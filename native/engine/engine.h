@@ -292,8 +292,9 @@ class Engine {
   // towards the upstream) here. Queued during a delivery and written once it returns.
   bool Send(uint32_t id, bool to_client, uint8_t op, const uint8_t* p, size_t n);
   // The messages collected for JavaScript: bytes, and 5 numbers per message (session id,
-  // 1 from the client / 0 from the upstream, opcode, offset of its bytes, length). BeginDelivery takes them (the engine starts a new batch),
-  // EndDelivery writes what JavaScript sent and acts on what waited behind the messages.
+  // 1 from the client / 0 from the upstream, opcode, offset of its bytes, length).
+  // BeginDelivery takes them (the engine starts a new batch), EndDelivery writes what
+  // JavaScript sent and acts on what waited behind the messages.
   bool has_batch() const { return !batch_desc_.empty(); }
   void BeginDelivery(std::vector<uint8_t>* bytes, std::vector<double>* desc);
   void EndDelivery();
