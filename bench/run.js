@@ -83,6 +83,9 @@ const WORKLOADS = [
   { name: 'latency-64B', kind: 'open', size: 64, connections: 50, loadShare: 0.5 },
   { name: 'idle', kind: 'idle', size: 64 },
   { name: 'churn', kind: 'churn', size: 64, connections: 20 },
+  // Tunnels (issue #14): TCP through a sluice gateway + agent against direct and ssh -N -L.
+  // Its own peers and table (bench/tunnel.js); run only when named.
+  { name: 'tunnel-tcp', kind: 'tunnel', optional: true },
 ];
 
 const selectedPeers = pick(PEERS, opts.peers, 'peer');
@@ -518,6 +521,21 @@ function latencyRate(rows, w, meta) {
 }
 
 async function runWorkload(w, states, rows, meta) {
+  if (w.kind === 'tunnel') {
+    // bench/tunnel.js measures its own peers (direct, sluice gateway + agent, ssh); its
+    // summary goes into this run's JSON, its table to the output.
+    const out = path.join(tmpRoot ?? os.tmpdir(), `tunnel-${process.pid}.json`);
+    const args = [path.join(here, 'tunnel.js'), '--json', out, '--rounds', String(PLAN.rounds), ...(opts.quick ? ['--quick'] : [])];
+    try {
+      execFileSync(process.execPath, args, { stdio: 'inherit' });
+      meta.tunnel = JSON.parse(fs.readFileSync(out, 'utf8')).summary;
+    } catch (err) {
+      meta.tunnel = { error: String(err.message ?? err) };
+      log(`bench: tunnel-tcp failed: ${meta.tunnel.error}`);
+    }
+    fs.rmSync(out, { force: true });
+    return;
+  }
   const usable = () => states.filter((s) => !s.skip && !s.startError);
   if (w.kind === 'idle') {
     for (let round = 1; round <= PLAN.rounds; round++) {
@@ -605,6 +623,7 @@ function addLatencyOverDirect(rows) {
 function summarize(rows) {
   const out = [];
   for (const w of selectedWorkloads) {
+    if (w.kind === 'tunnel') continue; // its own summary (meta.tunnel)
     for (const peer of selectedPeers) {
       const mine = rows.filter((r) => r.workload === w.name && r.peer === peer.name);
       const ok = mine.filter((r) => r.valid);
@@ -663,6 +682,7 @@ function markdown(summary, meta) {
     `${meta.rounds} interleaved rounds; medians with (min–max). Ratios are to nginx: ` +
     'msgs/s higher is better, CPU per message lower is better.');
   for (const w of selectedWorkloads) {
+    if (w.kind === 'tunnel') continue; // printed by bench/tunnel.js
     const rows = summary.filter((s) => s.workload === w.name);
     lines.push('');
     if (w.kind === 'closed') {

@@ -45,29 +45,31 @@ export function linkOverWebSocket(ws: WebSocket, options: LinkOptions): Link {
     },
     send: (chunks) => {
       if (ws.readyState !== ws.OPEN) return true; // the close handler ends the session
-      let message: Buffer[] = [];
+      // Small pieces (headers, window updates) are packed together; a payload of its own
+      // size goes as its own message, uncopied (a message may carry part of a frame).
+      let small: Buffer[] = [];
       let size = 0;
-      const flush = () => {
-        const data = message.length === 1 ? message[0] : Buffer.concat(message, size);
+      const flushSmall = () => {
+        if (size === 0) return;
+        const data = small.length === 1 ? small[0] : Buffer.concat(small, size);
         bytes.out += size;
         ws.send(data, { binary: true }, afterSend);
-        message = [];
+        small = [];
         size = 0;
       };
-      for (let c of chunks) {
-        while (size + c.length > MESSAGE_BYTES) {
-          const n = MESSAGE_BYTES - size;
-          message.push(c.subarray(0, n));
-          size += n;
-          c = c.subarray(n);
-          flush();
+      for (const c of chunks) {
+        if (c.length >= 4096) {
+          // Sent with the small pieces before it in one message when they are few bytes.
+          if (size > 0) flushSmall();
+          bytes.out += c.length;
+          ws.send(c, { binary: true }, afterSend);
+          continue;
         }
-        if (c.length > 0) {
-          message.push(c);
-          size += c.length;
-        }
+        small.push(c);
+        size += c.length;
+        if (size >= MESSAGE_BYTES) flushSmall();
       }
-      if (size > 0) flush();
+      flushSmall();
       return ws.bufferedAmount < HIGH_WATER;
     },
   });
