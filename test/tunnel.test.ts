@@ -15,7 +15,8 @@ import { SignJWT } from 'jose';
 import t from 'tap';
 import { WebSocket, WebSocketServer } from 'ws';
 import { connectAgent } from '../src/tunnel/agent.js';
-import { buildCli, freePort, startCli, type CliProcess } from './fixtures/cli-process.js';
+import { spawnSync } from 'node:child_process';
+import { buildCli, cleanEnv, cli, freePort, startCli, type CliProcess } from './fixtures/cli-process.js';
 
 const note = buildCli();
 if (note !== null) t.comment(note);
@@ -63,6 +64,7 @@ udpEcho.on('message', (m, r) => udpEcho.send(m, r.port, r.address));
 const dir = mkdtempSync(join(tmpdir(), 'sluice-tunnel-'));
 let gwPort = 0;
 let adminPort = 0;
+let agentAdminPort = 0;
 const tunnelPorts = { echo: 0, hash: 0, missing: 0, udp: 0, offline: 0 };
 
 function gatewayConfig(): string {
@@ -104,7 +106,7 @@ tunnels:
 
 function startAgent(name = 'site-a', token = KEY_ANY, path = '/agent'): CliProcess {
   const a = (s: net.Server) => (s.address() as net.AddressInfo).port;
-  return startCli(['agent', '--server', `ws://127.0.0.1:${gwPort}${path}`, '--token', token, '--name', name,
+  return startCli(['agent', '--admin-port', String(agentAdminPort), '--server', `ws://127.0.0.1:${gwPort}${path}`, '--token', token, '--name', name,
     '--expose', `echo=127.0.0.1:${a(echo)}`, '--expose', `hash=127.0.0.1:${a(hasher)}`,
     '--expose', `udp=127.0.0.1:${udpEcho.address().port}`, '--expose', `wsecho=127.0.0.1:${(wsEcho.address() as net.AddressInfo).port}`,
     '--expose', `web=127.0.0.1:${a(web)}`], {}, 120_000);
@@ -148,6 +150,7 @@ t.before(async () => {
   await new Promise<void>((r) => udpEcho.bind(0, '127.0.0.1', r));
   gwPort = await freePort();
   adminPort = await freePort();
+  agentAdminPort = await freePort();
   for (const k of Object.keys(tunnelPorts) as Array<keyof typeof tunnelPorts>) tunnelPorts[k] = await freePort();
 });
 t.teardown(() => {
@@ -156,6 +159,30 @@ t.teardown(() => {
   echo.close();
   hasher.close();
   udpEcho.close();
+});
+
+t.test('sluice agent: bad flags and a bad file are one line each, exit 2', async (t) => {
+  const run = (args: string[], env: Record<string, string> = {}) =>
+    spawnSync(process.execPath, [cli, 'agent', ...args], { env: cleanEnv(env), encoding: 'utf8', timeout: 20_000 });
+  const r = run(['--server', 'http://x', '--name', 'bad name', '--expose', 'db', '--admin-port', '70000']);
+  t.equal(r.status, 2);
+  t.same(r.stderr.trim().split('\n'), [
+    '--server: expected a ws:// or wss:// URL, got "http://x"',
+    '--token: expected a JWT or an API key (or SLUICE_AGENT_TOKEN)',
+    '--name: expected a name: letters, digits, ".", "_", "-" (at most 63, starting with a letter or digit), got "bad name"',
+    '--expose: expected name=host:port, got "db"',
+    '--expose: expected at least one service (name=host:port)',
+    '--admin-port: expected a port number 0..65535, got "70000"',
+  ]);
+  const file = join(dir, 'agent.yaml');
+  writeFileSync(file, 'agent:\n  server: ws://127.0.0.1:1/agent\n  name: site-z\n  expose: { db: "127.0.0.1:99999" }\n  colour: blue\n');
+  const f = run(['--config', file], { SLUICE_AGENT_TOKEN: 'from-env' });
+  t.equal(f.status, 2);
+  t.same(f.stderr.trim().split('\n'), [`${file}: agent.colour: unknown key`], 'an unknown key in the agent: section is named');
+  writeFileSync(file, 'agent:\n  server: ws://127.0.0.1:1/agent\n  name: site-z\n  expose: { db: "127.0.0.1:99999" }\n');
+  const g = run(['--config', file], { SLUICE_AGENT_TOKEN: 'from-env' });
+  t.same(g.stderr.trim().split('\n'), ['--expose db: expected host:port, got "127.0.0.1:99999"'], 'the file\'s services are checked as the flags\' are');
+  t.notMatch(r.stderr + f.stderr + g.stderr, /at .*\.js:\d+/, 'no stack trace');
 });
 
 t.test('gateway and agent as processes: TCP (100 MiB by hash, 100 concurrent streams, half-close), UDP, refusals, restarts', async (t) => {
@@ -196,6 +223,11 @@ t.test('gateway and agent as processes: TCP (100 MiB by hash, 100 concurrent str
     t.match(metrics, /^sluice_agent_stream_open_seconds_count \d+$/m, 'stream open times are a histogram');
     t.match(metrics, /^sluice_tunnel_connections_total\{listen="127\.0\.0\.1:\d+",protocol="tcp",agent="site-a",service="echo",result="opened"\} 100$/m,
       '100 connections opened through the echo tunnel');
+    const agentMetrics = await (await fetch(`http://127.0.0.1:${agentAdminPort}/metrics`)).text();
+    t.match(agentMetrics, /^sluice_agent_connected 1$/m, 'the agent\'s own metrics: connected');
+    t.match(agentMetrics, /^sluice_agent_streams_total (\d{3,})$/m, 'the streams it served');
+    t.match(agentMetrics, /^sluice_agent_bytes_total\{direction="in"\} \d{9,}$/m, 'the bytes it got (the 100 MiB run)');
+    t.equal((await fetch(`http://127.0.0.1:${agentAdminPort}/readyz`)).status, 200, 'the agent is ready while connected');
     const ready = await get('/readyz');
     t.equal(ready.status, 503, 'not ready: a tunnel names an agent that is not connected');
     const reasons = (JSON.parse(ready.text) as { reasons: string[] }).reasons;

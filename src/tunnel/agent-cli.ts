@@ -11,6 +11,9 @@ import { createLogger, type Logger } from '../log.js';
 import { LOG_LEVELS } from '../config/schema.js';
 import { connectAgent, parseTarget, type AgentOptions } from './agent.js';
 import { NAME_PATTERN } from './wire.js';
+import { createAgentRegistry } from './agent-metrics.js';
+import { startAdminServer, type AdminServer } from '../admin/index.js';
+import { SluiceError } from '../errors.js';
 
 export const AGENT_USAGE = `Usage: sluice agent [options]
 
@@ -27,6 +30,7 @@ Options (flags override the environment, which overrides the file):
   -e, --expose N=H:P   a service: name=host:port (repeat)              SLUICE_AGENT_EXPOSE (comma list)
   -c, --config FILE    YAML or JSON with an agent: section (server, token, name, expose: {name: host:port},
                        pingIntervalSeconds, silenceTimeoutSeconds, tls: {caFile, rejectUnauthorized})
+      --admin-port N   serve /metrics /healthz /readyz /stats on 127.0.0.1:N  SLUICE_AGENT_ADMIN_PORT
       --log-level L    fatal|error|warn|info|debug|trace|silent (default info)  SLUICE_LOG_LEVEL
   -h, --help           this text
 
@@ -43,6 +47,8 @@ const fileSchema = z.strictObject({
     expose: z.record(z.string(), z.string({ error: 'expected host:port' }), { error: 'expected a mapping name: host:port' }).optional(),
     pingIntervalSeconds: z.number({ error: 'expected a positive number' }).positive({ error: 'expected a positive number' }).optional(),
     silenceTimeoutSeconds: z.number({ error: 'expected a positive number' }).positive({ error: 'expected a positive number' }).optional(),
+    adminPort: z.number({ error: 'expected a port number 0..65535' }).int({ error: 'expected a port number 0..65535' })
+      .min(0, { error: 'expected a port number 0..65535' }).max(65535, { error: 'expected a port number 0..65535' }).optional(),
     tls: z.strictObject({
       caFile: z.string({ error: 'expected a file path' }).optional(),
       rejectUnauthorized: z.boolean({ error: 'expected true or false' }).optional(),
@@ -53,7 +59,9 @@ const fileSchema = z.strictObject({
 type FileAgent = z.output<typeof fileSchema>['agent'];
 
 /** The agent's options from flags, environment and file; `problems` lists what is wrong. */
-export function agentOptions(argv: string[], env: NodeJS.ProcessEnv): { options?: AgentOptions; level: string; problems: string[]; help?: boolean } {
+export function agentOptions(argv: string[], env: NodeJS.ProcessEnv): {
+  options?: AgentOptions; level: string; problems: string[]; help?: boolean; adminPort?: number;
+} {
   const problems: string[] = [];
   let values: Record<string, string | string[] | boolean | undefined>;
   try {
@@ -68,6 +76,7 @@ export function agentOptions(argv: string[], env: NodeJS.ProcessEnv): { options?
         expose: { type: 'string', short: 'e', multiple: true },
         config: { type: 'string', short: 'c' },
         'log-level': { type: 'string' },
+        'admin-port': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }).values;
@@ -82,11 +91,19 @@ export function agentOptions(argv: string[], env: NodeJS.ProcessEnv): { options?
       const text = readFileSync(configFile, 'utf8');
       const parsed = fileSchema.safeParse(parseConfigText(text, configFile.toLowerCase().endsWith('.json') ? 'json' : 'yaml', configFile));
       if (parsed.success) file = parsed.data.agent;
-      else for (const issue of parsed.error.issues) problems.push(`${configFile}: ${issue.path.join('.') || '(top)'}: ${issue.message}`);
+      else {
+        for (const issue of parsed.error.issues) {
+          const at = issue.path.join('.');
+          if (issue.code === 'unrecognized_keys') for (const k of issue.keys) problems.push(`${configFile}: ${at ? `${at}.` : ''}${k}: unknown key`);
+          else problems.push(`${configFile}: ${at || '(top)'}: ${issue.message}`);
+        }
+      }
     } catch (err) {
       problems.push(`${configFile}: ${(err as Error).message.split('\n')[0]}`);
     }
   }
+  // A file with problems: those first and alone (what is missing because of them would only repeat them).
+  if (problems.length > 0) return { level: 'info', problems };
   const pick = (flag: string, variable: string, fromFile: string | undefined): string | undefined =>
     (values[flag] as string | undefined) ?? (env[variable] !== undefined && env[variable] !== '' ? env[variable] : undefined) ?? fromFile;
   const server = pick('server', 'SLUICE_AGENT_SERVER', file.server);
@@ -124,10 +141,17 @@ export function agentOptions(argv: string[], env: NodeJS.ProcessEnv): { options?
     }
   }
   if (Object.keys(expose).length === 0) problems.push('--expose: expected at least one service (name=host:port)');
+  const adminText = (values['admin-port'] as string | undefined) ?? (env.SLUICE_AGENT_ADMIN_PORT || undefined);
+  let adminPort = file.adminPort;
+  if (adminText !== undefined) {
+    if (!/^[0-9]+$/.test(adminText) || Number(adminText) > 65535) problems.push(`--admin-port: expected a port number 0..65535, got ${JSON.stringify(adminText)}`);
+    else adminPort = Number(adminText);
+  }
   if (problems.length > 0) return { level, problems };
   return {
     level,
     problems,
+    adminPort,
     options: {
       server: server!, token: token!, name: name!, expose,
       ...(file.pingIntervalSeconds !== undefined ? { pingIntervalMs: file.pingIntervalSeconds * 1000 } : {}),
@@ -139,7 +163,7 @@ export function agentOptions(argv: string[], env: NodeJS.ProcessEnv): { options?
 
 /** Runs the agent until SIGTERM/SIGINT. */
 export async function agentMain(argv: string[]): Promise<void> {
-  const { options, level, problems, help } = agentOptions(argv, process.env);
+  const { options, level, problems, help, adminPort } = agentOptions(argv, process.env);
   if (help === true) {
     process.stdout.write(AGENT_USAGE);
     return;
@@ -150,9 +174,30 @@ export async function agentMain(argv: string[]): Promise<void> {
   }
   const logger: Logger = createLogger(level as Parameters<typeof createLogger>[0]);
   const agent = connectAgent({ ...options, logger });
-  logger.info({ event: 'agent_start', server: options.server, name: options.name, services: Object.keys(options.expose) }, 'agent starting');
+  let admin: AdminServer | null = null;
+  if (adminPort !== undefined) {
+    const registry = createAgentRegistry(() => agent.stats());
+    try {
+      admin = await startAdminServer({
+        registry,
+        get ready() {
+          return agent.connected ? { ok: true, reasons: [] } : { ok: false, reasons: ['not connected to the gateway'] };
+        },
+        stats: () => agent.stats(),
+        reload: () => Promise.reject(new SluiceError('SLUICE_ERR_CLOSED', 'the agent takes no reload: restart it with new flags')),
+      }, { host: '127.0.0.1', port: adminPort }, { logger });
+    } catch (err) {
+      process.stderr.write(`sluice agent: --admin-port ${adminPort}: ${(err as Error).message.split('\n')[0]} (SLUICE_ERR_ADMIN_LISTEN)\n`);
+      await agent.close();
+      process.exit(1);
+    }
+  }
+  logger.info({
+    event: 'agent_start', server: options.server, name: options.name, services: Object.keys(options.expose),
+    ...(admin !== null ? { adminPort: admin.port } : {}),
+  }, 'agent starting');
   const stop = () => {
-    void agent.close().then(() => process.exit(0));
+    void agent.close().then(() => admin?.close()).then(() => process.exit(0));
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);

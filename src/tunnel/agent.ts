@@ -115,7 +115,9 @@ export class Agent extends EventEmitter {
     return {
       connected: this.isConnected, name: this.name, services: [...this.services.keys()],
       connects: this.counters.connects, streamsOpen: this.open.size, streamsTotal: this.counters.streamsTotal,
-      streamsRefused: this.counters.streamsRefused, bytesIn: this.counters.bytesIn, bytesOut: this.counters.bytesOut,
+      streamsRefused: this.counters.streamsRefused,
+      bytesIn: this.counters.bytesIn + (this.link?.bytes.in ?? 0),
+      bytesOut: this.counters.bytesOut + (this.link?.bytes.out ?? 0),
     };
   }
 
