@@ -79,18 +79,20 @@ PREBUILDS_ONLY=1 arm_node --input-type=module -e "
   if (!c.native || !c.codecInfo.path.includes('/prebuilds/linux-arm64/')) process.exit(1);"
 
 echo "=== native/smoke.mjs (addon self-check, worker threads included)"
-SLUICE_NATIVE_PATH=$(ls "$root"/prebuilds/linux-arm64/*.node | head -1) arm_node native/smoke.mjs
+# A tenth of its exhaustive and random loops (all of them run on the host in every npm test).
+SLUICE_SMOKE_SCALE=0.1 SLUICE_NATIVE_PATH=$(ls "$root"/prebuilds/linux-arm64/*.node | head -1) arm_node native/smoke.mjs
 
 status=0
 for f in codec-frame codec-envelope codec-pool-utf8-mask codec-differential codec-interop; do
   echo "=== test/$f.test.ts (PREBUILDS_ONLY=1)"
   out=$work/$f.tap
+  t0=$SECONDS
   # qemu runs these ~50x slower than the host: tap's per-file timeout is raised to match,
   # and the differential test runs a quarter of its random rounds (all of them run on the
   # host in every npm test; here they check the arm64 binary against the twins).
   if TAP_TIMEOUT=900 PREBUILDS_ONLY=1 SLUICE_DIFFERENTIAL_SCALE=0.25 arm_node "$work/test/$f.test.js" >"$out" 2>&1; then r=ok; else r=FAILED; status=1; fi
   # tap's summary: "# { total: N, pass: P }" or plain "ok/not ok" lines.
-  echo "$r: $(grep -c '^ok ' "$out") top-level ok ($(grep -c '^ok .* native' "$out") named \"native\"), $(grep -c '^not ok ' "$out") not ok; $(grep -E '^# \{ total' "$out" | tail -1)"
+  echo "$r ($((SECONDS - t0)) s): $(grep -c '^ok ' "$out") top-level ok ($(grep -c '^ok .* native' "$out") named \"native\"), $(grep -c '^not ok ' "$out") not ok; $(grep -E '^# \{ total' "$out" | tail -1)"
   [ "$r" = ok ] || tail -40 "$out"
 done
 echo "=== end to end: createProxy + built-in echo on arm64 (native codec from the prebuild)"
