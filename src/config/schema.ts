@@ -413,12 +413,6 @@ export const proxyConfigSchema = section({
     } else if (route.upstreams.length === 0) {
       ctx.addIssue({ code: 'custom', path: ['routes', i, 'upstreams'], message: 'expected at least one upstream', input: [] });
     }
-    if (route.upstreams.some((u) => u.agent !== undefined) && cfg.workers !== 1) {
-      ctx.addIssue({
-        code: 'custom', path: ['workers'],
-        message: 'expected 1 with upstreams through agents (an agent is connected to one shard)', input: cfg.workers,
-      });
-    }
     if (route.upstreams.some((u) => u.agent !== undefined) && !cfg.routes.some((r) => r.mode === 'agent')) {
       ctx.addIssue({ code: 'custom', path: ['routes', i, 'upstreams'], message: 'expected a route with mode: agent for the agents to connect to', input: route.upstreams.length });
     }
@@ -432,6 +426,7 @@ export const proxyConfigSchema = section({
       });
     }
   });
+  // Upstreams through agents need an agent route (above), so this covers them too.
   const agentRoutes = cfg.routes.some((r) => r.mode === 'agent');
   if ((agentRoutes || cfg.tunnels.length > 0) && cfg.workers !== 1) {
     ctx.addIssue({

@@ -267,7 +267,6 @@ export function dial(opts: DialOptions): Promise<DialResult> {
           return;
         }
         stream.on('data', (chunk: Buffer) => route.fn(chunk));
-        stream.resume(); // left paused after the agent's answer line
         start(stream, true);
       }, (err: Error & { code?: string }) => {
         const slow = err.code === 'SLUICE_ERR_AGENT_TIMEOUT';

@@ -12,6 +12,7 @@ import https from 'node:https';
 import dns from 'node:dns';
 import net from 'node:net';
 import tls from 'node:tls';
+import type { Duplex } from 'node:stream';
 import type { Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import { codecInfo, poolStats } from '../codec/index.js';
@@ -601,10 +602,9 @@ export class Proxy implements SessionHost {
     if (intervalMs <= 0) return;
     r.healthTimer = setInterval(() => {
       for (const up of r.balancer.upstreams) {
-        const via = up.agent;
         dial({
           url: up.url, target: up.url.pathname + up.url.search, headers: [], protocols: [], timeoutMs, tls: r.config.tls,
-          ...(via !== null ? { open: () => this.agentRegistry().open(via.name, via.service, 'tcp', timeoutMs) } : {}),
+          ...this.throughAgent(up, timeoutMs),
         })
           .then(({ socket }) => {
             socket.destroy();
@@ -891,7 +891,6 @@ export class Proxy implements SessionHost {
       upstream.sessions++;
       try {
         const timeoutMs = this.config.limits.upstreamTimeoutMs;
-        const via = upstream.agent;
         const result = await dial({
           url: upstream.url,
           target: mapTarget(matched, upstream.url, path, query),
@@ -900,7 +899,7 @@ export class Proxy implements SessionHost {
           extensions,
           timeoutMs,
           tls: route.config.tls,
-          ...(via !== null ? { open: () => this.agentRegistry().open(via.name, via.service, 'tcp', timeoutMs) } : {}),
+          ...this.throughAgent(upstream, timeoutMs),
         });
         upstream.failures = 0;
         return { upstream, result };
@@ -1107,6 +1106,12 @@ export class Proxy implements SessionHost {
       pongTimeoutMs: this.config.heartbeat.pongTimeoutSeconds * 1000,
     });
     return this.agents;
+  }
+
+  /** dial()'s `open` for an upstream through an agent (its stream to the service), else nothing. */
+  private throughAgent(up: Upstream, timeoutMs: number): { open?: () => Promise<Duplex> } {
+    const via = up.agent;
+    return via === null ? {} : { open: () => this.agentRegistry().open(via.name, via.service, 'tcp', timeoutMs) };
   }
 
   /** Healthy, and for an upstream through an agent, that agent connected. */

@@ -13,7 +13,8 @@ import { Backoff } from '../client/backoff.js';
 import { createLogger, type Logger } from '../log.js';
 import { linkOverWebSocket, MESSAGE_BYTES, type Link } from './link.js';
 import {
-  DatagramReader, NAME_PATTERN, TUNNEL_SUBPROTOCOL, datagram, errorLine, helloAck, okLine, parseControl, parseOpen, readLine,
+  DatagramReader, NAME_PATTERN, TUNNEL_SUBPROTOCOL, datagram, errorLine, helloAck, okLine, parseControl, parseHostPort, parseOpen,
+  readLine,
 } from './wire.js';
 import type { YamuxStream } from './yamux.js';
 
@@ -58,12 +59,9 @@ export interface AgentStats {
   bytesOut: number;
 }
 
-/** Parses "host:port" (IPv6 as "[::1]:5432"); throws with the reason. */
+/** A service's "host:port" (IPv6 as "[::1]:5432"); throws with the reason. */
 export function parseTarget(value: string): ServiceTarget {
-  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port < 1 || port > 65535) throw new Error(`expected host:port, got "${value}"`);
-  return { host: m[1] ?? m[2], port };
+  return parseHostPort(value);
 }
 
 /**
@@ -345,7 +343,6 @@ export class Agent extends EventEmitter {
       });
       stream.on('end', finish);
       stream.on('close', finish);
-      stream.resume(); // readLine left it paused
     });
   }
 }

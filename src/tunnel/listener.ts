@@ -7,7 +7,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import type { Logger } from '../log.js';
 import type { AgentRegistry } from './gateway.js';
-import { DatagramReader, datagram } from './wire.js';
+import { DatagramReader, datagram, parseHostPort } from './wire.js';
 import type { YamuxStream } from './yamux.js';
 
 export interface TunnelConfig {
@@ -29,13 +29,6 @@ export interface TunnelStats {
   open: number;
   total: number;
   refused: number;
-}
-
-export function splitHostPort(value: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new Error(`expected host:port, got "${value}"`);
-  return { host: m[1] ?? m[2], port };
 }
 
 export class TunnelListener {
@@ -63,7 +56,7 @@ export class TunnelListener {
   }
 
   async listen(): Promise<number> {
-    const { host, port } = splitHostPort(this.config.listen);
+    const { host, port } = parseHostPort(this.config.listen, true);
     if (this.config.protocol === 'udp') {
       const sock = dgram.createSocket(net.isIPv6(host) ? 'udp6' : 'udp4');
       this.udp = sock;

@@ -46,14 +46,8 @@ export function helloAck(name: string, services: string[]): string {
 
 /** A control message's JSON, or null when it is not a JSON object with a string `type`. */
 export function parseControl(text: string): ({ type: string } & Record<string, unknown>) | null {
-  try {
-    const v = JSON.parse(text) as unknown;
-    if (v === null || typeof v !== 'object' || Array.isArray(v)) return null;
-    const type = (v as Record<string, unknown>).type;
-    return typeof type === 'string' ? (v as { type: string } & Record<string, unknown>) : null;
-  } catch {
-    return null;
-  }
+  const v = parseObject(text);
+  return v !== null && typeof v.type === 'string' ? (v as { type: string } & Record<string, unknown>) : null;
 }
 
 /** The agent's hello answer, checked; a string says what is wrong with it. */
@@ -184,6 +178,17 @@ export class DatagramReader {
     this.held = at === buf.length ? Buffer.alloc(0) : Buffer.from(buf.subarray(at));
     return out;
   }
+}
+
+/**
+ * "host:port" (an IPv6 host in brackets: "[::1]:5432"); throws with the reason. Port 0
+ * only when `allowZero` (a listener picking a free port).
+ */
+export function parseHostPort(value: string, allowZero = false): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535 || (port === 0 && !allowZero)) throw new Error(`expected host:port, got "${value}"`);
+  return { host: m[1] ?? m[2], port };
 }
 
 /** One datagram as the stream carries it. */

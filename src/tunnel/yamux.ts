@@ -272,15 +272,11 @@ export class YamuxStream extends Duplex {
     return f;
   }
 
-  /** @internal Accept an inbound stream: ACK now, with the window beyond the initial one. */
-  accept(): void {
-    const extra = this.session.window - INITIAL_WINDOW;
-    this.recvWindow += extra;
-    this.session.sendFrame(FrameType.WindowUpdate, this.takeFlags(), this.id, extra);
-  }
-
-  /** @internal Open an outbound stream: SYN now. */
-  open(): void {
+  /**
+   * @internal Open (SYN) or accept (ACK) the stream now: a window update carrying the flag
+   * it was made with, and the window beyond the protocol's initial one.
+   */
+  announce(): void {
     const extra = this.session.window - INITIAL_WINDOW;
     this.recvWindow += extra;
     this.session.sendFrame(FrameType.WindowUpdate, this.takeFlags(), this.id, extra);
@@ -358,7 +354,7 @@ export class YamuxSession {
     const s = new YamuxStream(this, id, Flag.SYN);
     this.streams.set(id, s);
     this.outbound++;
-    s.open();
+    s.announce();
     return s;
   }
 
@@ -491,7 +487,7 @@ export class YamuxSession {
         s = new YamuxStream(this, id, Flag.ACK);
         this.streams.set(id, s);
         this.inbound++;
-        s.accept();
+        s.announce();
         this.onStream?.(s);
         if (this.closed) return;
       }
