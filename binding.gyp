@@ -18,6 +18,9 @@
         "native/frame_run.cc",
         "native/mask.cc",
         "native/pool.cc",
+        "native/tunnel/binding.cc",
+        "native/tunnel/mux.cc",
+        "native/tunnel/yamux_reader.cc",
         "native/utf8.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

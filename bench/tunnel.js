@@ -13,7 +13,8 @@
 // answer), 100 streams at once (the same bytes in total), and stream opens (connect, one
 // byte echoed, close; p50/p99). CPU is the peer's processes' (sluice: gateway + agent;
 // ssh: the client and sshd with its session children), from /proc, per GB carried. Last,
-// memory per idle stream: RSS of the peer's processes with N idle streams open, over N.
+// memory per idle stream: the RSS growth of the peer's processes from N/2 to N idle streams,
+// over N/2.
 // The ssh peer needs sshd (Debian: openssh-server); it runs its own on a loopback port
 // with a throwaway host key and user key, and is reported as skipped when sshd is missing.
 import { execFileSync } from 'node:child_process';
@@ -45,7 +46,7 @@ if (opts.help) {
 
 const MiB = 1024 * 1024;
 const PLAN = opts.quick
-  ? { oneBytes: 64 * MiB, manyBytes: 64 * MiB, streams: 100, opens: 100, idle: 300, rounds: 3 }
+  ? { oneBytes: 64 * MiB, manyBytes: 64 * MiB, streams: 100, opens: 100, idle: 1000, rounds: 3 }
   : { oneBytes: 1024 * MiB, manyBytes: 1024 * MiB, streams: 100, opens: 500, idle: 2000, rounds: 3 };
 if (opts.rounds) PLAN.rounds = Math.max(1, Number.parseInt(opts.rounds, 10) || 3);
 const ALL_PEERS = ['direct', 'sluice', 'ssh'];
@@ -223,26 +224,36 @@ async function opens(inst, n) {
   return { p50Ms: q(0.5), p99Ms: q(0.99) };
 }
 
-/** RSS of the peer's processes per idle stream: N connections, each echoed once, held open. */
+/**
+ * RSS of the peer's processes per idle stream: connections, each echoed once, held open;
+ * the RSS growth from n/2 to n of them, over n/2. That is what each further idle stream
+ * costs once the processes are warm (JavaScript's garbage included: no GC is forced),
+ * without the one-off growth of the first ones (heaps, tables, buffers).
+ */
 async function idle(inst, n) {
   if (inst.pids.length === 0) return null;
-  await new Promise((r) => setTimeout(r, 300));
-  const before = rssOf(inst);
   const socks = [];
-  for (let i = 0; i < n; i++) {
-    const c = net.connect({ port: inst.echo, host: '127.0.0.1' });
-    c.on('error', () => {});
-    await new Promise((resolve, reject) => {
-      c.once('connect', () => c.write('x'));
-      c.once('data', resolve);
-      c.once('close', () => reject(new Error('an idle stream closed')));
-    });
-    socks.push(c);
+  const openUntil = async (count) => {
+    while (socks.length < count) {
+      const c = net.connect({ port: inst.echo, host: '127.0.0.1' });
+      c.on('error', () => {});
+      await new Promise((resolve, reject) => {
+        c.once('connect', () => c.write('x'));
+        c.once('data', resolve);
+        c.once('close', () => reject(new Error('an idle stream closed')));
+      });
+      socks.push(c);
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    return rssOf(inst);
+  };
+  try {
+    const half = await openUntil(Math.floor(n / 2));
+    const full = await openUntil(n);
+    return (full - half) / (n - Math.floor(n / 2));
+  } finally {
+    for (const c of socks) c.destroy();
   }
-  await new Promise((r) => setTimeout(r, 500));
-  const after = rssOf(inst);
-  for (const c of socks) c.destroy();
-  return (after - before) / n;
 }
 
 // ---------------------------------------------------------------- run

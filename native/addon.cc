@@ -16,6 +16,7 @@
 
 #include "codec_abi.h"
 #include "engine/binding.h"
+#include "tunnel/binding.h"
 #include "engine/listener.h"
 #include "envelope.h"
 #include "frame.h"
@@ -771,6 +772,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("listenReusePort", Napi::Function::New<ListenReusePortFn>(env, "listenReusePort"));
   exports.Set("socketPort", Napi::Function::New<SocketPortFn>(env, "socketPort"));
   InitEngine(env, exports);
+  InitTunnel(env, exports);
   return exports;
 }
 

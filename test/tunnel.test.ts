@@ -191,7 +191,11 @@ t.test('gateway and agent as processes: TCP (100 MiB by hash, 100 concurrent str
   await gw.waitFor((l) => l.event === 'listening' || l.msg === 'listening' || typeof l.port === 'number', 0, 15_000).catch(() => null);
   let agent = startAgent();
   t.teardown(() => agent.stop());
-  await agentUp(gw, 'site-a');
+  const up = await agentUp(gw, 'site-a');
+  const native = process.env.SLUICE_NO_NATIVE !== '1';
+  t.equal(up.native, native, `the gateway's side of the link runs ${native ? 'in the addon' : 'in TypeScript (ws + yamux.ts)'}`);
+  const agentUpLog = await agent.waitFor((l) => l.event === 'agent_connected', 0, 20_000);
+  t.equal(agentUpLog.native, native, `the agent's side too`);
 
   await t.test('100 MiB through one stream, checked by hash; the answer after the half-close', async (t) => {
     const data = randomBytes(100 << 20);

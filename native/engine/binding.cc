@@ -11,6 +11,7 @@
 #include "engine.h"
 #include "http_head.h"
 #include "tls.h"
+#include "../loop_turn.h"
 
 namespace sluice {
 
@@ -63,12 +64,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     counters_ = info[1].As<Napi::Float64Array>().Data();
     context_ = new Napi::AsyncContext(env, "sluice:engine");
     engine_ = new Engine(loop, this, &EngineWrap::Notify);
-    check_ = new uv_check_t;
-    uv_check_init(loop, check_);
-    check_->data = this;
-    idle_ = new uv_idle_t;
-    uv_idle_init(loop, idle_);
-    uv_unref(reinterpret_cast<uv_handle_t*>(idle_));
+    // An active idle handle (LoopTurn) makes the loop's next poll return at once (as
+    // setImmediate does): what was noted during a timer reaches JavaScript this turn, not
+    // at the next I/O or timer.
+    turn_ = new LoopTurn(loop, [](void* w) { static_cast<EngineWrap*>(w)->Deliver(); }, this);
     env_ = env;
   }
 
@@ -77,23 +76,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
  private:
   static void Notify(void* owner) {
     EngineWrap* w = static_cast<EngineWrap*>(owner);
-    if (!w->check_active_ && w->check_ != nullptr) {
-      w->check_active_ = true;
-      uv_check_start(w->check_, &EngineWrap::OnCheck);
-      // An active idle handle makes the loop's next poll return at once (as setImmediate
-      // does): what was noted during a timer reaches JavaScript this turn, not at the
-      // next I/O or timer.
-      if (w->idle_ != nullptr) uv_idle_start(w->idle_, [](uv_idle_t*) {});
-    }
+    if (w->turn_ != nullptr) w->turn_->Request();
   }
-
-  static void OnCheck(uv_check_t* handle) { static_cast<EngineWrap*>(handle->data)->Deliver(); }
 
   // Once per loop turn with events: one call into JavaScript with all of them.
   void Deliver() {
-    check_active_ = false;
-    if (check_ != nullptr) uv_check_stop(check_);
-    if (idle_ != nullptr) uv_idle_stop(idle_);
     if (engine_ == nullptr) return;
     SyncCounters();
     Napi::Env env = env_;
@@ -191,18 +178,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       engine_->Dispose();
       engine_ = nullptr;
     }
-    if (check_ != nullptr) {
-      // The wrap may be gone before libuv calls back: the handle lives on the heap and its
-      // close callback frees only it.
-      uv_check_stop(check_);
-      uv_close(reinterpret_cast<uv_handle_t*>(check_), [](uv_handle_t* h) { delete reinterpret_cast<uv_check_t*>(h); });
-      check_ = nullptr;
-    }
-    if (idle_ != nullptr) {
-      uv_idle_stop(idle_);
-      uv_close(reinterpret_cast<uv_handle_t*>(idle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
-      idle_ = nullptr;
-    }
+    delete turn_;
+    turn_ = nullptr;
     delete context_;
     context_ = nullptr;
   }
@@ -539,9 +516,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Reference<Napi::Float64Array> counters_ref_;
   double* counters_ = nullptr;
   Napi::AsyncContext* context_ = nullptr;
-  uv_check_t* check_ = nullptr;
-  uv_idle_t* idle_ = nullptr;  // started with the check: the next poll does not wait
-  bool check_active_ = false;
+  LoopTurn* turn_ = nullptr;
 };
 
 }  // namespace

@@ -131,7 +131,7 @@ export function socketFd(socket: net.Socket | import('node:stream').Duplex): num
  * Stop Node reading `socket` and take what it already read but nobody consumed (a paused
  * socket may hold a few chunks), so that no byte is lost when the descriptor changes hands.
  */
-function stopAndDrain(socket: net.Socket): Buffer[] {
+export function stopAndDrain(socket: net.Socket): Buffer[] {
   const handle = (socket as unknown as { _handle?: { readStop?: () => number } | null })._handle;
   handle?.readStop?.();
   const chunks: Buffer[] = [];

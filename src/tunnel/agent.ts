@@ -11,12 +11,13 @@ import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import { Backoff } from '../client/backoff.js';
 import { createLogger, type Logger } from '../log.js';
-import { linkOverWebSocket, MESSAGE_BYTES, type Link } from './link.js';
+import { dial as dialUpgrade, type UpstreamError } from '../proxy/handshake.js';
+import { joinSocket, linkOverWebSocket, LiveEntry, MESSAGE_BYTES, type Link, type LinkOptions, type TunnelStream } from './link.js';
+import { linkOverSocket, nativeLinkAvailable } from './native-link.js';
 import {
   DatagramReader, NAME_PATTERN, TUNNEL_SUBPROTOCOL, datagram, errorLine, helloAck, okLine, parseControl, parseHostPort, parseOpen,
   readLine,
 } from './wire.js';
-import type { YamuxStream } from './yamux.js';
 
 export interface ServiceTarget {
   host: string;
@@ -84,7 +85,8 @@ export class Agent extends EventEmitter {
   private closed = false;
   private retryTimer: NodeJS.Timeout | null = null;
   private pingTimer: NodeJS.Timeout | null = null;
-  private lastHeard = 0;
+  /** The current connection ended (its link's onEnd, or ws's close). */
+  private linkGone: (() => void) | null = null;
   private readonly open = new Set<{ close(): void }>();
   private readonly counters = { connects: 0, streamsTotal: 0, streamsRefused: 0, bytesIn: 0, bytesOut: 0 };
   private isConnected = false;
@@ -124,13 +126,16 @@ export class Agent extends EventEmitter {
     this.closed = true;
     if (this.retryTimer !== null) clearTimeout(this.retryTimer);
     this.retryTimer = null;
+    const link = this.link;
     const ws = this.ws;
-    if (ws !== null && ws.readyState !== ws.CLOSED) {
-      const gone = new Promise<void>((resolve) => ws.once('close', () => resolve()));
-      ws.close(1001, 'agent shutting down');
-      const timer = setTimeout(() => ws.terminate(), 2000);
+    if (link !== null && !link.session.isClosed) {
+      const gone = new Promise<void>((resolve) => { this.linkGone = resolve; });
+      link.close(1001, 'agent shutting down');
+      const timer = setTimeout(() => link.terminate(), 2000);
       await gone;
       clearTimeout(timer);
+    } else if (ws !== null && ws.readyState !== ws.CLOSED) {
+      ws.terminate();
     }
     this.teardown();
   }
@@ -139,8 +144,78 @@ export class Agent extends EventEmitter {
 
   private async dial(): Promise<void> {
     if (this.closed) return;
-    const { WebSocket } = await import('ws');
     const o = this.options;
+    let helloSeen = false;
+    const linkOptions: LinkOptions = {
+      client: false,
+      onStream: (s) => this.onStream(s),
+      onControl: (text) => {
+        const msg = parseControl(text);
+        if (msg?.type !== 'gateway_hello' || helloSeen || this.link === null) return; // unknown control messages are ignored
+        helloSeen = true;
+        if (msg.version !== 1 || msg.use_yamux !== true) {
+          this.link.close(1002, 'unsupported gateway hello');
+          return;
+        }
+        this.link.sendControl(helloAck(this.name, [...this.services.keys()]));
+        this.isConnected = true;
+        this.counters.connects++;
+        this.logger.info({ event: 'agent_connected', server: o.server, name: this.name, native: this.link.native }, 'agent connected');
+        this.emit('connected');
+      },
+    };
+    const ended = (code: number, reason: string) => {
+      const was = this.isConnected;
+      this.teardown();
+      if (was) {
+        this.logger.warn({ event: 'agent_disconnected', code, reason }, 'agent disconnected');
+        this.emit('disconnected', { code, reason });
+        // It had been up: the next failure starts from the first delay again.
+        if (helloSeen) this.backoff.reset();
+      }
+      const gone = this.linkGone;
+      this.linkGone = null;
+      gone?.();
+      this.scheduleRetry();
+    };
+    const url = new URL(o.server);
+    if (url.protocol === 'ws:' && nativeLinkAvailable()) {
+      // The upgrade here, then the connection to the addon (the native link).
+      let up: Awaited<ReturnType<typeof dialUpgrade>>;
+      try {
+        up = await dialUpgrade({
+          url, target: `${url.pathname}${url.search}`, headers: [['Authorization', `Bearer ${o.token}`]],
+          protocols: [TUNNEL_SUBPROTOCOL], timeoutMs: o.dialTimeoutMs ?? 10_000,
+        });
+      } catch (err) {
+        const e = err as UpstreamError;
+        if (e.code === 'SLUICE_ERR_UPSTREAM_REFUSED') {
+          const body = e.body?.toString('utf8').trim() ?? '';
+          this.logger.warn({ event: 'agent_refused', status: e.status, body }, 'the gateway refused the agent');
+          this.emit('refused', { status: e.status, body });
+        } else {
+          this.logger.debug({ event: 'agent_socket_error', err: e.message }, 'agent connection error');
+        }
+        this.scheduleRetry();
+        return;
+      }
+      if (this.closed || up.protocol !== TUNNEL_SUBPROTOCOL) {
+        if (!this.closed) this.logger.warn({ event: 'agent_socket_error', err: `expected subprotocol ${TUNNEL_SUBPROTOCOL}` }, 'agent connection error');
+        up.socket.destroy();
+        this.scheduleRetry();
+        return;
+      }
+      const link = linkOverSocket(up.socket as net.Socket, up.head, { ...linkOptions, wsClient: true, onEnd: ended });
+      if (link === null) {
+        up.socket.destroy();
+        this.scheduleRetry();
+        return;
+      }
+      this.link = link;
+      this.startHeartbeat(link);
+      return;
+    }
+    const { WebSocket } = await import('ws');
     const ca = o.tls?.caFile !== undefined ? readFileSync(o.tls.caFile) : undefined;
     const ws = new WebSocket(o.server, [TUNNEL_SUBPROTOCOL], {
       headers: { authorization: `Bearer ${o.token}` },
@@ -151,7 +226,6 @@ export class Agent extends EventEmitter {
       rejectUnauthorized: o.tls?.rejectUnauthorized ?? true,
     });
     this.ws = ws;
-    let helloSeen = false;
     ws.on('unexpected-response', (_req, res) => {
       const parts: Buffer[] = [];
       res.on('data', (c: Buffer) => parts.push(c));
@@ -167,57 +241,27 @@ export class Agent extends EventEmitter {
       this.logger.debug({ event: 'agent_socket_error', err: err.message }, 'agent connection error');
     });
     ws.on('open', () => {
-      this.lastHeard = Date.now();
       if (ws.protocol !== TUNNEL_SUBPROTOCOL) {
         ws.close(1002, `expected subprotocol ${TUNNEL_SUBPROTOCOL}`);
         return;
       }
-      this.link = linkOverWebSocket(ws, {
-        client: false,
-        onStream: (s) => this.onStream(s),
-        onControl: (text) => {
-          const msg = parseControl(text);
-          if (msg?.type !== 'gateway_hello' || helloSeen) return; // unknown control messages are ignored
-          helloSeen = true;
-          if (msg.version !== 1 || msg.use_yamux !== true) {
-            ws.close(1002, 'unsupported gateway hello');
-            return;
-          }
-          this.link!.sendControl(helloAck(this.name, [...this.services.keys()]));
-          this.isConnected = true;
-          this.counters.connects++;
-          this.logger.info({ event: 'agent_connected', server: o.server, name: this.name }, 'agent connected');
-          this.emit('connected');
-        },
-      });
-      this.startHeartbeat(ws);
+      this.link = linkOverWebSocket(ws, linkOptions);
+      this.startHeartbeat(this.link);
     });
-    ws.on('message', () => { this.lastHeard = Date.now(); });
-    ws.on('pong', () => { this.lastHeard = Date.now(); });
-    ws.on('ping', () => { this.lastHeard = Date.now(); });
-    ws.on('close', (code: number, reason: Buffer) => {
-      const was = this.isConnected;
-      this.teardown();
-      if (was) {
-        this.logger.warn({ event: 'agent_disconnected', code, reason: reason.toString('utf8') }, 'agent disconnected');
-        this.emit('disconnected', { code, reason: reason.toString('utf8') });
-        // It had been up: the next failure starts from the first delay again.
-        if (helloSeen) this.backoff.reset();
-      }
-      this.scheduleRetry();
-    });
+    ws.on('close', (code: number, reason: Buffer) => ended(code, reason.toString('utf8')));
   }
 
-  private startHeartbeat(ws: import('ws').WebSocket): void {
+  private startHeartbeat(link: Link): void {
     const every = this.options.pingIntervalMs ?? 30_000;
     const silence = this.options.silenceTimeoutMs ?? 90_000;
     this.pingTimer = setInterval(() => {
-      if (Date.now() - this.lastHeard > silence) {
-        this.logger.warn({ event: 'agent_gateway_silent', ms: Date.now() - this.lastHeard }, 'gateway silent: reconnecting');
-        ws.terminate();
+      const idle = link.idleMs();
+      if (idle > silence) {
+        this.logger.warn({ event: 'agent_gateway_silent', ms: idle }, 'gateway silent: reconnecting');
+        link.terminate();
         return;
       }
-      if (ws.readyState === ws.OPEN) ws.ping();
+      link.ping();
     }, Math.min(every, Math.max(100, silence / 3)));
     this.pingTimer.unref();
   }
@@ -248,7 +292,7 @@ export class Agent extends EventEmitter {
 
   // ---------------------------------------------------------------- streams
 
-  private onStream(stream: YamuxStream): void {
+  private onStream(stream: TunnelStream): void {
     this.counters.streamsTotal++;
     stream.on('error', () => {});
     readLine(stream, this.options.dialTimeoutMs ?? 10_000).then((line) => {
@@ -262,7 +306,7 @@ export class Agent extends EventEmitter {
     }, (err: Error) => this.refuse(stream, err.message));
   }
 
-  private refuse(stream: YamuxStream, error: string): void {
+  private refuse(stream: TunnelStream, error: string): void {
     this.counters.streamsRefused++;
     this.logger.info({ event: 'agent_stream_refused', error }, 'stream refused');
     if (!stream.destroyed && stream.writable) stream.end(errorLine(error));
@@ -270,42 +314,31 @@ export class Agent extends EventEmitter {
     stream.resume();
   }
 
-  private serveTcp(stream: YamuxStream, service: string, target: ServiceTarget): void {
+  private serveTcp(stream: TunnelStream, service: string, target: ServiceTarget): void {
     const socket = net.connect({ host: target.host, port: target.port, noDelay: true, allowHalfOpen: true });
-    const entry = { close: () => { socket.destroy(); stream.destroy(); } };
-    this.open.add(entry);
+    const entry = new LiveEntry(this.open, () => { socket.destroy(); stream.destroy(); });
     let connected = false;
     const timer = setTimeout(() => socket.destroy(new Error(`${service}: no connection within the dial timeout`)),
       this.options.dialTimeoutMs ?? 10_000);
+    const failed = (err: Error) => {
+      clearTimeout(timer);
+      entry.done();
+      this.refuse(stream, `${service}: ${(err as NodeJS.ErrnoException).code ?? err.message}`);
+    };
+    socket.once('error', failed);
+    stream.once('close', () => { if (!connected) socket.destroy(); });
     socket.once('connect', () => {
       clearTimeout(timer);
       connected = true;
+      socket.off('error', failed);
+      socket.on('error', () => {});
       stream.write(okLine());
       // Raw bytes both ways; an end on either side is a half-close of the other.
-      stream.pipe(socket);
-      socket.pipe(stream);
-    });
-    socket.on('error', (err: Error) => {
-      clearTimeout(timer);
-      if (!connected) {
-        this.open.delete(entry);
-        this.refuse(stream, `${service}: ${(err as NodeJS.ErrnoException).code ?? err.message}`);
-      } else {
-        stream.destroy();
-      }
-    });
-    stream.on('close', () => {
-      // A stream reset or failed under a live connection: the connection goes too.
-      if (!stream.readableEnded || !stream.writableFinished) socket.destroy();
-      else if (!socket.destroyed && socket.writableEnded && socket.readableEnded) socket.destroy();
-    });
-    socket.on('close', () => {
-      this.open.delete(entry);
-      if (connected && !stream.writableEnded && !stream.destroyed) stream.destroy();
+      entry.close = joinSocket(stream, socket, entry.done);
     });
   }
 
-  private serveUdp(stream: YamuxStream, service: string, target: ServiceTarget): void {
+  private serveUdp(stream: TunnelStream, service: string, target: ServiceTarget): void {
     const socket = dgram.createSocket(net.isIPv6(target.host) ? 'udp6' : 'udp4');
     const idleMs = this.options.udpIdleMs ?? 60_000;
     let idle: NodeJS.Timeout | null = null;

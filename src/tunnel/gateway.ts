@@ -3,16 +3,20 @@
  * yamux session over its WebSocket (the gateway is the yamux client), and the streams
  * opened through them for L4 tunnels (TCP, UDP) and, later, routes.
  */
+import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import net from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { WebSocket, WebSocketServer } from 'ws';
+import type { WebSocketServer } from 'ws';
 import type { Logger } from '../log.js';
-import { linkOverWebSocket, MESSAGE_BYTES, type Link } from './link.js';
+import { linkOverWebSocket, MESSAGE_BYTES, type Link, type LinkOptions, type TunnelStream } from './link.js';
+import { linkOverSocket, nativeLinkAvailable } from './native-link.js';
 import {
   TUNNEL_SUBPROTOCOL, checkHelloAck, gatewayHello, openLine, parseAnswer, parseControl, readLine, type TunnelProtocol,
 } from './wire.js';
-import type { YamuxStream } from './yamux.js';
 import { STREAM_OPEN_SECONDS_BUCKETS } from '../metrics/tunnel-metrics.js';
+
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
 export interface AgentRegistryOptions {
   logger: Logger;
@@ -56,7 +60,6 @@ interface Agent {
   principal: string;
   remote: string;
   connectedAt: number;
-  ws: WebSocket;
   link: Link;
   streamsTotal: number;
 }
@@ -64,11 +67,10 @@ interface Agent {
 export class AgentRegistry {
   private readonly options: AgentRegistryOptions;
   private readonly agents = new Map<string, Agent>();
-  private readonly pending = new Set<WebSocket>();
+  private readonly pending = new Set<Link>();
   private wss: WebSocketServer | null = null;
   private closed = false;
   private pinger: NodeJS.Timeout | null = null;
-  private readonly lastHeard = new WeakMap<WebSocket, number>();
   /** Stream open times (SYN to the agent's answer), as histogram buckets in seconds. */
   private readonly openBuckets = new Float64Array(STREAM_OPEN_SECONDS_BUCKETS.length + 1);
   private openSum = 0;
@@ -98,15 +100,35 @@ export class AgentRegistry {
    * An agent's upgrade, its credentials already checked: the 101 (subprotocol
    * sluice.tunnel.v1), the hello, and once the answer names an allowed agent, the agent is
    * registered. Refusals after the 101 are close frames with 1008 and the reason.
+   *
+   * A plain TCP connection with a well-formed upgrade runs on the native link (the 101 is
+   * its first write); anything else (TLS, no addon, a request to answer with an error)
+   * goes through `ws`.
    */
   async accept(req: IncomingMessage, socket: Duplex, head: Buffer, grant: AgentGrant): Promise<void> {
     if (this.closed) {
       socket.destroy();
       return;
     }
+    this.startPinger();
+    const key = req.headers['sec-websocket-key'];
+    const offered = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
+    if (nativeLinkAvailable() && socket instanceof net.Socket && typeof key === 'string' && /^[A-Za-z0-9+/]{22}==$/.test(key) &&
+        req.headers['sec-websocket-version'] === '13' && offered.includes(TUNNEL_SUBPROTOCOL)) {
+      const answer = createHash('sha1').update(key + WS_GUID).digest('base64');
+      const greeting = Buffer.from(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        `Sec-WebSocket-Accept: ${answer}\r\nSec-WebSocket-Protocol: ${TUNNEL_SUBPROTOCOL}\r\n\r\n`);
+      let made = false;
+      this.onConnection((o) => {
+        const link = linkOverSocket(socket, head, { ...o, wsClient: false }, greeting);
+        made = link !== null;
+        return link;
+      }, grant);
+      if (made) return;
+    }
     const wss = await this.server();
     wss.handleUpgrade(req, socket, head, (ws) => {
-      this.onConnection(ws, grant);
+      this.onConnection((o) => linkOverWebSocket(ws, o), grant);
       // The proxy pauses a socket until it knows what it is for; ws only adds listeners.
       socket.resume();
     });
@@ -122,40 +144,32 @@ export class AgentRegistry {
       clientTracking: false,
       handleProtocols: (protocols) => (protocols.has(TUNNEL_SUBPROTOCOL) ? TUNNEL_SUBPROTOCOL : false),
     });
-    this.pinger ??= setInterval(() => this.heartbeat(), Math.max(100, Math.min(this.options.pingIntervalMs, this.options.pongTimeoutMs / 3)));
-    this.pinger.unref();
     return this.wss;
   }
 
+  private startPinger(): void {
+    this.pinger ??= setInterval(() => this.heartbeat(), Math.max(100, Math.min(this.options.pingIntervalMs, this.options.pongTimeoutMs / 3)));
+    this.pinger.unref();
+  }
+
   private heartbeat(): void {
-    const now = Date.now();
     for (const a of this.agents.values()) {
-      const heard = this.lastHeard.get(a.ws) ?? now;
-      if (now - heard > this.options.pongTimeoutMs) {
+      const idle = a.link.idleMs();
+      if (idle > this.options.pongTimeoutMs) {
         this.options.logger.warn({ event: 'agent_silent', agent: a.name }, 'agent silent: dropped');
-        a.ws.terminate();
-      } else if (now - heard >= this.options.pingIntervalMs / 2) {
-        a.ws.ping();
+        a.link.terminate();
+      } else if (idle >= this.options.pingIntervalMs / 2) {
+        a.link.ping();
       }
     }
   }
 
-  private onConnection(ws: WebSocket, grant: AgentGrant): void {
+  /** `makeLink` builds the link with these callbacks (null: it could not, nothing done). */
+  private onConnection(makeLink: (o: LinkOptions) => Link | null, grant: AgentGrant): void {
     const log = this.options.logger;
-    if (this.closed) {
-      ws.close(1001, 'gateway shutting down');
-      return;
-    }
-    this.pending.add(ws);
-    const heard = () => this.lastHeard.set(ws, Date.now());
-    heard();
-    ws.on('message', heard);
-    ws.on('pong', heard);
-    ws.on('ping', heard);
-    ws.on('error', () => {});
     let agent: Agent | null = null;
-    const helloTimer = setTimeout(() => ws.close(1008, 'no gateway_hello_ack in time'), this.options.helloTimeoutMs);
-    const link = linkOverWebSocket(ws, {
+    let helloTimer: NodeJS.Timeout | null = null;
+    const made = makeLink({
       client: true,
       // The agent is the yamux server: a stream it opens is refused.
       onStream: (s) => s.destroy(),
@@ -163,45 +177,53 @@ export class AgentRegistry {
         if (agent !== null) return; // control messages after the hello: none defined yet, ignored
         const msg = parseControl(text);
         if (msg === null || msg.type !== 'gateway_hello_ack') return;
-        clearTimeout(helloTimer);
+        if (helloTimer !== null) clearTimeout(helloTimer);
         const ack = checkHelloAck(msg);
         if (typeof ack === 'string') {
-          ws.close(1008, ack.slice(0, 120));
+          link.close(1008, ack.slice(0, 120));
           return;
         }
         if (grant.names !== null && !grant.names.includes(ack.name)) {
           log.warn({ event: 'agent_refused', agent: ack.name, principal: grant.principal }, 'agent name not allowed for these credentials');
-          ws.close(1008, `agent name "${ack.name}" is not allowed for these credentials`);
+          link.close(1008, `agent name "${ack.name}" is not allowed for these credentials`);
           return;
         }
         const existing = this.agents.get(ack.name);
         if (existing !== undefined) {
           if (grant.duplicate === 'refuse') {
             log.warn({ event: 'agent_refused', agent: ack.name }, 'an agent with this name is connected');
-            ws.close(1008, `agent "${ack.name}" is already connected`);
+            link.close(1008, `agent "${ack.name}" is already connected`);
             return;
           }
           log.info({ event: 'agent_replaced', agent: ack.name }, 'agent replaced by a new connection');
           this.agents.delete(ack.name);
-          existing.ws.close(1008, 'replaced by a new connection of the same agent');
+          existing.link.close(1008, 'replaced by a new connection of the same agent');
         }
-        this.pending.delete(ws);
+        this.pending.delete(link);
         agent = {
           name: ack.name, services: ack.services, principal: grant.principal, remote: grant.remote, connectedAt: Date.now(),
-          ws, link, streamsTotal: 0,
+          link, streamsTotal: 0,
         };
         this.agents.set(ack.name, agent);
-        log.info({ event: 'agent_connected', agent: ack.name, services: ack.services, remote: grant.remote }, 'agent connected');
+        log.info({ event: 'agent_connected', agent: ack.name, services: ack.services, remote: grant.remote, native: link.native }, 'agent connected');
       },
       onClose: () => {
-        clearTimeout(helloTimer);
-        this.pending.delete(ws);
+        if (helloTimer !== null) clearTimeout(helloTimer);
+        if (made !== null) this.pending.delete(made);
         if (agent !== null && this.agents.get(agent.name) === agent) {
           this.agents.delete(agent.name);
           log.info({ event: 'agent_disconnected', agent: agent.name }, 'agent disconnected');
         }
       },
     });
+    if (made === null) return;
+    const link: Link = made;
+    if (this.closed) {
+      link.close(1001, 'gateway shutting down');
+      return;
+    }
+    this.pending.add(link);
+    helloTimer = setTimeout(() => link.close(1008, 'no gateway_hello_ack in time'), this.options.helloTimeoutMs);
     link.sendControl(gatewayHello());
   }
 
@@ -210,10 +232,10 @@ export class AgentRegistry {
    * ways from then on. Rejects with a TunnelError when the agent is not connected, refuses,
    * or does not answer within `timeoutMs`.
    */
-  async open(name: string, service: string, protocol: TunnelProtocol, timeoutMs: number): Promise<YamuxStream> {
+  async open(name: string, service: string, protocol: TunnelProtocol, timeoutMs: number): Promise<TunnelStream> {
     const agent = this.agents.get(name);
     if (agent === undefined) throw new TunnelError('SLUICE_ERR_AGENT_OFFLINE', `agent "${name}" is not connected`);
-    let stream: YamuxStream;
+    let stream: TunnelStream;
     try {
       stream = agent.link.session.open();
     } catch (err) {
@@ -255,8 +277,8 @@ export class AgentRegistry {
     this.closed = true;
     if (this.pinger !== null) clearInterval(this.pinger);
     this.pinger = null;
-    for (const a of this.agents.values()) a.ws.close(1001, 'gateway shutting down');
-    for (const ws of this.pending) ws.close(1001, 'gateway shutting down');
+    for (const a of this.agents.values()) a.link.close(1001, 'gateway shutting down');
+    for (const l of this.pending) l.close(1001, 'gateway shutting down');
     this.agents.clear();
     this.pending.clear();
     this.wss?.close();

@@ -8,7 +8,7 @@ import net from 'node:net';
 import type { Logger } from '../log.js';
 import type { AgentRegistry } from './gateway.js';
 import { DatagramReader, datagram, parseHostPort } from './wire.js';
-import type { YamuxStream } from './yamux.js';
+import { joinSocket, LiveEntry, type TunnelStream } from './link.js';
 
 export interface TunnelConfig {
   /** "host:port" to listen on. */
@@ -99,25 +99,15 @@ export class TunnelListener {
     this.total++;
     socket.on('error', () => {});
     const c = this.config;
-    const entry: { close(): void } = { close: () => { socket.destroy(); } };
-    this.live.add(entry);
-    socket.once('close', () => this.live.delete(entry));
+    const entry = new LiveEntry(this.live, () => socket.destroy());
+    socket.once('close', entry.done);
     this.registry.open(c.agent, c.service, 'tcp', this.openTimeoutMs).then((stream) => {
       if (socket.destroyed) {
         stream.destroy();
         return;
       }
-      entry.close = () => { socket.destroy(); stream.destroy(); };
-      stream.pipe(socket);
-      socket.pipe(stream);
-      socket.resume();
-      stream.on('close', () => {
-        // A reset (or a session that ended) under a live connection: it goes too.
-        if (!stream.readableEnded || !stream.writableFinished) socket.destroy();
-      });
-      socket.on('close', () => {
-        if (!socket.readableEnded || !socket.writableFinished) stream.destroy();
-      });
+      socket.removeListener('close', entry.done);
+      entry.close = joinSocket(stream, socket, entry.done);
     }, (err: Error) => {
       this.refused++;
       this.logger.info({ event: 'tunnel_refused', agent: c.agent, service: c.service, err: err.message }, 'tunnel connection refused');
@@ -127,7 +117,7 @@ export class TunnelListener {
 
   private serveUdp(sock: dgram.Socket): void {
     const c = this.config;
-    const flows = new Map<string, { stream: YamuxStream | null; queue: Buffer[]; idle: NodeJS.Timeout | null; close(): void }>();
+    const flows = new Map<string, { stream: TunnelStream | null; queue: Buffer[]; idle: NodeJS.Timeout | null; close(): void }>();
     sock.on('message', (msg, rinfo) => {
       const key = `${rinfo.address}|${rinfo.port}`;
       let flow = flows.get(key);
@@ -138,7 +128,7 @@ export class TunnelListener {
         }
         this.total++;
         const f = {
-          stream: null as YamuxStream | null, queue: [] as Buffer[], idle: null as NodeJS.Timeout | null,
+          stream: null as TunnelStream | null, queue: [] as Buffer[], idle: null as NodeJS.Timeout | null,
           close: () => {
             if (f.idle !== null) clearTimeout(f.idle);
             flows.delete(key);

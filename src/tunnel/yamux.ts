@@ -23,6 +23,8 @@ export const YAMUX_VERSION = 0;
 export const HEADER_BYTES = 12;
 /** The protocol's initial window, each way, per stream. */
 export const INITIAL_WINDOW = 256 * 1024;
+/** Streams open at once, each way, unless configured. */
+export const DEFAULT_MAX_STREAMS = 65536;
 
 export const enum FrameType {
   Data = 0,
@@ -57,7 +59,7 @@ export interface YamuxOptions {
   onStream?(stream: YamuxStream): void;
   /** The session ended: `error` is set for a protocol error or a failed transport. */
   onClose?(error: Error | null): void;
-  /** Streams open at once, each way (default 1024); a SYN past it is reset. */
+  /** Streams open at once, each way (default DEFAULT_MAX_STREAMS); a SYN past it is reset. */
   maxStreams?: number;
   /** Largest data frame this side sends (default 64 KiB). */
   maxFrameBytes?: number;
@@ -324,7 +326,7 @@ export class YamuxSession {
     this.transport = options.send;
     this.onStream = options.onStream ?? null;
     this.onClose = options.onClose ?? null;
-    this.maxStreams = options.maxStreams ?? 1024;
+    this.maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
     this.maxFrameBytes = Math.max(1024, options.maxFrameBytes ?? 64 * 1024);
     this.window = Math.max(INITIAL_WINDOW, options.window ?? INITIAL_WINDOW);
     this.nextId = this.client ? 1 : 2;

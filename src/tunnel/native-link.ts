@@ -1,0 +1,357 @@
+/**
+ * The tunnel link on the native data plane (native/tunnel/mux.h): the WebSocket framing,
+ * the yamux session and, for streams joined to a TCP socket, the bytes both ways all run
+ * in the addon, on this thread's loop. JavaScript keeps the control: the hello, opening
+ * and answering streams, UDP, routes through agents, heartbeats. Its twin is
+ * linkOverWebSocket (link.ts) over yamux.ts, used without the addon and for wss://.
+ */
+import type net from 'node:net';
+import { Duplex } from 'node:stream';
+import { nativeAddon } from '../codec/native.js';
+import { socketFd, stopAndDrain } from '../engine/native.js';
+import type { Link, LinkOptions, TunnelSession, TunnelStream } from './link.js';
+import { DEFAULT_MAX_STREAMS } from './yamux.js';
+
+interface MuxEvent {
+  type: number;
+  stream: number;
+  text?: string;
+  data?: Buffer;
+  code?: number;
+  reason?: string;
+  error?: string;
+  bytesIn?: number;
+  bytesOut?: number;
+}
+
+interface AddonMux {
+  start(fd: number, head: Uint8Array, greeting: Uint8Array): void;
+  open(): number;
+  write(id: number, bytes: Uint8Array): boolean;
+  end(id: number): void;
+  reset(id: number): void;
+  consume(id: number, n: number): void;
+  bind(id: number, fd: number, head: Uint8Array): boolean;
+  sendText(text: string): void;
+  ping(): void;
+  goAway(code: number): void;
+  close(code: number, reason: string): void;
+  terminate(): void;
+  dispose(): void;
+  stats(): Float64Array;
+}
+type AddonMuxClass = new (onEvents: (events: MuxEvent[]) => void, options: Record<string, number | boolean>) => AddonMux;
+
+const MuxClass = (nativeAddon?.Mux as AddonMuxClass | undefined) ?? null;
+
+/** Why the native link is not used ('' when it is). */
+export const nativeLinkUnavailable: string = process.env.SLUICE_TUNNEL === 'typescript'
+  ? 'SLUICE_TUNNEL=typescript'
+  : process.platform !== 'linux'
+    ? `the native tunnel link runs on Linux; this is ${process.platform}`
+    : MuxClass === null
+      ? (nativeAddon === null ? 'the native addon is not loaded' : 'the addon has no Mux (built from an older native/?)')
+      : '';
+
+// Event types of mux.h.
+const EV_TEXT = 1;
+const EV_STREAM = 2;
+const EV_DATA = 3;
+const EV_FIN = 4;
+const EV_RESET = 5;
+const EV_DRAIN = 6;
+const EV_CLOSED = 7;
+const EV_BOUND_END = 8;
+const EV_GO_AWAY = 9;
+
+/** A stream whose bytes pass through JavaScript (until it is joined to a socket). */
+export class NativeStream extends Duplex implements TunnelStream {
+  readonly id: number;
+  readonly openedAt = performance.now();
+  bytesIn = 0;
+  bytesOut = 0;
+  private readonly link: NativeLink;
+  private delivered = 0;
+  private reported = 0;
+  private consumeQueued = false;
+  private drainCallback: ((error?: Error | null) => void) | null = null;
+  private finReceived = false;
+  /** Joined to a socket: the addon carries it; this object is done. */
+  handedOver = false;
+
+  constructor(link: NativeLink, id: number) {
+    super({ allowHalfOpen: true, readableHighWaterMark: 64 * 1024, writableHighWaterMark: 64 * 1024 });
+    this.link = link;
+    this.id = id;
+  }
+
+  /** @internal */
+  onData(data: Buffer): void {
+    this.delivered += data.length;
+    this.bytesIn += data.length;
+    if (!this.destroyed) this.push(data);
+  }
+
+  /** @internal */
+  onFin(): void {
+    this.finReceived = true;
+    if (!this.destroyed) this.push(null);
+  }
+
+  /** @internal */
+  onReset(error: Error): void {
+    this.finReceived = true;
+    this.handedOver = true; // nothing to tell the addon: the stream is gone there
+    this.destroy(error);
+  }
+
+  /** @internal */
+  onDrain(): void {
+    const cb = this.drainCallback;
+    this.drainCallback = null;
+    cb?.();
+  }
+
+  override _read(): void {
+    // Node calls _read before it takes the bytes being read out of its buffer: what the
+    // reader took is counted once this read is over.
+    if (this.consumeQueued) return;
+    this.consumeQueued = true;
+    process.nextTick(() => {
+      this.consumeQueued = false;
+      if (this.handedOver) return;
+      const taken = this.delivered - this.readableLength - this.reported;
+      if (taken > 0) {
+        this.reported += taken;
+        this.link.mux.consume(this.id, taken);
+      }
+    });
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.bytesOut += chunk.length;
+    if (this.link.mux.write(this.id, chunk)) callback();
+    else this.drainCallback = callback;
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    this.link.mux.end(this.id);
+    callback();
+  }
+
+  override _destroy(error: Error | null, callback: (error: Error | null) => void): void {
+    // Closed here before both ways ended: the peer is told (a reset).
+    if (!this.handedOver && !(this.finReceived && this.writableFinished)) this.link.mux.reset(this.id);
+    this.link.forget(this);
+    const cb = this.drainCallback;
+    this.drainCallback = null;
+    cb?.(error ?? new Error('stream destroyed'));
+    callback(error);
+  }
+
+  /**
+   * Join this stream and a TCP socket in the addon: from now on bytes go between them
+   * there, both ways, and a half-close either way is passed on. `onEnd` runs once both
+   * are done (or either failed). Returns a function that cuts both.
+   */
+  joinSocket(socket: net.Socket, onEnd: () => void): (() => void) | null {
+    const fd = socketFd(socket);
+    // Writes still queued in the duplex would be lost: those are piped (rare).
+    if (fd < 0 || this.destroyed || this.link.closed || this.writableLength > 0 || this.writableEnded) return null;
+    // What Node read from the socket goes first, then what the stream holds for it.
+    for (const c of stopAndDrain(socket)) {
+      this.bytesOut += c.length;
+      this.link.mux.write(this.id, c);
+    }
+    const held: Buffer[] = [];
+    for (let c = this.read() as Buffer | null; c !== null; c = this.read() as Buffer | null) held.push(c);
+    const ok = this.link.bind(this, fd, held.length === 1 ? held[0] : Buffer.concat(held), onEnd);
+    socket.destroy();
+    this.handedOver = true;
+    this.destroy();
+    if (!ok) {
+      onEnd();
+      return () => {};
+    }
+    return cutter(this.link, this.id);
+  }
+}
+
+/** Resets a bound stream (made here: the closure holds the link and the id, nothing else). */
+function cutter(link: NativeLink, id: number): () => void {
+  return () => link.mux.reset(id);
+}
+
+class NativeSession implements TunnelSession {
+  constructor(private readonly link: NativeLink) {}
+  get size(): number {
+    return this.link.closed ? 0 : this.link.mux.stats()[0];
+  }
+  get isClosed(): boolean {
+    return this.link.closed;
+  }
+  open(): TunnelStream {
+    return this.link.openStream();
+  }
+  destroy(): void {
+    this.link.terminate();
+  }
+}
+
+export class NativeLink implements Link {
+  readonly mux: AddonMux;
+  readonly session: TunnelSession;
+  readonly native = true;
+  closed = false;
+  private readonly options: LinkOptions;
+  private readonly streams = new Map<number, NativeStream>();
+  private readonly bound = new Map<number, () => void>();
+  private finalBytes: { in: number; out: number } | null = null;
+
+  constructor(options: LinkOptions & { wsClient: boolean }) {
+    if (MuxClass === null) throw new Error(`native tunnel link unavailable: ${nativeLinkUnavailable}`);
+    this.options = options;
+    this.session = new NativeSession(this);
+    this.mux = new MuxClass((events) => this.onEvents(events), {
+      yamuxClient: options.client, wsClient: options.wsClient, maxStreams: options.maxStreams ?? DEFAULT_MAX_STREAMS,
+    });
+  }
+
+  get bytes(): { in: number; out: number } {
+    if (this.finalBytes !== null) return this.finalBytes;
+    const s = this.mux.stats();
+    return { in: s[1], out: s[2] };
+  }
+
+  idleMs(): number {
+    return this.closed ? Infinity : this.mux.stats()[4];
+  }
+
+  sendControl(text: string): void {
+    if (!this.closed) this.mux.sendText(text);
+  }
+
+  ping(): void {
+    if (!this.closed) this.mux.ping();
+  }
+
+  close(code: number, reason: string): void {
+    if (this.closed) return;
+    this.mux.close(code, reason);
+    // A peer that does not answer the close frame is cut.
+    setTimeout(() => this.terminate(), 2000).unref();
+  }
+
+  terminate(): void {
+    if (!this.closed) this.mux.terminate();
+  }
+
+  /** @internal */
+  openStream(): NativeStream {
+    if (this.closed) throw new Error('the tunnel is closed');
+    const id = this.mux.open();
+    const s = new NativeStream(this, id);
+    this.streams.set(id, s);
+    return s;
+  }
+
+  /** @internal */
+  forget(s: NativeStream): void {
+    if (this.streams.get(s.id) === s) this.streams.delete(s.id);
+  }
+
+  /** @internal */
+  bind(s: NativeStream, fd: number, head: Buffer, onEnd: () => void): boolean {
+    if (this.closed || !this.mux.bind(s.id, fd, head)) return false;
+    this.streams.delete(s.id);
+    this.bound.set(s.id, onEnd);
+    return true;
+  }
+
+  private onEvents(events: MuxEvent[]): void {
+    for (const e of events) {
+      switch (e.type) {
+        case EV_TEXT:
+          this.options.onControl?.(e.text!);
+          break;
+        case EV_STREAM: {
+          const s = new NativeStream(this, e.stream);
+          this.streams.set(e.stream, s);
+          this.options.onStream?.(s);
+          break;
+        }
+        case EV_DATA:
+          this.streams.get(e.stream)?.onData(e.data!);
+          break;
+        case EV_FIN:
+          this.streams.get(e.stream)?.onFin();
+          break;
+        case EV_RESET: {
+          const s = this.streams.get(e.stream);
+          if (s !== undefined) {
+            this.streams.delete(e.stream);
+            const err = new Error(`yamux stream ${e.stream} was reset`) as NodeJS.ErrnoException;
+            err.code = 'ECONNRESET';
+            s.onReset(err);
+          }
+          break;
+        }
+        case EV_DRAIN:
+          this.streams.get(e.stream)?.onDrain();
+          break;
+        case EV_BOUND_END: {
+          const done = this.bound.get(e.stream);
+          this.bound.delete(e.stream);
+          done?.();
+          break;
+        }
+        case EV_GO_AWAY:
+          break;
+        case EV_CLOSED:
+          this.ended(e.code ?? 1006, e.reason ?? '', e.error ?? '');
+          break;
+        default:
+          break;
+      }
+    }
+  }
+
+  private ended(code: number, reason: string, error: string): void {
+    if (this.closed) return;
+    const s = this.mux.stats();
+    this.finalBytes = { in: s[1], out: s[2] };
+    this.closed = true;
+    const err = new Error(error !== '' ? error : `the tunnel's WebSocket closed (${code}${reason !== '' ? `: ${reason}` : ''})`);
+    for (const st of [...this.streams.values()]) st.onReset(err);
+    this.streams.clear();
+    for (const done of [...this.bound.values()]) done();
+    this.bound.clear();
+    this.mux.dispose();
+    this.options.onClose?.(error !== '' ? err : null);
+    this.options.onEnd?.(code, reason);
+  }
+}
+
+/**
+ * A link over an upgraded connection, run by the addon; null when the addon cannot (no
+ * addon, another platform, TLS, no descriptor): the caller uses the TypeScript link.
+ * `greeting`: bytes to send first (the gateway's 101 answer).
+ */
+export function linkOverSocket(socket: net.Socket, head: Buffer, options: LinkOptions & { wsClient: boolean }, greeting?: Buffer): NativeLink | null {
+  if (MuxClass === null) return null;
+  const fd = socketFd(socket);
+  if (fd < 0) return null;
+  const extra = stopAndDrain(socket);
+  const link = new NativeLink(options);
+  try {
+    link.mux.start(fd, extra.length > 0 ? Buffer.concat([head, ...extra]) : head, greeting ?? Buffer.alloc(0));
+  } finally {
+    socket.destroy();
+  }
+  return link;
+}
+
+/** Whether linkOverSocket can run here at all. */
+export function nativeLinkAvailable(): boolean {
+  return MuxClass !== null;
+}
