@@ -46,8 +46,8 @@ if (opts.help) {
 
 const MiB = 1024 * 1024;
 const PLAN = opts.quick
-  ? { oneBytes: 64 * MiB, manyBytes: 64 * MiB, streams: 100, opens: 100, idle: 1000, rounds: 3 }
-  : { oneBytes: 1024 * MiB, manyBytes: 1024 * MiB, streams: 100, opens: 500, idle: 2000, rounds: 3 };
+  ? { oneBytes: 64 * MiB, manyBytes: 64 * MiB, streams: 100, opens: 100, idle: 2000, rounds: 3 }
+  : { oneBytes: 1024 * MiB, manyBytes: 1024 * MiB, streams: 100, opens: 500, idle: 4000, rounds: 3 };
 if (opts.rounds) PLAN.rounds = Math.max(1, Number.parseInt(opts.rounds, 10) || 3);
 const ALL_PEERS = ['direct', 'sluice', 'ssh'];
 const selected = opts.peers ? opts.peers.split(',').map((s) => s.trim()) : ALL_PEERS;

@@ -65,7 +65,9 @@ const dir = mkdtempSync(join(tmpdir(), 'sluice-tunnel-'));
 let gwPort = 0;
 let adminPort = 0;
 let agentAdminPort = 0;
-const tunnelPorts = { echo: 0, hash: 0, missing: 0, udp: 0, offline: 0 };
+const tunnelPorts = { echo: 0, hash: 0, missing: 0, udp: 0, offline: 0, down: 0, named: 0 };
+/** A port nothing listens on (a service that is down). */
+let downPort = 0;
 
 function gatewayConfig(): string {
   const digest = (k: string) => createHash('sha256').update(k).digest('hex');
@@ -100,6 +102,8 @@ tunnels:
   - { listen: "127.0.0.1:${tunnelPorts.missing}", agent: site-a, service: notexposed }
   - { listen: "127.0.0.1:${tunnelPorts.udp}", agent: site-a, service: udp, protocol: udp, udpIdleMs: 2000 }
   - { listen: "127.0.0.1:${tunnelPorts.offline}", agent: nobody, service: echo }
+  - { listen: "127.0.0.1:${tunnelPorts.down}", agent: site-a, service: down }
+  - { listen: "127.0.0.1:${tunnelPorts.named}", agent: site-a, service: named }
 `);
   return file;
 }
@@ -109,7 +113,7 @@ function startAgent(name = 'site-a', token = KEY_ANY, path = '/agent'): CliProce
   return startCli(['agent', '--admin-port', String(agentAdminPort), '--server', `ws://127.0.0.1:${gwPort}${path}`, '--token', token, '--name', name,
     '--expose', `echo=127.0.0.1:${a(echo)}`, '--expose', `hash=127.0.0.1:${a(hasher)}`,
     '--expose', `udp=127.0.0.1:${udpEcho.address().port}`, '--expose', `wsecho=127.0.0.1:${(wsEcho.address() as net.AddressInfo).port}`,
-    '--expose', `web=127.0.0.1:${a(web)}`], {}, 120_000);
+    '--expose', `web=127.0.0.1:${a(web)}`, '--expose', `down=127.0.0.1:${downPort}`, '--expose', `named=localhost:${a(echo)}`], {}, 120_000);
 }
 
 /** Resolves once the gateway logged the agent `name` connected (from log index `from`). */
@@ -151,6 +155,7 @@ t.before(async () => {
   gwPort = await freePort();
   adminPort = await freePort();
   agentAdminPort = await freePort();
+  downPort = await freePort();
   for (const k of Object.keys(tunnelPorts) as Array<keyof typeof tunnelPorts>) tunnelPorts[k] = await freePort();
 });
 t.teardown(() => {
@@ -217,9 +222,9 @@ t.test('gateway and agent as processes: TCP (100 MiB by hash, 100 concurrent str
     };
     const stats = JSON.parse((await get('/stats')).text) as { agents: Array<{ name: string; services: string[]; streamsTotal: number }>; tunnels: unknown[] };
     const a = stats.agents.find((x) => x.name === 'site-a');
-    t.same(a?.services, ['echo', 'hash', 'udp', 'wsecho', 'web'], '/stats lists the agent and its services');
+    t.same(a?.services, ['echo', 'hash', 'udp', 'wsecho', 'web', 'down', 'named'], '/stats lists the agent and its services');
     t.ok((a?.streamsTotal ?? 0) >= 101, `and the streams it carried (${a?.streamsTotal})`);
-    t.equal(stats.tunnels.length, 5, 'and the five tunnels');
+    t.equal(stats.tunnels.length, 7, 'and the seven tunnels');
     const metrics = (await get('/metrics')).text;
     t.match(metrics, /^agent_websocket_agents_connected 1$/m, 'agents connected: 1');
     t.match(metrics, /^sluice_agent_streams_total\{agent="site-a"\} (\d+)$/m);
@@ -268,6 +273,10 @@ t.test('gateway and agent as processes: TCP (100 MiB by hash, 100 concurrent str
     t.ok(await closedAtOnce(tunnelPorts.missing), 'unexposed service: the connection is closed, nothing sent back');
     await agent.waitFor((l) => l.event === 'agent_stream_refused' && /not exposed/.test(String(l.error)));
     t.ok(await closedAtOnce(tunnelPorts.offline), 'agent "nobody" is not connected: closed at once');
+    t.ok(await closedAtOnce(tunnelPorts.down), 'a service that is down: closed at once');
+    await agent.waitFor((l) => l.event === 'agent_stream_refused' && /^down: ECONNREFUSED$/.test(String(l.error)));
+    const back = await roundTrip(tunnelPorts.named, Buffer.from('by name'));
+    t.equal(back.toString(), 'by name', 'a service given by host name (localhost) is looked up, then dialled');
   });
 
   await t.test('UDP: datagrams go through and come back, one stream per client address', async (t) => {

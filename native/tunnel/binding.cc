@@ -5,6 +5,10 @@
 
 #ifdef __linux__
 
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <string>
 
@@ -31,6 +35,8 @@ class MuxWrap : public Napi::ObjectWrap<MuxWrap> {
     return DefineClass(env, "Mux", {
       InstanceMethod<&MuxWrap::Start>("start"),
       InstanceMethod<&MuxWrap::Open>("open"),
+      InstanceMethod<&MuxWrap::Deliver>("deliver"),
+      InstanceMethod<&MuxWrap::Dial>("dial"),
       InstanceMethod<&MuxWrap::Write>("write"),
       InstanceMethod<&MuxWrap::End>("end"),
       InstanceMethod<&MuxWrap::Reset>("reset"),
@@ -118,6 +124,8 @@ class MuxWrap : public Napi::ObjectWrap<MuxWrap> {
       o.Set("stream", Napi::Number::New(env, e.stream));
       switch (e.type) {
         case tunnel::kEvText:
+        case tunnel::kEvLine:
+        case tunnel::kEvDialFailed:
           o.Set("text", Napi::String::New(env, e.data));
           break;
         case tunnel::kEvData:
@@ -202,17 +210,50 @@ class MuxWrap : public Napi::ObjectWrap<MuxWrap> {
     return Napi::Value();
   }
 
-  // open(): the new stream's id; throws with the reason when none can be opened.
+  // open(line: Uint8Array): the new stream's id, `line` its first bytes; throws with the
+  // reason when none can be opened.
   Napi::Value Open(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
+    const uint8_t* p = nullptr;
+    size_t n = 0;
+    if (info.Length() >= 1 && !Bytes(info[0], &p, &n)) {
+      Napi::TypeError::New(env, "open(line: Uint8Array)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
     if (!Live(env, "open")) return Napi::Value();
     std::string error;
-    const uint32_t id = mux_->Open(&error);
+    const uint32_t id = mux_->Open(p, n, &error);
     if (id == 0) {
       Napi::Error::New(env, error).ThrowAsJavaScriptException();
       return Napi::Value();
     }
     return Napi::Number::New(env, id);
+  }
+
+  // deliver(id): after the peer's first line, the stream's bytes come to JavaScript.
+  Napi::Value Deliver(const Napi::CallbackInfo& info) {
+    uint32_t id;
+    if (StreamArg(info, "deliver(id)", &id) && mux_ != nullptr) mux_->Deliver(id);
+    return Napi::Value();
+  }
+
+  // dial(id, ip, port, timeoutMs, ok: Uint8Array): false when the stream cannot dial (gone,
+  // bound, not an IP address); else the stream is bound once connected (`ok` first), or a
+  // dial-failed event follows.
+  Napi::Value Dial(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint32_t id;
+    const uint8_t* p = nullptr;
+    size_t n = 0;
+    if (!StreamArg(info, "dial(id, ip, port, timeoutMs, ok)", &id)) return Napi::Value();
+    if (info.Length() < 5 || !info[1].IsString() || !WholeArg(info[2], 1, 65535) || !WholeArg(info[3], 0, 86400000) ||
+        !Bytes(info[4], &p, &n)) {
+      Napi::TypeError::New(env, "dial(id, ip: string, port 1..65535, timeoutMs, ok: Uint8Array)").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (mux_ == nullptr) return Napi::Boolean::New(env, false);
+    return Napi::Boolean::New(env, mux_->Dial(id, info[1].As<Napi::String>().Utf8Value(), info[2].As<Napi::Number>().Int32Value(),
+                                              static_cast<uint64_t>(info[3].As<Napi::Number>().DoubleValue()), p, n));
   }
 
   // write(id, bytes: Uint8Array): false once the stream holds enough (wait for its drain).
@@ -254,8 +295,9 @@ class MuxWrap : public Napi::ObjectWrap<MuxWrap> {
     return Napi::Value();
   }
 
-  // bind(id, fd, head: Uint8Array): the stream and the socket are joined here from now on
-  // (the descriptor is duplicated: the caller closes its own). false: the stream is gone.
+  // bind(id, fd, head: Uint8Array[, owned]): the stream and the socket are joined here from
+  // now on (the descriptor is duplicated and the caller closes its own; `owned`: it is the
+  // link's from now on, closed here even when the stream is gone). false: the stream is gone.
   Napi::Value Bind(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     uint32_t id;
@@ -266,8 +308,13 @@ class MuxWrap : public Napi::ObjectWrap<MuxWrap> {
       Napi::TypeError::New(env, "bind(id, fd, head: Uint8Array)").ThrowAsJavaScriptException();
       return Napi::Value();
     }
-    if (mux_ == nullptr) return Napi::Boolean::New(env, false);
-    return Napi::Boolean::New(env, mux_->Bind(id, info[1].As<Napi::Number>().Int32Value(), p, n));
+    const bool owned = info.Length() >= 4 && info[3].ToBoolean();
+    const int fd = info[1].As<Napi::Number>().Int32Value();
+    if (mux_ == nullptr) {
+      if (owned) close(fd);
+      return Napi::Boolean::New(env, false);
+    }
+    return Napi::Boolean::New(env, mux_->Bind(id, fd, p, n, !owned));
   }
 
   Napi::Value SendText(const Napi::CallbackInfo& info) {
@@ -336,10 +383,134 @@ class MuxWrap : public Napi::ObjectWrap<MuxWrap> {
   LoopTurn* turn_ = nullptr;
 };
 
+// new Acceptor(fd, onConnections: (fds: number[]) => void): accepts on a listening socket
+// (owned from now on) and hands the new connections' descriptors to JavaScript, once per
+// loop turn, without a Node socket for each (the tunnel listeners bind them to streams).
+// close() stops and closes it. Out of descriptors, it pauses for 100 ms.
+class AcceptorWrap : public Napi::ObjectWrap<AcceptorWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Acceptor", {InstanceMethod<&AcceptorWrap::Close>("close")});
+  }
+
+  explicit AcceptorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AcceptorWrap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !WholeArg(info[0], 0, 1 << 30) || !info[1].IsFunction()) {
+      Napi::TypeError::New(env, "new Acceptor(fd, onConnections: function)").ThrowAsJavaScriptException();
+      return;
+    }
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+      Napi::Error::New(env, "Acceptor: no event loop").ThrowAsJavaScriptException();
+      return;
+    }
+    fd_ = info[0].As<Napi::Number>().Int32Value();
+    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    context_ = new Napi::AsyncContext(env, "sluice:tunnel-accept");
+    env_ = env;
+    turn_ = new LoopTurn(loop, [](void* w) { static_cast<AcceptorWrap*>(w)->Deliver(); }, this);
+    poll_ = new uv_poll_t;
+    uv_poll_init(loop, poll_, fd_);
+    poll_->data = this;
+    uv_poll_start(poll_, UV_READABLE, OnReadable);
+    pause_ = new uv_timer_t;
+    uv_timer_init(loop, pause_);
+    pause_->data = this;
+  }
+
+  ~AcceptorWrap() override { Stop(); }
+
+ private:
+  static void OnReadable(uv_poll_t* h, int status, int) {
+    AcceptorWrap* w = static_cast<AcceptorWrap*>(h->data);
+    if (w == nullptr || status < 0) return;
+    for (int i = 0; i < 64; i++) {
+      const int c = accept4(w->fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (c >= 0) {
+        w->accepted_.push_back(c);
+        continue;
+      }
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        uv_poll_stop(w->poll_);
+        uv_timer_start(w->pause_, [](uv_timer_t* t) {
+          AcceptorWrap* a = static_cast<AcceptorWrap*>(t->data);
+          if (a != nullptr && a->poll_ != nullptr) uv_poll_start(a->poll_, UV_READABLE, OnReadable);
+        }, 100, 0);
+      }
+      break;
+    }
+    if (!w->accepted_.empty()) w->turn_->Request();
+  }
+
+  void Deliver() {
+    if (accepted_.empty()) return;
+    Napi::Env env = env_;
+    Napi::HandleScope scope(env);
+    Napi::Array list = Napi::Array::New(env, accepted_.size());
+    for (size_t i = 0; i < accepted_.size(); i++) list.Set(static_cast<uint32_t>(i), Napi::Number::New(env, accepted_[i]));
+    accepted_.clear();
+    callback_.MakeCallback(Value(), {list}, *context_);
+    if (env.IsExceptionPending()) {
+      Napi::Error err = env.GetAndClearPendingException();
+      napi_fatal_exception(env, err.Value());
+    }
+  }
+
+  void Stop() {
+    if (poll_ != nullptr) {
+      poll_->data = nullptr;
+      uv_poll_stop(poll_);
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      poll_ = nullptr;
+    }
+    if (pause_ != nullptr) {
+      pause_->data = nullptr;
+      uv_timer_stop(pause_);
+      uv_close(reinterpret_cast<uv_handle_t*>(pause_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+      pause_ = nullptr;
+    }
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+    for (int c : accepted_) close(c);
+    accepted_.clear();
+    delete turn_;
+    turn_ = nullptr;
+    delete context_;
+    context_ = nullptr;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo&) {
+    Stop();
+    return Napi::Value();
+  }
+
+  Napi::Env env_ = Napi::Env(nullptr);
+  int fd_ = -1;
+  uv_poll_t* poll_ = nullptr;
+  uv_timer_t* pause_ = nullptr;
+  LoopTurn* turn_ = nullptr;
+  std::vector<int> accepted_;
+  Napi::FunctionReference callback_;
+  Napi::AsyncContext* context_ = nullptr;
+};
+
+// closeFd(fd): closes a descriptor an Acceptor handed over that nothing took.
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !WholeArg(info[0], 0, 1 << 30)) {
+    Napi::TypeError::New(info.Env(), "closeFd(fd)").ThrowAsJavaScriptException();
+    return Napi::Value();
+  }
+  close(info[0].As<Napi::Number>().Int32Value());
+  return Napi::Value();
+}
+
 }  // namespace
 
 void InitTunnel(Napi::Env env, Napi::Object exports) {
   exports.Set("Mux", MuxWrap::Define(env));
+  exports.Set("Acceptor", AcceptorWrap::Define(env));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
 }
 
 }  // namespace sluice

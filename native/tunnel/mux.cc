@@ -514,15 +514,44 @@ bool Mux::OnData(uint8_t* p, size_t n) {
   s->inflight -= std::min<uint64_t>(s->inflight, n);
   s->bytes_in += n;
   if (s->fin_received) return true;
-  if (s->bound) {
+  if (!s->line_done) {
+    const uint8_t* nl = static_cast<const uint8_t*>(std::memchr(p, '\n', n));
+    const size_t take = nl != nullptr ? static_cast<size_t>(nl - p) : n;
+    if (s->line.size() + take > kMaxLine) {
+      // Not the wire's first line: the stream is reset (its peer broke the protocol).
+      SendYamux(kWindowUpdate, kRst, s->id, 0);
+      PeerReset(s);
+      return !ended_;
+    }
+    s->line.append(reinterpret_cast<const char*>(p), take);
+    if (nl == nullptr) {
+      Grant(s, false);
+      return !ended_;
+    }
+    s->line_done = true;
+    MuxEvent e;
+    e.type = kEvLine;
+    e.stream = s->id;
+    e.data.swap(s->line);
+    Emit(std::move(e));
+    p += take + 1;
+    n -= take + 1;
+  }
+  if (n > 0) Take(s, p, n);
+  s = Find(data_id_);
+  if (s != nullptr) Grant(s, false);
+  return !ended_;
+}
+
+void Mux::Take(Stream* s, const uint8_t* p, size_t n) {
+  if (s->bound && !s->dialing) {
     WriteSocket(s, p, n);
+  } else if (s->held || s->dialing) {
+    s->out.Append(p, n);
   } else {
     s->js_held += n;
     EmitData(s, p, n);
   }
-  s = Find(data_id_);
-  if (s != nullptr) Grant(s, false);
-  return !ended_;
 }
 
 bool Mux::OnDataEnd() {
@@ -554,7 +583,7 @@ Stream* Mux::NewStream(uint32_t id, uint16_t flags) {
   return s;
 }
 
-uint32_t Mux::Open(std::string* error) {
+uint32_t Mux::Open(const uint8_t* line, size_t n, std::string* error) {
   if (ended_ || close_sent_) {
     *error = "the tunnel is closed";
     return 0;
@@ -576,8 +605,118 @@ uint32_t Mux::Open(std::string* error) {
   outbound_++;
   SendYamux(kWindowUpdate, s->open_flags, s->id, s->window - kInitialWindow);
   s->open_flags = 0;
+  if (n > 0) {
+    s->pending.Append(line, n);
+    Pump(s);
+  }
   Reap();
   return s->id;
+}
+
+void Mux::Deliver(uint32_t id) {
+  Stream* s = Find(id);
+  if (s == nullptr || s->bound || s->dialing || !s->held) return;
+  s->held = false;
+  if (s->out.size() > 0) {
+    s->js_held += s->out.size();
+    EmitData(s, s->out.data(), s->out.size());
+    s->out.Free();
+  }
+  if (s->fin_received) {
+    MuxEvent e;
+    e.type = kEvFin;
+    e.stream = s->id;
+    Emit(std::move(e));
+    MaybeDone(s);
+  }
+  Reap();
+}
+
+bool Mux::Dial(uint32_t id, const std::string& ip, int port, uint64_t timeout_ms, const uint8_t* ok, size_t n) {
+  Stream* s = Find(id);
+  if (s == nullptr || s->bound || s->dialing || !s->held || ended_) return false;
+  struct sockaddr_storage addr;
+  std::memset(&addr, 0, sizeof(addr));
+  int family = AF_INET;
+  if (uv_ip4_addr(ip.c_str(), port, reinterpret_cast<struct sockaddr_in*>(&addr)) != 0) {
+    if (uv_ip6_addr(ip.c_str(), port, reinterpret_cast<struct sockaddr_in6*>(&addr)) != 0) return false;
+    family = AF_INET6;
+  }
+  const int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    DialFailed(s, uv_err_name(-errno));
+    Reap();
+    return true;
+  }
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  s->fd = fd;
+  s->dialing = true;
+  s->pending.Append(ok, n);  // sent once connected, before anything the service says
+  const socklen_t len = family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+  const int r = connect(fd, reinterpret_cast<struct sockaddr*>(&addr), len);
+  if (r != 0 && errno != EINPROGRESS) {
+    DialFailed(s, uv_err_name(-errno));
+    Reap();
+    return true;
+  }
+  s->poll = NewPoll(loop_, fd, this, s);
+  if (s->poll == nullptr) {
+    DialFailed(s, "out of memory");
+    Reap();
+    return true;
+  }
+  s->poll_events = UV_WRITABLE;
+  uv_poll_start(s->poll, UV_WRITABLE, OnPoll);
+  if (timeout_ms > 0) {
+    s->dial_timer = new uv_timer_t;
+    uv_timer_init(loop_, s->dial_timer);
+    s->dial_timer->data = s;
+    uv_timer_start(s->dial_timer, [](uv_timer_t* t) {
+      Stream* st = static_cast<Stream*>(t->data);
+      st->mux->OnDialTimeout(st);
+    }, timeout_ms, 0);
+  }
+  return true;
+}
+
+void Mux::OnDialTimeout(Stream* s) {
+  if (s->gone || !s->dialing) return;
+  DialFailed(s, "no connection within the dial timeout");
+  Reap();
+}
+
+void Mux::StopDialTimer(Stream* s) {
+  if (s->dial_timer == nullptr) return;
+  uv_timer_stop(s->dial_timer);
+  uv_close(reinterpret_cast<uv_handle_t*>(s->dial_timer), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  s->dial_timer = nullptr;
+}
+
+void Mux::DialFailed(Stream* s, const std::string& why) {
+  StopDialTimer(s);
+  CloseStreamFd(s);
+  s->dialing = false;
+  s->poll_events = 0;
+  s->pending.Free();
+  // The stream is JavaScript's now: it answers with an error line.
+  s->held = false;
+  s->out.Free();
+  MuxEvent e;
+  e.type = kEvDialFailed;
+  e.stream = s->id;
+  e.data = why;
+  Emit(std::move(e));
+}
+
+void Mux::Connected(Stream* s) {
+  StopDialTimer(s);
+  s->dialing = false;
+  s->bound = true;
+  s->held = false;
+  DrainSocket(s);  // what the peer sent after its line
+  if (!s->gone) Pump(s);  // the ok line, then the service's bytes
+  if (!s->gone) Grant(s, false);
 }
 
 // The peer's window, topped up once half of it has been taken by the reader (at once when
@@ -711,7 +850,9 @@ void Mux::SendFin(Stream* s) {
 void Mux::PeerFin(Stream* s) {
   if (s->fin_received) return;
   s->fin_received = true;
-  if (s->bound) {
+  if (s->held || s->dialing) {
+    // Passed on once the stream is bound (a shutdown after its bytes) or delivered.
+  } else if (s->bound) {
     if (s->out.size() == 0 && !s->shut) {
       shutdown(s->fd, SHUT_WR);
       s->shut = true;
@@ -764,6 +905,7 @@ void Mux::Forget(Stream* s, int code) {
     e.bytes_out = static_cast<double>(s->bytes_out);
     Emit(std::move(e));
   }
+  StopDialTimer(s);
   CloseStreamFd(s);
   s->out.Free();
   s->pending.Free();
@@ -782,7 +924,7 @@ void Mux::CloseStreamFd(Stream* s) {
 }
 
 void Mux::WatchStream(Stream* s) {
-  if (s->poll == nullptr || s->gone) return;
+  if (s->poll == nullptr || s->gone || s->dialing) return;
   int ev = 0;
   if (!s->read_eof && !s->fin_sent && s->send_window > 0 && s->pending.size() == 0 && !ended_) {
     if (LinkFull()) {
@@ -803,6 +945,18 @@ void Mux::WatchStream(Stream* s) {
 
 void Mux::OnStreamPoll(Stream* s, int status, int events) {
   if (s == nullptr || s->gone || ended_) return;
+  if (s->dialing) {
+    // The socket's own error first: libuv reports any POLLERR as UV_EBADF.
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err == 0 && status < 0) err = -status;
+    if (err != 0) DialFailed(s, uv_err_name(-err));
+    else Connected(s);
+    if (!s->gone) WatchStream(s);
+    Reap();
+    return;
+  }
   if (status < 0) {
     ResetBound(s, true);
   } else {
@@ -885,10 +1039,19 @@ void Mux::Consume(uint32_t id, size_t n) {
   Reap();
 }
 
-bool Mux::Bind(uint32_t id, int fd, const uint8_t* head, size_t n) {
+bool Mux::Bind(uint32_t id, int fd, const uint8_t* head, size_t n, bool dup) {
   Stream* s = Find(id);
-  if (s == nullptr || s->bound || ended_) return false;
-  if (!TakeFd(fd, &s->fd, nullptr)) return false;
+  if (s == nullptr || s->bound || s->dialing || ended_) {
+    if (!dup) close(fd);
+    return false;
+  }
+  if (dup) {
+    if (!TakeFd(fd, &s->fd, nullptr)) return false;
+  } else {
+    const int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    s->fd = fd;
+  }
   s->poll = NewPoll(loop_, s->fd, this, s);
   if (s->poll == nullptr) {
     close(s->fd);
@@ -897,7 +1060,17 @@ bool Mux::Bind(uint32_t id, int fd, const uint8_t* head, size_t n) {
   }
   s->bound = true;
   s->js_held = 0;
-  s->out.Append(head, n);
+  if (s->held) {
+    // Held after the line: they follow `head`.
+    s->held = false;
+    engine::Backlog rest;
+    rest.Append(s->out.data(), s->out.size());
+    s->out.Free();
+    s->out.Append(head, n);
+    s->out.Append(rest.data(), rest.size());
+  } else {
+    s->out.Append(head, n);
+  }
   // What arrived for JavaScript and was not delivered yet goes to the socket instead.
   for (MuxEvent& e : events_) {
     if (e.stream != id) continue;

@@ -4,12 +4,14 @@
 // wss://): WebSocket frames (masked when this side is the WebSocket client), yamux frames
 // in binary messages, flow control per stream, pings answered.
 //
-// A stream is one of two kinds:
-//  - JavaScript's: its bytes go to JavaScript (events, batched per loop turn) and come
-//    from it (Write); used for the opening lines, UDP and routes through agents;
-//  - bound to a socket (Bind): bytes go between the socket and the stream here, both ways,
-//    with nothing per chunk crossing into JavaScript; a half-close is a FIN either way.
-// Every stream starts as JavaScript's; JavaScript binds it once the opening lines are done.
+// Every stream starts with one line of JSON each way (the wire's open request and its
+// answer): the line from the peer reaches JavaScript as one event (kEvLine), and what
+// follows it is held here until JavaScript says where it goes:
+//  - to JavaScript (Deliver): its bytes go to JavaScript (events, batched per loop turn) and
+//    come from it (Write); for UDP and routes through agents;
+//  - to a socket (Bind, or Dial: the agent's connection to a service, made here): bytes go
+//    between the socket and the stream here, both ways, with nothing per chunk crossing
+//    into JavaScript; a half-close is a FIN either way.
 //
 // Receive windows start at the protocol's 256 KiB and grow (doubling, up to max_window)
 // while the reader keeps up and the peer still finds the window nearly used up when more
@@ -57,7 +59,11 @@ enum MuxEventType {
   kEvClosed = 7,       // the link ended: code, data = reason, error = a protocol error or ""
   kEvBoundEnd = 8,     // a bound stream ended: code 0 both ways done, 1 reset; bytes in/out
   kEvGoAway = 9,       // the peer will take no new streams (code)
+  kEvLine = 10,        // the stream's first line from the peer (data, without its newline)
+  kEvDialFailed = 11,  // Dial could not connect (data: why); the stream is JavaScript's
 };
+
+constexpr size_t kMaxLine = 4096;
 
 struct MuxEvent {
   int type = 0;
@@ -91,6 +97,11 @@ struct Stream {
   bool read_eof = false;             // bound: the socket's peer ended its side
   bool shut = false;                 // bound: SHUT_WR done after the peer's FIN
   bool want_drain = false;
+  bool line_done = false;            // the peer's first line was read
+  bool held = true;                  // after the line: bytes wait in `out` (not bound, not delivered)
+  std::string line;
+  bool dialing = false;              // Dial's connect in progress (fd, poll set)
+  uv_timer_t* dial_timer = nullptr;
   bool waiting_link = false;         // in the mux's list of streams held by the link
   bool gone = false;
   uint64_t bytes_in = 0, bytes_out = 0;
@@ -109,14 +120,20 @@ class Mux final : public YamuxSink, public FrameVisitor {
   void Dispose();
 
   // JavaScript's side.
-  uint32_t Open(std::string* error);                        // 0: refused (*error)
+  uint32_t Open(const uint8_t* line, size_t n, std::string* error);  // 0: refused (*error)
+  // After the peer's line: its bytes go to JavaScript from now on (what was held first).
+  void Deliver(uint32_t id);
+  // Connect to ip:port for stream `id`; once connected, `ok` goes on the stream and the
+  // stream is bound to the connection; else kEvDialFailed (after timeout_ms at most).
+  bool Dial(uint32_t id, const std::string& ip, int port, uint64_t timeout_ms, const uint8_t* ok, size_t n);
   bool Write(uint32_t id, const uint8_t* p, size_t n);       // false: wait for kEvDrain
   void End(uint32_t id);
   void Reset(uint32_t id);
   void Consume(uint32_t id, size_t n);
-  // Bind stream `id` to socket `fd` (dup'd); `head` goes to the socket first, then what
-  // arrived for JavaScript and was not delivered yet. false: the stream is gone.
-  bool Bind(uint32_t id, int fd, const uint8_t* head, size_t n);
+  // Bind stream `id` to socket `fd` (dup'd, or owned from now on when !dup: closed here
+  // whatever happens); `head` goes to the socket first, then what arrived for JavaScript
+  // and was not delivered yet. false: the stream is gone.
+  bool Bind(uint32_t id, int fd, const uint8_t* head, size_t n, bool dup = true);
   void SendText(const uint8_t* p, size_t n);
   void Ping();
   void GoAway(uint32_t code);
@@ -142,6 +159,7 @@ class Mux final : public YamuxSink, public FrameVisitor {
   // Internal (callbacks).
   void OnLinkPoll(int status, int events);
   void OnStreamPoll(Stream* s, int status, int events);
+  void OnDialTimeout(Stream* s);
   void HandleClosed();
 
  private:
@@ -167,6 +185,10 @@ class Mux final : public YamuxSink, public FrameVisitor {
   void Pump(Stream* s);      // send what waits (JavaScript's) or read the socket (bound)
   void PumpSocket(Stream* s);
   void WriteSocket(Stream* s, const uint8_t* p, size_t n);
+  void Take(Stream* s, const uint8_t* p, size_t n);  // bytes after the line: socket, JavaScript or held
+  void Connected(Stream* s);
+  void DialFailed(Stream* s, const std::string& why);
+  void StopDialTimer(Stream* s);
   void DrainSocket(Stream* s);
   void SendFin(Stream* s);
   void PeerFin(Stream* s);
@@ -179,7 +201,7 @@ class Mux final : public YamuxSink, public FrameVisitor {
   void ResumeWaiting();
   void EndAllStreams();
   void Reap();  // frees the streams that ended (after the call that ended them)
-  uint64_t Buffered(const Stream* s) const { return s->bound ? s->out.size() : s->js_held; }
+  uint64_t Buffered(const Stream* s) const { return s->bound || s->held ? s->out.size() : s->js_held; }
 
   uv_loop_t* loop_;
   void* owner_;

@@ -6,6 +6,7 @@
  * given up) and reconnects with full-jitter backoff, as the client SDK does.
  */
 import dgram from 'node:dgram';
+import dns from 'node:dns';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
@@ -13,7 +14,7 @@ import { Backoff } from '../client/backoff.js';
 import { createLogger, type Logger } from '../log.js';
 import { dial as dialUpgrade, type UpstreamError } from '../proxy/handshake.js';
 import { joinSocket, linkOverWebSocket, LiveEntry, MESSAGE_BYTES, type Link, type LinkOptions, type TunnelStream } from './link.js';
-import { linkOverSocket, nativeLinkAvailable } from './native-link.js';
+import { linkOverSocket, nativeLinkAvailable, type NativeLink } from './native-link.js';
 import {
   DatagramReader, NAME_PATTERN, TUNNEL_SUBPROTOCOL, datagram, errorLine, helloAck, okLine, parseControl, parseHostPort, parseOpen,
   readLine,
@@ -205,7 +206,10 @@ export class Agent extends EventEmitter {
         this.scheduleRetry();
         return;
       }
-      const link = linkOverSocket(up.socket as net.Socket, up.head, { ...linkOptions, wsClient: true, onEnd: ended });
+      const link = linkOverSocket(up.socket as net.Socket, up.head, {
+        ...linkOptions, wsClient: true, onEnd: ended,
+        onStreamLine: (id, line) => this.onNativeStream(link!, id, line),
+      });
       if (link === null) {
         up.socket.destroy();
         this.scheduleRetry();
@@ -304,6 +308,37 @@ export class Agent extends EventEmitter {
       if (req.protocol === 'udp') this.serveUdp(stream, req.service, target);
       else this.serveTcp(stream, req.service, target);
     }, (err: Error) => this.refuse(stream, err.message));
+  }
+
+  /**
+   * A stream the gateway opened on the native link, its open line read: a TCP service is
+   * dialled in the addon and joined to the stream there; UDP is served here.
+   */
+  private onNativeStream(link: NativeLink, id: number, line: string): void {
+    this.counters.streamsTotal++;
+    const refuse = (error: string) => {
+      this.counters.streamsRefused++;
+      this.logger.info({ event: 'agent_stream_refused', error }, 'stream refused');
+      link.refuseStream(id, errorLine(error));
+    };
+    const req = parseOpen(line);
+    if (typeof req === 'string') return refuse(req);
+    const target = this.services.get(req.service);
+    // Only what this agent exposes, whatever the gateway asks.
+    if (target === undefined) return refuse(`service "${req.service}" is not exposed by agent ${this.name}`);
+    if (req.protocol === 'udp') return this.serveUdp(link.adoptStream(id), req.service, target);
+    const service = req.service;
+    const dialTo = (ip: string) => {
+      const entry = new LiveEntry(this.open, () => link.resetStream(id));
+      const started = link.dialStream(id, ip, target.port, this.options.dialTimeoutMs ?? 10_000, okLine(),
+        (why) => refuse(`${service}: ${why}`), entry.done);
+      if (!started) {
+        entry.done();
+        refuse(`${service}: cannot dial ${ip}`);
+      }
+    };
+    if (net.isIP(target.host) !== 0) dialTo(target.host);
+    else dns.lookup(target.host, (err, address) => (err !== null ? refuse(`${service}: ${err.code ?? err.message}`) : dialTo(address)));
   }
 
   private refuse(stream: TunnelStream, error: string): void {

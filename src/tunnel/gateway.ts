@@ -9,8 +9,8 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { WebSocketServer } from 'ws';
 import type { Logger } from '../log.js';
-import { linkOverWebSocket, MESSAGE_BYTES, type Link, type LinkOptions, type TunnelStream } from './link.js';
-import { linkOverSocket, nativeLinkAvailable } from './native-link.js';
+import { joinSocket, linkOverWebSocket, MESSAGE_BYTES, type Link, type LinkOptions, type TunnelStream } from './link.js';
+import { closeFd, linkOverSocket, nativeLinkAvailable, NativeLink } from './native-link.js';
 import {
   TUNNEL_SUBPROTOCOL, checkHelloAck, gatewayHello, openLine, parseAnswer, parseControl, readLine, type TunnelProtocol,
 } from './wire.js';
@@ -258,13 +258,68 @@ export class AgentRegistry {
       stream.destroy();
       throw new TunnelError('SLUICE_ERR_AGENT_REFUSED', `agent "${name}" refused service "${service}": ${answer.error}`);
     }
-    const seconds = (performance.now() - stream.openedAt) / 1000;
+    this.recordOpen(stream.openedAt);
+    return stream;
+  }
+
+  /**
+   * A TCP connection (descriptor `fd`, owned from now on) joined to a stream to `service`
+   * through agent `name`, once the agent answered ok: on the native link in the addon,
+   * else through a Node socket made for it. Resolves with a function that cuts the pair;
+   * rejects as open() does (the descriptor closed). `onEnd` runs once the pair is over.
+   */
+  openSocket(name: string, service: string, fd: number, timeoutMs: number, onEnd: () => void): Promise<() => void> {
+    const agent = this.agents.get(name);
+    if (agent === undefined) {
+      closeFd(fd);
+      return Promise.reject(new TunnelError('SLUICE_ERR_AGENT_OFFLINE', `agent "${name}" is not connected`));
+    }
+    const link = agent.link;
+    if (!(link instanceof NativeLink)) {
+      const socket = new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
+      socket.on('error', () => {});
+      return this.open(name, service, 'tcp', timeoutMs).then((stream) => joinSocket(stream, socket, onEnd), (err: Error) => {
+        socket.destroy();
+        throw err;
+      });
+    }
+    return new Promise((resolve, reject) => {
+      const started = performance.now();
+      let timer: NodeJS.Timeout | null = null;
+      let cut: () => void = () => {};
+      try {
+        cut = link.openForSocket(fd, openLine({ service, protocol: 'tcp' }), (line) => {
+          if (timer !== null) clearTimeout(timer);
+          const answer = line === null ? { ok: false as const, error: 'the stream was reset' } : parseAnswer(line);
+          if (!answer.ok) {
+            reject(new TunnelError('SLUICE_ERR_AGENT_REFUSED', `agent "${name}" refused service "${service}": ${answer.error}`));
+            return false;
+          }
+          this.recordOpen(started);
+          resolve(cut);
+          return true;
+        }, onEnd);
+      } catch (err) {
+        closeFd(fd);
+        reject(new TunnelError('SLUICE_ERR_AGENT_OFFLINE', `agent "${name}": ${(err as Error).message}`));
+        return;
+      }
+      agent.streamsTotal++;
+      timer = setTimeout(() => {
+        timer = null;
+        reject(new TunnelError('SLUICE_ERR_AGENT_TIMEOUT', `agent "${name}", service "${service}": no answer within ${timeoutMs} ms`));
+        cut();
+      }, timeoutMs);
+    });
+  }
+
+  private recordOpen(openedAt: number): void {
+    const seconds = (performance.now() - openedAt) / 1000;
     let i = 0;
     while (i < STREAM_OPEN_SECONDS_BUCKETS.length && seconds > STREAM_OPEN_SECONDS_BUCKETS[i]) i++;
     this.openBuckets[i]++;
     this.openSum += seconds;
     this.openCount++;
-    return stream;
   }
 
   /** Stream open times, for the histogram (buckets per bound, not cumulative). */

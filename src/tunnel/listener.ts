@@ -9,6 +9,8 @@ import type { Logger } from '../log.js';
 import type { AgentRegistry } from './gateway.js';
 import { DatagramReader, datagram, parseHostPort } from './wire.js';
 import { joinSocket, LiveEntry, type TunnelStream } from './link.js';
+import { nativeAcceptor, nativeLinkAvailable } from './native-link.js';
+import { listenSocket, socketPort } from '../proxy/listen.js';
 
 export interface TunnelConfig {
   /** "host:port" to listen on. */
@@ -37,6 +39,7 @@ export class TunnelListener {
   private readonly logger: Logger;
   private readonly openTimeoutMs: number;
   private tcp: net.Server | null = null;
+  private acceptor: { close(): void } | null = null;
   private udp: dgram.Socket | null = null;
   private readonly live = new Set<{ close(): void }>();
   private port = 0;
@@ -70,6 +73,14 @@ export class TunnelListener {
       sock.on('error', (err) => this.logger.warn({ event: 'tunnel_udp_error', err: err.message }, 'udp tunnel error'));
       this.serveUdp(sock);
       this.port = sock.address().port;
+    } else if (nativeLinkAvailable()) {
+      // The addon accepts: a connection is a descriptor joined to its stream there, with no
+      // Node socket made for it (the agent's link is native; else openSocket makes one).
+      const fd = listenSocket(host, port, false);
+      this.acceptor = nativeAcceptor(fd, (fds) => {
+        for (const f of fds) this.onDescriptor(f);
+      });
+      this.port = socketPort(fd);
     } else {
       // Half-open: a client's FIN is passed on as a yamux FIN, and the answer still flows back.
       const server = net.createServer({ noDelay: true, pauseOnConnect: true, allowHalfOpen: true }, (socket) => this.onTcp(socket));
@@ -89,10 +100,26 @@ export class TunnelListener {
   close(): void {
     this.tcp?.close();
     this.tcp = null;
+    this.acceptor?.close();
+    this.acceptor = null;
     try { this.udp?.close(); } catch { /* closed */ }
     this.udp = null;
     for (const l of [...this.live]) l.close();
     this.live.clear();
+  }
+
+  private onDescriptor(fd: number): void {
+    this.total++;
+    const c = this.config;
+    // Until it is joined, closing the agent's link (or the gateway) ends it.
+    const entry = new LiveEntry(this.live, () => {});
+    this.registry.openSocket(c.agent, c.service, fd, this.openTimeoutMs, entry.done).then((cut) => {
+      entry.close = cut;
+    }, (err: Error) => {
+      entry.done();
+      this.refused++;
+      this.logger.info({ event: 'tunnel_refused', agent: c.agent, service: c.service, err: err.message }, 'tunnel connection refused');
+    });
   }
 
   private onTcp(socket: net.Socket): void {

@@ -26,12 +26,14 @@ interface MuxEvent {
 
 interface AddonMux {
   start(fd: number, head: Uint8Array, greeting: Uint8Array): void;
-  open(): number;
+  open(line?: Uint8Array): number;
+  deliver(id: number): void;
+  dial(id: number, ip: string, port: number, timeoutMs: number, ok: Uint8Array): boolean;
   write(id: number, bytes: Uint8Array): boolean;
   end(id: number): void;
   reset(id: number): void;
   consume(id: number, n: number): void;
-  bind(id: number, fd: number, head: Uint8Array): boolean;
+  bind(id: number, fd: number, head: Uint8Array, owned?: boolean): boolean;
   sendText(text: string): void;
   ping(): void;
   goAway(code: number): void;
@@ -43,6 +45,7 @@ interface AddonMux {
 type AddonMuxClass = new (onEvents: (events: MuxEvent[]) => void, options: Record<string, number | boolean>) => AddonMux;
 
 const MuxClass = (nativeAddon?.Mux as AddonMuxClass | undefined) ?? null;
+const EMPTY = Buffer.alloc(0);
 
 /** Why the native link is not used ('' when it is). */
 export const nativeLinkUnavailable: string = process.env.SLUICE_TUNNEL === 'typescript'
@@ -63,6 +66,28 @@ const EV_DRAIN = 6;
 const EV_CLOSED = 7;
 const EV_BOUND_END = 8;
 const EV_GO_AWAY = 9;
+const EV_LINE = 10;
+const EV_DIAL_FAILED = 11;
+
+interface AddonAcceptor {
+  close(): void;
+}
+type AddonAcceptorClass = new (fd: number, onConnections: (fds: number[]) => void) => AddonAcceptor;
+const AcceptorClass = (nativeAddon?.Acceptor as AddonAcceptorClass | undefined) ?? null;
+const closeFdNative = (nativeAddon?.closeFd as ((fd: number) => void) | undefined) ?? null;
+
+/**
+ * Accepts on a listening descriptor (owned from now on) in the addon: each connection is a
+ * descriptor, with no Node socket made for it. null without the addon.
+ */
+export function nativeAcceptor(fd: number, onConnections: (fds: number[]) => void): AddonAcceptor | null {
+  return AcceptorClass === null || MuxClass === null ? null : new AcceptorClass(fd, onConnections);
+}
+
+/** Close a descriptor an acceptor handed over. */
+export function closeFd(fd: number): void {
+  closeFdNative?.(fd);
+}
 
 /** A stream whose bytes pass through JavaScript (until it is joined to a socket). */
 export class NativeStream extends Duplex implements TunnelStream {
@@ -83,6 +108,16 @@ export class NativeStream extends Duplex implements TunnelStream {
     super({ allowHalfOpen: true, readableHighWaterMark: 64 * 1024, writableHighWaterMark: 64 * 1024 });
     this.link = link;
     this.id = id;
+  }
+
+  /** @internal The peer's first line: read like any bytes (readLine takes it), then the rest. */
+  onLine(line: string): void {
+    const data = Buffer.from(`${line}\n`);
+    this.delivered += data.length;
+    this.reported += data.length; // the addon counted it as taken already
+    this.bytesIn += data.length;
+    if (!this.destroyed) this.push(data);
+    this.link.mux.deliver(this.id);
   }
 
   /** @internal */
@@ -198,17 +233,32 @@ class NativeSession implements TunnelSession {
   }
 }
 
+/**
+ * A stream the peer opened, once its first line came, for a caller that wants it handled
+ * in the addon (NativeLinkOptions.onStreamLine): dial a service for it, take it as a
+ * NativeStream, or refuse it.
+ */
+export interface NativeLinkOptions extends LinkOptions {
+  wsClient: boolean;
+  /** Without it, each stream the peer opens is a NativeStream given to onStream (its line first). */
+  onStreamLine?(id: number, line: string): void;
+}
+
 export class NativeLink implements Link {
   readonly mux: AddonMux;
   readonly session: TunnelSession;
   readonly native = true;
   closed = false;
-  private readonly options: LinkOptions;
+  private readonly options: NativeLinkOptions;
   private readonly streams = new Map<number, NativeStream>();
+  /** Streams joined to a socket here (or being dialled): what runs when they end. */
   private readonly bound = new Map<number, () => void>();
+  /** Streams we opened for a socket, waiting for the peer's answer line. */
+  private readonly answers = new Map<number, (line: string | null) => void>();
+  private readonly dialFailures = new Map<number, (why: string) => void>();
   private finalBytes: { in: number; out: number } | null = null;
 
-  constructor(options: LinkOptions & { wsClient: boolean }) {
+  constructor(options: NativeLinkOptions) {
     if (MuxClass === null) throw new Error(`native tunnel link unavailable: ${nativeLinkUnavailable}`);
     this.options = options;
     this.session = new NativeSession(this);
@@ -255,6 +305,68 @@ export class NativeLink implements Link {
     return s;
   }
 
+  /**
+   * Open a stream for the connection `fd` (owned from now on): `line` goes first; the
+   * peer's answer line goes to `onAnswer`, which returns whether to join the connection to
+   * the stream (else both are closed). `onEnd` runs when a joined pair ends. Throws when no
+   * stream can be opened (the descriptor is then the caller's).
+   */
+  openForSocket(fd: number, line: Buffer, onAnswer: (line: string | null) => boolean, onEnd: () => void): () => void {
+    if (this.closed) throw new Error('the tunnel is closed');
+    const id = this.mux.open(line);
+    this.answers.set(id, (answer) => {
+      // null: reset, the link ended, or cut before the answer.
+      if (onAnswer(answer) && answer !== null) {
+        // bind closes the descriptor itself when the stream is gone by now.
+        if (this.mux.bind(id, fd, EMPTY, true)) this.bound.set(id, onEnd);
+        else onEnd();
+        return;
+      }
+      if (answer !== null) this.mux.reset(id);
+      closeFd(fd);
+    });
+    return () => {
+      // Cut: before the answer, the answer callback closes the descriptor (null answer).
+      const waiting = this.answers.get(id);
+      this.mux.reset(id);
+      if (waiting !== undefined) {
+        this.answers.delete(id);
+        waiting(null);
+      }
+    };
+  }
+
+  /** A stream the peer opened (onStreamLine), now read and written in JavaScript. */
+  adoptStream(id: number): NativeStream {
+    const s = new NativeStream(this, id);
+    this.streams.set(id, s);
+    this.mux.deliver(id);
+    return s;
+  }
+
+  /**
+   * Dial ip:port for a stream the peer opened (onStreamLine): once connected, `ok` goes on
+   * the stream and the two are joined here; `onFail` gets why it could not connect (the
+   * stream then waits for an answer: refuseStream). `onEnd` runs once either way.
+   */
+  dialStream(id: number, ip: string, port: number, timeoutMs: number, ok: Buffer, onFail: (why: string) => void, onEnd: () => void): boolean {
+    if (this.closed || !this.mux.dial(id, ip, port, timeoutMs, ok)) return false;
+    this.bound.set(id, onEnd);
+    this.dialFailures.set(id, onFail);
+    return true;
+  }
+
+  /** Answer a stream the peer opened with `line` and end it (what else it sends is dropped). */
+  refuseStream(id: number, line: Buffer): void {
+    this.mux.write(id, line);
+    this.mux.end(id);
+  }
+
+  /** Reset a stream by id. */
+  resetStream(id: number): void {
+    this.mux.reset(id);
+  }
+
   /** @internal */
   forget(s: NativeStream): void {
     if (this.streams.get(s.id) === s) this.streams.delete(s.id);
@@ -274,10 +386,37 @@ export class NativeLink implements Link {
         case EV_TEXT:
           this.options.onControl?.(e.text!);
           break;
-        case EV_STREAM: {
-          const s = new NativeStream(this, e.stream);
-          this.streams.set(e.stream, s);
-          this.options.onStream?.(s);
+        case EV_STREAM:
+          // Known once its first line comes (EV_LINE).
+          break;
+        case EV_LINE: {
+          const own = this.streams.get(e.stream);
+          if (own !== undefined) {
+            own.onLine(e.text!);
+            break;
+          }
+          const answer = this.answers.get(e.stream);
+          if (answer !== undefined) {
+            this.answers.delete(e.stream);
+            answer(e.text!);
+            break;
+          }
+          if (this.options.onStreamLine !== undefined) {
+            this.options.onStreamLine(e.stream, e.text!);
+          } else {
+            const s = this.adoptStream(e.stream);
+            s.onLine(e.text!);
+            this.options.onStream?.(s);
+          }
+          break;
+        }
+        case EV_DIAL_FAILED: {
+          const fail = this.dialFailures.get(e.stream);
+          this.dialFailures.delete(e.stream);
+          const done = this.bound.get(e.stream);
+          this.bound.delete(e.stream);
+          fail?.(e.text ?? 'dial failed');
+          done?.();
           break;
         }
         case EV_DATA:
@@ -287,6 +426,17 @@ export class NativeLink implements Link {
           this.streams.get(e.stream)?.onFin();
           break;
         case EV_RESET: {
+          const answer = this.answers.get(e.stream);
+          if (answer !== undefined) {
+            this.answers.delete(e.stream);
+            answer(null);
+          }
+          const dialling = this.bound.get(e.stream);
+          if (dialling !== undefined) {
+            this.bound.delete(e.stream);
+            this.dialFailures.delete(e.stream);
+            dialling();
+          }
           const s = this.streams.get(e.stream);
           if (s !== undefined) {
             this.streams.delete(e.stream);
@@ -302,6 +452,7 @@ export class NativeLink implements Link {
         case EV_BOUND_END: {
           const done = this.bound.get(e.stream);
           this.bound.delete(e.stream);
+          this.dialFailures.delete(e.stream);
           done?.();
           break;
         }
@@ -326,6 +477,9 @@ export class NativeLink implements Link {
     this.streams.clear();
     for (const done of [...this.bound.values()]) done();
     this.bound.clear();
+    this.dialFailures.clear();
+    for (const answer of [...this.answers.values()]) answer(null);
+    this.answers.clear();
     this.mux.dispose();
     this.options.onClose?.(error !== '' ? err : null);
     this.options.onEnd?.(code, reason);
@@ -337,7 +491,7 @@ export class NativeLink implements Link {
  * addon, another platform, TLS, no descriptor): the caller uses the TypeScript link.
  * `greeting`: bytes to send first (the gateway's 101 answer).
  */
-export function linkOverSocket(socket: net.Socket, head: Buffer, options: LinkOptions & { wsClient: boolean }, greeting?: Buffer): NativeLink | null {
+export function linkOverSocket(socket: net.Socket, head: Buffer, options: NativeLinkOptions, greeting?: Buffer): NativeLink | null {
   if (MuxClass === null) return null;
   const fd = socketFd(socket);
   if (fd < 0) return null;
