@@ -58,6 +58,13 @@ const web = http.createServer((req, res) => {
     res.end(JSON.stringify({ method: req.method, url: req.url, host: req.headers.host, body: Buffer.concat(parts).toString() }));
   });
 });
+/** Accepts and never reads: a stream to it stalls once its window and the buffers are full. */
+const stalls: net.Socket[] = [];
+const staller = net.createServer((s) => {
+  s.pause();
+  s.on('error', () => {});
+  stalls.push(s);
+});
 const udpEcho = dgram.createSocket('udp4');
 udpEcho.on('message', (m, r) => udpEcho.send(m, r.port, r.address));
 
@@ -65,7 +72,7 @@ const dir = mkdtempSync(join(tmpdir(), 'sluice-tunnel-'));
 let gwPort = 0;
 let adminPort = 0;
 let agentAdminPort = 0;
-const tunnelPorts = { echo: 0, hash: 0, missing: 0, udp: 0, offline: 0, down: 0, named: 0 };
+const tunnelPorts = { echo: 0, hash: 0, missing: 0, udp: 0, offline: 0, down: 0, named: 0, stall: 0 };
 /** A port nothing listens on (a service that is down). */
 let downPort = 0;
 
@@ -104,6 +111,7 @@ tunnels:
   - { listen: "127.0.0.1:${tunnelPorts.offline}", agent: nobody, service: echo }
   - { listen: "127.0.0.1:${tunnelPorts.down}", agent: site-a, service: down }
   - { listen: "127.0.0.1:${tunnelPorts.named}", agent: site-a, service: named }
+  - { listen: "127.0.0.1:${tunnelPorts.stall}", agent: site-a, service: stall }
 `);
   return file;
 }
@@ -113,7 +121,8 @@ function startAgent(name = 'site-a', token = KEY_ANY, path = '/agent'): CliProce
   return startCli(['agent', '--admin-port', String(agentAdminPort), '--server', `ws://127.0.0.1:${gwPort}${path}`, '--token', token, '--name', name,
     '--expose', `echo=127.0.0.1:${a(echo)}`, '--expose', `hash=127.0.0.1:${a(hasher)}`,
     '--expose', `udp=127.0.0.1:${udpEcho.address().port}`, '--expose', `wsecho=127.0.0.1:${(wsEcho.address() as net.AddressInfo).port}`,
-    '--expose', `web=127.0.0.1:${a(web)}`, '--expose', `down=127.0.0.1:${downPort}`, '--expose', `named=localhost:${a(echo)}`], {}, 120_000);
+    '--expose', `web=127.0.0.1:${a(web)}`, '--expose', `down=127.0.0.1:${downPort}`, '--expose', `named=localhost:${a(echo)}`,
+    '--expose', `stall=127.0.0.1:${a(staller)}`], {}, 120_000);
 }
 
 /** Resolves once the gateway logged the agent `name` connected (from log index `from`). */
@@ -149,7 +158,7 @@ async function closedAtOnce(port: number): Promise<boolean> {
 }
 
 t.before(async () => {
-  for (const s of [echo, hasher, web]) await new Promise<void>((r) => (s as net.Server).listen(0, '127.0.0.1', r));
+  for (const s of [echo, hasher, web, staller]) await new Promise<void>((r) => (s as net.Server).listen(0, '127.0.0.1', r));
   if (wsEcho.address() === null) await once(wsEcho, 'listening');
   await new Promise<void>((r) => udpEcho.bind(0, '127.0.0.1', r));
   gwPort = await freePort();
@@ -163,6 +172,8 @@ t.teardown(() => {
   web.close();
   echo.close();
   hasher.close();
+  for (const s of stalls) s.destroy();
+  staller.close();
   udpEcho.close();
 });
 
@@ -222,9 +233,9 @@ t.test('gateway and agent as processes: TCP (100 MiB by hash, 100 concurrent str
     };
     const stats = JSON.parse((await get('/stats')).text) as { agents: Array<{ name: string; services: string[]; streamsTotal: number }>; tunnels: unknown[] };
     const a = stats.agents.find((x) => x.name === 'site-a');
-    t.same(a?.services, ['echo', 'hash', 'udp', 'wsecho', 'web', 'down', 'named'], '/stats lists the agent and its services');
+    t.same(a?.services, ['echo', 'hash', 'udp', 'wsecho', 'web', 'down', 'named', 'stall'], '/stats lists the agent and its services');
     t.ok((a?.streamsTotal ?? 0) >= 101, `and the streams it carried (${a?.streamsTotal})`);
-    t.equal(stats.tunnels.length, 7, 'and the seven tunnels');
+    t.equal(stats.tunnels.length, 8, 'and the eight tunnels');
     const metrics = (await get('/metrics')).text;
     t.match(metrics, /^agent_websocket_agents_connected 1$/m, 'agents connected: 1');
     t.match(metrics, /^sluice_agent_streams_total\{agent="site-a"\} (\d+)$/m);
@@ -267,6 +278,29 @@ t.test('gateway and agent as processes: TCP (100 MiB by hash, 100 concurrent str
     const [, res] = await once(off, 'unexpected-response') as [unknown, http.IncomingMessage];
     t.equal(res.statusCode, 502, 'an upstream through an agent that is not connected: 502');
     off.terminate();
+  });
+
+  await t.test('flow control per stream: a stream whose service never reads stalls alone; 20 MiB go through another meanwhile', async (t) => {
+    const stuck = net.connect({ port: tunnelPorts.stall, host: '127.0.0.1' });
+    stuck.on('error', () => {});
+    await once(stuck, 'connect');
+    const block = Buffer.alloc(256 * 1024, 9);
+    let written = 0;
+    // Write until the whole path pushes back (the stream's window, and the sockets' buffers):
+    // no drain within 300 ms.
+    let stalled = false;
+    while (!stalled && written < 256 << 20) {
+      written += block.length;
+      if (stuck.write(block)) continue;
+      stalled = await Promise.race([once(stuck, 'drain').then(() => false), new Promise<boolean>((r) => setTimeout(() => r(true), 300))]);
+    }
+    const stuckQueued = stuck.writableLength;
+    t.ok(stalled && stuckQueued > 0, `the stalled stream pushes back (${(written / 1048576).toFixed(1)} MiB written, ${(stuckQueued / 1048576).toFixed(1)} MiB still waiting in the client)`);
+    const data = randomBytes(20 << 20);
+    const answer = (await roundTrip(tunnelPorts.hash, data)).toString().trim();
+    t.equal(answer, `${sha(data)} ${data.length}`, 'another stream carries 20 MiB meanwhile');
+    t.equal(stuck.writableLength, stuckQueued, 'and the stalled one took nothing more');
+    stuck.destroy();
   });
 
   await t.test('a service the agent does not expose, and an agent that is not connected: closed at once', async (t) => {

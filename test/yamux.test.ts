@@ -293,3 +293,45 @@ t.test('a full transport holds data back until resume(), and nothing is lost', a
   client.destroy();
   server.destroy();
 });
+
+t.test('window growth: while the reader keeps up each top-up doubles the window, up to maxWindow', async (t) => {
+  const toClient: Buffer[] = [];
+  const queue: Array<[YamuxSession, Buffer]> = [];
+  const flush = () => {
+    for (const [target, chunk] of queue.splice(0)) target.push(chunk);
+  };
+  const via = (target: () => YamuxSession, capture: Buffer[] | null) => (chunks: Buffer[]) => {
+    for (const c of chunks) {
+      const copy = Buffer.from(c);
+      capture?.push(copy);
+      queue.push([target(), copy]);
+    }
+    setImmediate(flush);
+    return true;
+  };
+  let read = 0;
+  const client: YamuxSession = new YamuxSession({ client: true, send: via(() => server, null) });
+  const server: YamuxSession = new YamuxSession({
+    client: false, maxWindow: 2 * 1024 * 1024, send: via(() => client, toClient),
+    onStream: (s) => {
+      s.on('error', () => {});
+      s.on('data', (c: Buffer) => { read += c.length; });
+    },
+  });
+  const s = client.open();
+  s.on('error', () => {});
+  const total = 16 << 20;
+  const chunk = Buffer.alloc(64 * 1024, 7);
+  for (let sent = 0; sent < total; sent += chunk.length) {
+    if (!s.write(chunk)) await once(s, 'drain');
+  }
+  s.end();
+  while (read < total) await new Promise((r) => setImmediate(r));
+  const deltas = frames(Buffer.concat(toClient)).filter(([type, , id]) => type === FrameType.WindowUpdate && id === s.id).map(([, , , len]) => len);
+  const largest = Math.max(...deltas);
+  t.ok(largest > INITIAL_WINDOW, `the reader kept up: a top-up of ${largest} bytes, more than the first window`);
+  t.ok(largest <= 2 * 1024 * 1024, 'never more than maxWindow at once');
+  t.equal(read, total, 'every byte arrived');
+  client.destroy();
+  server.destroy();
+});

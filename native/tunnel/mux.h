@@ -13,9 +13,11 @@
 //    between the socket and the stream here, both ways, with nothing per chunk crossing
 //    into JavaScript; a half-close is a FIN either way.
 //
-// Receive windows start at the protocol's 256 KiB and grow (doubling, up to max_window)
-// while the reader keeps up and the peer still finds the window nearly used up when more
-// is granted: the window, not the reader, was what held the stream back.
+// Receive windows start at the protocol's 256 KiB; each top-up (once half the window was
+// taken) doubles it, up to max_window, while the stream's reader keeps up (nothing of the
+// stream waits here for its socket or for JavaScript): one stream gets the window its path
+// needs, and a reader that falls behind stops the growth. A stream nobody reads holds at
+// most its window here.
 #ifndef SLUICE_TUNNEL_MUX_H_
 #define SLUICE_TUNNEL_MUX_H_
 
@@ -39,7 +41,7 @@ struct MuxOptions {
   bool yamux_client = false;  // opens odd stream ids (the gateway)
   bool ws_client = false;     // masks what it sends, takes unmasked frames (the agent)
   uint32_t window = kInitialWindow;
-  uint32_t max_window = 16u << 20;
+  uint32_t max_window = 4u << 20;
   uint32_t max_streams = 65536;
   uint32_t max_frame = 256 * 1024;      // largest data frame sent
   uint64_t max_message = 4u << 20;      // largest WebSocket frame taken

@@ -23,6 +23,8 @@ export const YAMUX_VERSION = 0;
 export const HEADER_BYTES = 12;
 /** The protocol's initial window, each way, per stream. */
 export const INITIAL_WINDOW = 256 * 1024;
+/** Largest receive window a stream grows to, unless configured. */
+export const MAX_WINDOW = 4 * 1024 * 1024;
 /** Streams open at once, each way, unless configured. */
 export const DEFAULT_MAX_STREAMS = 65536;
 
@@ -63,8 +65,14 @@ export interface YamuxOptions {
   maxStreams?: number;
   /** Largest data frame this side sends (default 64 KiB). */
   maxFrameBytes?: number;
-  /** Receive window per stream (default and least: 256 KiB, the protocol's initial window). */
+  /** Receive window per stream at first (default and least: 256 KiB, the protocol's initial window). */
   window?: number;
+  /**
+   * Largest receive window per stream (default 4 MiB): each top-up doubles the window
+   * while the stream's reader keeps up (nothing waits unread), so that one stream gets what
+   * the path needs; a reader that falls behind stops the growth.
+   */
+  maxWindow?: number;
 }
 
 /** A protocol violation by the peer (the session sends go-away 1 and ends). */
@@ -101,6 +109,8 @@ export class YamuxStream extends Duplex {
   private readonly session: YamuxSession;
   /** What the peer may still send us. */
   private recvWindow: number;
+  /** Our receive window now (grows up to the session's maxWindow). */
+  private window: number;
   /** Bytes of data frames already admitted (their headers read) that have not arrived yet. */
   private inflight = 0;
   /** What we may still send the peer. */
@@ -123,6 +133,7 @@ export class YamuxStream extends Duplex {
     this.id = id;
     this.openFlags = openFlags;
     this.recvWindow = INITIAL_WINDOW;
+    this.window = session.window;
     this.openedAt = performance.now();
   }
 
@@ -248,14 +259,22 @@ export class YamuxStream extends Duplex {
     }
   }
 
-  /** The peer's window, topped up once half of it has been read (or at once when `force`). */
+  /**
+   * The peer's window, topped up once half of it has been read (or at once when `force`);
+   * doubled on the way while the reader keeps up (native/tunnel/mux.cc Grant does the same).
+   */
   private grant(force: boolean): void {
     if (this.finReceived || this.destroyed) return;
-    const window = this.session.window;
+    const window = this.window;
     // Granted and not yet taken by the reader: the window, less what waits in our buffer,
     // what the peer may still send, and what it sent that is still arriving.
-    const delta = window - this.readableLength - this.recvWindow - this.inflight;
+    let delta = window - this.readableLength - this.recvWindow - this.inflight;
     if (delta <= 0 || (delta < window / 2 && !force)) return;
+    if (this.readableLength === 0 && window < this.session.maxWindow) {
+      const grow = Math.min(window, this.session.maxWindow - window);
+      this.window += grow;
+      delta += grow;
+    }
     this.recvWindow += delta;
     this.session.sendFrame(FrameType.WindowUpdate, this.takeFlags(), this.id, delta);
   }
@@ -292,6 +311,7 @@ const READ_DATA = 1;
 export class YamuxSession {
   readonly client: boolean;
   readonly window: number;
+  readonly maxWindow: number;
   readonly maxFrameBytes: number;
   private readonly maxStreams: number;
   private readonly transport: (chunks: Buffer[]) => boolean;
@@ -329,6 +349,7 @@ export class YamuxSession {
     this.maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
     this.maxFrameBytes = Math.max(1024, options.maxFrameBytes ?? 64 * 1024);
     this.window = Math.max(INITIAL_WINDOW, options.window ?? INITIAL_WINDOW);
+    this.maxWindow = Math.max(this.window, options.maxWindow ?? MAX_WINDOW);
     this.nextId = this.client ? 1 : 2;
   }
 
