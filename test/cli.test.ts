@@ -4,7 +4,7 @@
  */
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +21,7 @@ function sluice(args: string[], env: Record<string, string> = {}) {
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'sluice-cli-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 function file(name: string, text: string): string {
   writeFileSync(join(dir, name), text);
   return join(dir, name);

@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -42,6 +42,7 @@ t.test('SLUICE_NATIVE_PATH to a missing file fails loudly', async (t) => {
 t.test('no addon found: one warning, or one error when required', async (t) => {
   // node-gyp-build looks in $SLUICE_PREBUILD instead of the package root when it is set.
   const empty = mkdtempSync(path.join(tmpdir(), 'sluice-no-addon-'));
+  t.teardown(() => rmSync(empty, { recursive: true, force: true }));
   const soft = loadWith({ SLUICE_PREBUILD: empty });
   t.equal(soft.status, 0, soft.stderr);
   t.equal(JSON.parse(soft.stdout).native, false);

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -165,6 +165,7 @@ t.test('several problems: one line each', async (t) => {
 
 t.test('tls files must exist; relative paths are relative to the config file', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'sluice-config-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'cert.pem'), 'x');
   t.same(problems({ listen: { tls: { certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'nope.pem') } } }),
     [`listen.tls.keyFile: expected a readable file, got ${JSON.stringify(join(dir, 'nope.pem'))} (no such file)`]);
@@ -221,6 +222,7 @@ t.test('bad environment values are errors naming the variable', async (t) => {
 
 t.test('JSON and YAML files give the same config; SLUICE_CONFIG names the file', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'sluice-config-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const yamlFile = join(dir, 'sluice.yaml');
   const jsonFile = join(dir, 'sluice.json');
   writeFileSync(yamlFile, [
@@ -241,6 +243,7 @@ t.test('JSON and YAML files give the same config; SLUICE_CONFIG names the file',
 
 t.test('file problems name the file and the line', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'sluice-config-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const f = (name: string, text: string) => { writeFileSync(join(dir, name), text); return join(dir, name); };
   const lines = (file: string) => { try { loadConfig({ file, env: {} }); } catch (e) { return (e as { issues: string[] }).issues; } return []; };
   t.same(lines(join(dir, 'missing.yaml')), [`${join(dir, 'missing.yaml')}: cannot read the config file (no such file)`]);

@@ -4,7 +4,7 @@
  */
 import t from 'tap';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SignJWT, UnsecuredJWT, exportJWK, exportSPKI, generateKeyPair, type CryptoKey } from 'jose';
@@ -14,6 +14,7 @@ import { isSluiceError } from '../src/errors.js';
 import { AccessPolicy, ConnectionRateLimiter, MessageRateLimiter, TokenBucket, type UpgradeInfo } from '../src/policy/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'sluice-policy-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 const SECRET = 'a-shared-secret-of-at-least-32-bytes!';
 const now = () => Math.floor(Date.now() / 1000);
 

@@ -6,7 +6,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import { once } from 'node:events';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -168,6 +168,7 @@ t.before(async () => {
   for (const k of Object.keys(tunnelPorts) as Array<keyof typeof tunnelPorts>) tunnelPorts[k] = await freePort();
 });
 t.teardown(() => {
+  rmSync(dir, { recursive: true, force: true });
   wsEcho.close();
   web.close();
   echo.close();
