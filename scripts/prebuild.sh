@@ -25,9 +25,10 @@ host_node_dir=$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")
 stage=$(mktemp -d "${TMPDIR:-/tmp}/sluice-prebuild.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 cp package.json binding.gyp "$stage/"
-mkdir -p "$stage/native/engine"
+mkdir -p "$stage/native/engine" "$stage/native/tunnel"
 cp native/*.cc native/*.h "$stage/native/"
 cp native/engine/*.cc native/engine/*.h "$stage/native/engine/"
+cp native/tunnel/*.cc native/tunnel/*.h "$stage/native/tunnel/"
 ln -s "$root/node_modules" "$stage/node_modules"
 
 args=(--napi --strip --target "$(node -p process.versions.node)" --cwd "$stage" --out "$root")
