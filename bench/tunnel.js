@@ -5,7 +5,7 @@
 //
 //   npm run bench:tunnel                   full run (1 GiB per stream test, 3 rounds)
 //   npm run bench:tunnel -- --quick        the same method, small volumes (< 1 min)
-//   options: --rounds N  --peers direct,sluice,ssh  --json FILE
+//   options: --rounds N  --idle N (idle streams, default 4000; quick 2000)  --peers direct,sluice,ssh  --json FILE
 //
 // Method: one service process (bench/tunnel-sink.js: a sink that answers the byte count
 // after the client's half-close, and an echo). Each peer is started once; rounds
@@ -35,6 +35,7 @@ const { values: opts } = parseArgs({
     quick: { type: 'boolean', default: false },
     json: { type: 'string' },
     rounds: { type: 'string' },
+    idle: { type: 'string' },
     peers: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
@@ -49,6 +50,7 @@ const PLAN = opts.quick
   ? { oneBytes: 64 * MiB, manyBytes: 64 * MiB, streams: 100, opens: 100, idle: 2000, rounds: 3 }
   : { oneBytes: 1024 * MiB, manyBytes: 1024 * MiB, streams: 100, opens: 500, idle: 4000, rounds: 3 };
 if (opts.rounds) PLAN.rounds = Math.max(1, Number.parseInt(opts.rounds, 10) || 3);
+if (opts.idle) PLAN.idle = Math.max(2, Number.parseInt(opts.idle, 10) || PLAN.idle);
 const ALL_PEERS = ['direct', 'sluice', 'ssh'];
 const selected = opts.peers ? opts.peers.split(',').map((s) => s.trim()) : ALL_PEERS;
 for (const p of selected) if (!ALL_PEERS.includes(p)) { console.error(`bench: unknown peer '${p}' (known: ${ALL_PEERS.join(', ')})`); process.exit(2); }

@@ -149,3 +149,39 @@ t.test('Ctrl-C stops every peer, the backend and the load generator', async (t) 
   t.ok(snapshot.size >= 3, `echo backend, peers and loadgen were running (${snapshot.size} processes)`);
   t.same(stillAlive(snapshot), [], 'no process outlives the run');
 });
+
+t.test('npm run bench:tunnel -- --quick: sluice, direct and (with sshd) ssh, in one run, with the documented summary', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-run-test-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const out = path.join(dir, 'tunnel.json');
+  const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, [path.join(root, 'bench', 'tunnel.js'), '--quick', '--rounds', '1', '--idle', '400', '--json', out],
+      { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+  t.equal(r.code, 0, r.stderr);
+  const report = JSON.parse(fs.readFileSync(out, 'utf8')) as {
+    summary: Record<string, { oneMBps: number; oneCpuPerGB: number | null; manyMBps: number; openP50Ms: number; idleBytesPerStream: number | null }>;
+    skipped: Record<string, string>;
+  };
+  for (const peer of ['direct', 'sluice']) {
+    const s = report.summary[peer];
+    t.ok(s !== undefined && s.oneMBps > 0 && s.manyMBps > 0 && s.openP50Ms > 0, `${peer}: throughput and open times measured`);
+  }
+  t.ok((report.summary.sluice.oneCpuPerGB ?? 0) > 0, 'sluice: CPU per GB of its two processes');
+  t.ok((report.summary.sluice.idleBytesPerStream ?? 0) > 0, 'sluice: memory per idle stream');
+  if (fs.existsSync('/usr/sbin/sshd')) {
+    t.ok(report.summary.ssh?.oneMBps > 0, 'ssh -N -L measured in the same run');
+    t.match(r.stdout, /\| sluice \| [\d,]+ \| [\d.]+× \| [\d.]+× \|/, 'the table gives sluice against direct and ssh');
+  } else {
+    t.match(report.skipped.ssh, /sshd/, 'ssh skipped, with the reason (no sshd)');
+  }
+});
