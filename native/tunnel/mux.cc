@@ -215,6 +215,9 @@ void Mux::LinkWrite(const uint8_t* a, size_t an, const uint8_t* b, size_t bn) {
 }
 
 void Mux::SendFrame(uint8_t opcode, const uint8_t* p, size_t n) {
+  // Nothing follows a close frame on the wire.
+  if (close_written_) return;
+  if (opcode == 8) close_written_ = true;
   uint8_t h[14];
   uint8_t key[4];
   const bool mask = opt_.ws_client;
@@ -239,6 +242,7 @@ void Mux::SendYamux(uint8_t type, uint16_t flags, uint32_t id, uint32_t length) 
 // One binary message: a yamux data frame header and `n` bytes at p. p is masked in place
 // when this side masks (the caller's bytes are spent after this).
 void Mux::SendData(Stream* s, uint16_t extra_flags, uint8_t* p, size_t n) {
+  if (close_written_) return;
   uint8_t h[14 + kYamuxHeader];
   uint8_t key[4];
   const bool mask = opt_.ws_client;

@@ -215,7 +215,8 @@ class Mux final : public YamuxSink, public FrameVisitor {
   int pending_handles_ = 0;
   bool disposed_ = false;
   bool ended_ = false;         // kEvClosed emitted (or disposed)
-  bool close_sent_ = false;
+  bool close_sent_ = false;     // a close frame is decided (no new streams, no pongs)
+  bool close_written_ = false;  // it is on the wire: nothing more goes
   bool read_eof_ = false;
   uint64_t last_heard_ = 0;
   double bytes_in_ = 0, bytes_out_ = 0;
