@@ -29,7 +29,7 @@ node native/smoke.mjs 2>&1 | tee -a "$log" || status=1
 tests=()
 for f in test/codec*.test.ts; do [ "$f" = test/codec-dispatch.test.ts ] || tests+=("$f"); done
 tests+=(test/conformance.test.ts test/flood.test.ts test/proxy.test.ts test/hardening.test.ts)
-for f in test/engine-accept.test.ts test/envelope-route.test.ts test/engine-messages.test.ts test/proxy-tls.test.ts test/engine-tls.test.ts test/engine-deflate.test.ts test/tunnel-interop.test.ts test/tunnel.test.ts; do [ -e "$f" ] && tests+=("$f"); done
+for f in test/engine-accept.test.ts test/envelope-route.test.ts test/engine-messages.test.ts test/proxy-tls.test.ts test/engine-tls.test.ts test/engine-deflate.test.ts test/tunnel-link.test.ts test/tunnel-interop.test.ts test/tunnel.test.ts; do [ -e "$f" ] && tests+=("$f"); done
 if [ -e "${tests[0]}" ]; then
   echo "== tap ${tests[*]} (ASan)"
   npx tap --reporter=terse "${tests[@]}" 2>&1 | tee -a "$log" || status=1
