@@ -4,6 +4,7 @@
       "target_name": "sluice",
       "sources": [
         "native/addon.cc",
+        "native/engine/backlog.cc",
         "native/engine/binding.cc",
         "native/engine/engine.cc",
         "native/engine/frame_cursor.cc",

@@ -15,7 +15,7 @@ napiinc="$(cd "$root" && node -p "require('path').resolve(require('node-addon-ap
 
 mkdir -p "$out"
 objs=()
-for src in addon envelope frame frame_run mask pool utf8 engine/listener engine/binding engine/engine engine/handshake engine/http_head engine/frame_cursor engine/utf8_stream engine/tls engine/inflate_meter tunnel/binding tunnel/mux tunnel/yamux_reader; do
+for src in addon envelope frame frame_run mask pool utf8 engine/listener engine/backlog engine/binding engine/engine engine/handshake engine/http_head engine/frame_cursor engine/utf8_stream engine/tls engine/inflate_meter tunnel/binding tunnel/mux tunnel/yamux_reader; do
   "$cxx" -std=c++17 -O1 -g -fPIC -fno-omit-frame-pointer -fsanitize=address,undefined \
     -fno-sanitize=vptr -fvisibility=hidden -Wall -Wextra -Wpedantic -Wno-unused-parameter \
     -DNAPI_DISABLE_CPP_EXCEPTIONS -DNAPI_VERSION=8 -DNODE_ADDON_API_DISABLE_DEPRECATED \

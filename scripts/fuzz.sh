@@ -16,14 +16,16 @@ if ! command -v "$cxx" >/dev/null; then
   exit 2
 fi
 
-targets=(frame_parser envelope utf8 frame_cursor http_head inflate_meter engine)
+targets=(frame_parser envelope utf8 frame_cursor http_head inflate_meter engine mux)
 # The engine target links the whole engine: libuv, OpenSSL and zlib, from the system's
-# headers (Debian: libuv1-dev, libssl-dev, zlib1g-dev) and libraries. Without them it is
+# headers (Debian: libuv1-dev, libssl-dev, zlib1g-dev) and libraries; the tunnel link's
+# (mux) needs libuv. Without them both are
 # skipped, loudly (as test.sh skips every target without clang); .ci/run installs them.
 for h in uv.h:libuv1-dev openssl/ssl.h:libssl-dev zlib.h:zlib1g-dev; do
   if [ ! -f "/usr/include/${h%%:*}" ]; then
-    echo "SKIPPED: the engine fuzz target: /usr/include/${h%%:*} not found (apt-get install ${h#*:})" >&2
+    echo "SKIPPED: the engine and mux fuzz targets: /usr/include/${h%%:*} not found (apt-get install ${h#*:})" >&2
     targets=("${targets[@]/engine}")
+    targets=("${targets[@]/mux}")
   fi
 done
 
@@ -37,13 +39,16 @@ declare -A sources=(
   [frame_cursor]="native/engine/frame_cursor.cc native/engine/utf8_stream.cc native/frame.cc native/frame_run.cc native/mask.cc native/utf8.cc"
   [http_head]="native/engine/http_head.cc"
   [inflate_meter]="native/engine/inflate_meter.cc native/engine/utf8_stream.cc native/utf8.cc"
-  [engine]="native/engine/engine.cc native/engine/handshake.cc native/engine/tls.cc
+  [engine]="native/engine/engine.cc native/engine/backlog.cc native/engine/handshake.cc native/engine/tls.cc
             native/engine/frame_cursor.cc native/engine/utf8_stream.cc native/engine/inflate_meter.cc
             native/engine/http_head.cc native/frame.cc native/frame_run.cc native/mask.cc native/utf8.cc native/envelope.cc"
+  [mux]="native/tunnel/mux.cc native/tunnel/yamux_reader.cc native/engine/backlog.cc native/engine/frame_cursor.cc
+         native/frame.cc native/frame_run.cc native/mask.cc native/utf8.cc"
 )
 # zlib: Node's headers (as the addon is built), the system's library (always installed).
-# engine: the system's headers (uv.h is not Node's: its libuv may be newer than the system's).
-declare -A libs=([inflate_meter]="-l:libz.so.1" [engine]="-l:libuv.so.1 -l:libssl.so.3 -l:libcrypto.so.3 -l:libz.so.1")
+# engine, mux: the system's headers (uv.h is not Node's: its libuv may be newer than the system's).
+declare -A libs=([inflate_meter]="-l:libz.so.1" [engine]="-l:libuv.so.1 -l:libssl.so.3 -l:libcrypto.so.3 -l:libz.so.1"
+                 [mux]="-l:libuv.so.1")
 declare -A incs=([inflate_meter]="-I$(npm config get nodedir 2>/dev/null || echo /usr)/include/node")
 
 # Seed corpus (small, committed); regenerate with: node native/fuzz/make-corpus.mjs
@@ -55,7 +60,8 @@ for d in frame_parser envelope utf8 http_head inflate_meter; do
 done
 
 # The engine's per-read path reads the same wire format: it starts from the parser's seeds.
-# The engine target's seeds (native/fuzz/corpus/engine/) are committed, not generated.
+# The engine and mux targets' seeds (native/fuzz/corpus/{engine,mux}/) are committed, not
+# generated (python3 native/fuzz/make-{engine,mux}-seeds.py writes them).
 declare -A corpus=([frame_cursor]=frame_parser)
 
 status=0

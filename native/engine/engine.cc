@@ -59,10 +59,6 @@ constexpr uint64_t kPipeStallMs = 30000;
 constexpr size_t kBatchMaxBytes = 1024 * 1024;
 constexpr uint64_t kSizeBounds[9] = {64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304};
 
-bool ValidWireCode(int code) {
-  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
-}
-
 int CloseCodeOf(int32_t err) {
   if (err == codec_errno::kInvalidUtf8) return 1007;
   if (err >= codec_errno::kFrameTooBig && err <= codec_errno::kTooManyFragments) return 1009;
@@ -150,48 +146,6 @@ bool CanSend(const Leg* leg) {
   return leg->alive && !leg->broken && (leg->state == kOpen || leg->state == kCloseReceived);
 }
 
-
-bool Backlog::Append(const uint8_t* p, size_t n) {
-  if (n == 0) return true;
-  uint8_t* at = Reserve(n);
-  if (at == nullptr) return false;
-  std::memcpy(at, p, n);
-  return true;
-}
-
-uint8_t* Backlog::Reserve(size_t n) {
-  if (tail_ + n > cap_) {
-    const size_t used = tail_ - head_;
-    if (used + n <= cap_ && head_ > 0) {
-      std::memmove(data_, data_ + head_, used);
-    } else {
-      size_t cap = cap_ == 0 ? 16 * 1024 : cap_;
-      while (cap < used + n) cap *= 2;
-      uint8_t* next = static_cast<uint8_t*>(std::malloc(cap));
-      if (next == nullptr) return nullptr;
-      if (used > 0) std::memcpy(next, data_ + head_, used);
-      std::free(data_);
-      data_ = next;
-      cap_ = cap;
-    }
-    head_ = 0;
-    tail_ = used;
-  }
-  uint8_t* at = data_ + tail_;
-  tail_ += n;
-  return at;
-}
-
-void Backlog::Consume(size_t n) {
-  head_ += n;
-  if (head_ >= tail_) head_ = tail_ = 0;
-}
-
-void Backlog::Free() {
-  std::free(data_);
-  data_ = nullptr;
-  cap_ = head_ = tail_ = 0;
-}
 
 bool TokenBucket::Take(double n, uint64_t now) {
   if (!on()) return true;

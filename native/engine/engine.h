@@ -21,6 +21,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "backlog.h"
 #include "frame_cursor.h"
 #include "inflate_meter.h"
 #include "tls.h"
@@ -72,25 +73,6 @@ struct Params {
   int envelope = 0;
 };
 constexpr int kParamCount = 13;
-
-// A growable byte queue: what a socket did not take yet. Memory only while bytes wait.
-class Backlog {
- public:
-  ~Backlog() { Free(); }
-  size_t size() const { return tail_ - head_; }
-  const uint8_t* data() const { return data_ + head_; }
-  bool Append(const uint8_t* p, size_t n);
-  // Room for n more bytes at the end, counted as queued (nullptr: out of memory).
-  uint8_t* Reserve(size_t n);
-  void Consume(size_t n);
-  void Free();
-
- private:
-  uint8_t* data_ = nullptr;
-  size_t cap_ = 0;
-  size_t head_ = 0;
-  size_t tail_ = 0;
-};
 
 struct TokenBucket {
   double rate_per_ms = 0;

@@ -104,26 +104,9 @@ uv_loop_t* Loop() {
   return &loop;
 }
 
-// Open descriptors of the process (/proc/self/fd, less the directory's own).
-int OpenFds() {
-  DIR* d = opendir("/proc/self/fd");
-  CHECK(d != nullptr);
-  int n = 0;
-  while (readdir(d) != nullptr) n++;
-  closedir(d);
-  return n - 3;  // ".", ".." and the directory itself
-}
-
-int LowestFreeFd() {
-  const int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  CHECK(fd >= 0);
-  close(fd);
-  return fd;
-}
-
-bool ValidWireCode(int code) {
-  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
-}
+using sluice_fuzz::LowestFreeFd;
+using sluice_fuzz::OpenFds;
+using sluice_fuzz::ValidWireCode;
 
 uint64_t Fnv(uint64_t h, const uint8_t* p, size_t n) {
   for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;

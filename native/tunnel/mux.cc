@@ -16,6 +16,7 @@
 
 #include "../codec_abi.h"
 #include "../mask.h"
+#include "../utf8.h"
 
 namespace sluice {
 namespace tunnel {
@@ -353,11 +354,18 @@ bool Mux::OnPayload(uint8_t* p, size_t n, uint64_t offset, bool last) {
         code = (static_cast<uint8_t>(ctl_[0]) << 8) | static_cast<uint8_t>(ctl_[1]);
         reason = ctl_.substr(2);
       }
+      // A close the peer may not send (a one-byte payload, a code not for the wire, a
+      // reason that is not UTF-8) is answered as a protocol error, never echoed.
+      int answer = code;
+      if (ctl_.size() == 1 || (ctl_.size() >= 2 && !engine::ValidWireCode(code))) answer = 1002;
+      else if (!IsUtf8(reinterpret_cast<const uint8_t*>(reason.data()), reason.size())) answer = 1007;
       if (!close_sent_) {
         close_sent_ = true;
-        SendFrame(8, reinterpret_cast<const uint8_t*>(ctl_.data()), ctl_.size() >= 2 ? 2 : 0);
+        uint8_t reply[2] = {static_cast<uint8_t>(answer >> 8), static_cast<uint8_t>(answer & 0xff)};
+        SendFrame(8, reply, answer == 1005 ? 0 : 2);
       }
-      LinkEnded(code, reason, "");
+      if (answer != code) LinkEnded(answer, answer == 1002 ? "invalid close frame" : "close reason is not UTF-8", "the peer sent an invalid close frame");
+      else LinkEnded(code, reason, "");
       return false;
     }
     return true;
@@ -392,8 +400,9 @@ void Mux::OnError(int32_t err) {
 }
 
 void Mux::LinkEnded(int code, const std::string& reason, const std::string& error) {
-  if (ended_) return;
-  FlushLink();  // what is queued (a close frame) goes if it can
+  if (ended_ || ending_) return;
+  ending_ = true;  // the flush below may fail: it must not end the link again
+  FlushLink();     // what is queued (a close frame) goes if it can
   ended_ = true;
   EndAllStreams();
   MuxEvent e;
@@ -638,7 +647,9 @@ void Mux::Deliver(uint32_t id) {
 
 bool Mux::Dial(uint32_t id, const std::string& ip, int port, uint64_t timeout_ms, const uint8_t* ok, size_t n) {
   Stream* s = Find(id);
-  if (s == nullptr || s->bound || s->dialing || !s->held || ended_) return false;
+  if (s == nullptr || s->bound || s->dialing || !s->held || ended_ || s->fin_wanted || s->fin_sent || s->pending.size() > 0) {
+    return false;
+  }
   struct sockaddr_storage addr;
   std::memset(&addr, 0, sizeof(addr));
   int family = AF_INET;
@@ -742,7 +753,8 @@ void Mux::Grant(Stream* s, bool force) {
 }
 
 void Mux::Pump(Stream* s) {
-  if (s->gone || ended_) return;
+  // A dialling stream waits: its first bytes (the ok line) go once it is connected.
+  if (s->gone || ended_ || s->dialing) return;
   // JavaScript's bytes first (a bound stream may have some from before it was bound).
   while (s->pending.size() > 0 && s->send_window > 0) {
     if (LinkFull()) {
@@ -908,6 +920,12 @@ void Mux::Forget(Stream* s, int code) {
     e.bytes_in = static_cast<double>(s->bytes_in);
     e.bytes_out = static_cast<double>(s->bytes_out);
     Emit(std::move(e));
+  }
+  if (s->waiting_link) {
+    // Freed at the next Reap: the list must not keep it (a round of ResumeWaiting that is
+    // running holds its own copy, where `gone` tells).
+    waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), s), waiting_.end());
+    s->waiting_link = false;
   }
   StopDialTimer(s);
   CloseStreamFd(s);
@@ -1115,7 +1133,10 @@ void Mux::Close(int code, const std::string& reason) {
   std::string payload;
   payload.push_back(static_cast<char>((code >> 8) & 0xff));
   payload.push_back(static_cast<char>(code & 0xff));
-  payload += reason.substr(0, 123);
+  // At most 123 bytes of reason, cut where a character starts (the reason is UTF-8).
+  size_t cut = std::min<size_t>(reason.size(), 123);
+  while (cut > 0 && cut < reason.size() && (static_cast<uint8_t>(reason[cut]) & 0xc0) == 0x80) cut--;
+  payload.append(reason, 0, cut);
   SendFrame(8, reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
 }
 

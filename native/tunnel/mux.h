@@ -30,7 +30,7 @@
 #include <vector>
 
 #include "yamux_reader.h"
-#include "../engine/engine.h"
+#include "../engine/backlog.h"
 #include "../engine/frame_cursor.h"
 #include "../frame.h"
 
@@ -215,6 +215,7 @@ class Mux final : public YamuxSink, public FrameVisitor {
   int pending_handles_ = 0;
   bool disposed_ = false;
   bool ended_ = false;         // kEvClosed emitted (or disposed)
+  bool ending_ = false;        // LinkEnded runs
   bool close_sent_ = false;     // a close frame is decided (no new streams, no pongs)
   bool close_written_ = false;  // it is on the wire: nothing more goes
   bool read_eof_ = false;
