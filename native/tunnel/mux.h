@@ -45,8 +45,8 @@ struct MuxOptions {
   uint32_t max_streams = 65536;
   uint32_t max_frame = 256 * 1024;      // largest data frame sent
   uint64_t max_message = 4u << 20;      // largest WebSocket frame taken
-  size_t high_water = 1u << 20;         // link output past this: streams stop reading
-  size_t low_water = 256 * 1024;
+  size_t high_water = 1;                // link output queued here (the socket is full): streams wait
+  size_t low_water = 0;                 // ... until it has all gone
 };
 
 // What JavaScript is told, in order, once per loop turn.
