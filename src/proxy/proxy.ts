@@ -23,6 +23,7 @@ import { createLogger } from '../log.js';
 import { ProxyCounters } from '../metrics/counters.js';
 import { createMetricsRegistry } from '../metrics/index.js';
 import { registerTunnelMetrics } from '../metrics/tunnel-metrics.js';
+import { registerHealthMetrics } from '../metrics/health-metrics.js';
 import { startAdminServer, type AdminServer } from '../admin/index.js';
 import { Balancer, Upstream } from './balancer.js';
 import { listenOptions, listenSocket, socketPort } from './listen.js';
@@ -220,6 +221,7 @@ export class Proxy implements SessionHost {
       tunnels: () => this.tunnelListeners.map((t) => t.stats()),
       openTimes: () => this.agents?.openTimes() ?? { buckets: [], sum: 0, count: 0 },
     });
+    registerHealthMetrics(this.registry, this);
     if (nativeEngineUnavailable === '') {
       const engine = new NativeEngine((events) => this.onEngineEvents(events), (bytes, desc) => this.onEngineMessages(bytes, desc));
       this.engine = engine;
@@ -286,10 +288,15 @@ export class Proxy implements SessionHost {
       if (!r.balancer.upstreams.some((u) => this.upstreamUp(u, now))) reasons.push(`route ${r.config.path}: no healthy upstream`);
     }
     // Tunnels and upstreams through an agent that is not connected cannot carry anything.
-    const needed = [...this.config.tunnels.map((t) => t.agent), ...this.config.routes.flatMap((r) => r.upstreams.map((u) => u.agent ?? ''))];
-    const missing = new Set(needed.filter((a) => a !== '' && !(this.agents?.has(a) ?? false)));
+    const missing = new Set(this.neededAgents().filter((a) => !(this.agents?.has(a) ?? false)));
     for (const a of missing) reasons.push(`agent ${a}: not connected`);
     return { ok: reasons.length === 0, reasons };
+  }
+
+  /** The agents the configuration needs: those of its tunnels and of its upstreams through agents. */
+  neededAgents(): string[] {
+    const needed = [...this.config.tunnels.map((t) => t.agent), ...this.config.routes.flatMap((r) => r.upstreams.map((u) => u.agent ?? ''))];
+    return [...new Set(needed.filter((a) => a !== ''))];
   }
 
   // ------------------------------------------------------------------ SessionHost

@@ -30,6 +30,7 @@ import type { ProxyConfig } from '../config/types.js';
 import { ConfigError, SluiceError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { createMetricsRegistry, sumCounters, type CounterSnapshot } from '../metrics/index.js';
+import { registerHealthMetrics } from '../metrics/health-metrics.js';
 import type { CloseOptions, ProxyStats } from '../proxy/index.js';
 import type {
   ControlMessage, ControlRequest, ErrorData, QueryReply, ShardTask, ShardTaskResult,
@@ -241,6 +242,8 @@ export class ShardedProxy {
     this.config = parseConfig(input);
     this.logger = createLogger(this.config.log.level);
     this.registry = createMetricsRegistry(() => this.counterSnapshots());
+    // Shards carry no agents (agent routes and tunnels need workers: 1).
+    registerHealthMetrics(this.registry, this);
   }
 
   /** Number of shards (fixed at construction; a reload does not change it). */
@@ -461,6 +464,11 @@ export class ShardedProxy {
       }
     }
     return { ok: reasons.length === 0, reasons: [...new Set(reasons)] };
+  }
+
+  /** Agents the configuration needs: none (agent routes and tunnels need workers: 1). */
+  neededAgents(): string[] {
+    return [];
   }
 
   /** The shards' statistics added up, and each shard's sessions and restarts. */
