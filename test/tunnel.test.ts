@@ -322,8 +322,16 @@ t.test('gateway and agent as processes: TCP (100 MiB by hash, 100 concurrent str
     for (let i = 0; i < 20; i++) sock.send(`datagram ${i}`, tunnelPorts.udp, '127.0.0.1');
     const deadline = Date.now() + 5000;
     while (got.length < 20 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    sock.close();
     t.same(got.sort(), Array.from({ length: 20 }, (_, i) => `datagram ${i}`).sort(), 'all 20 datagrams echoed (loopback: none lost)');
+    // The flow idles out (udpIdleMs 2000): the gateway resets its stream; the agent lives on.
+    await new Promise((r) => setTimeout(r, 2600));
+    t.equal(agent.child.exitCode, null, 'the agent survives its UDP stream being reset');
+    got.length = 0;
+    sock.send('after idle', tunnelPorts.udp, '127.0.0.1');
+    const again = Date.now() + 5000;
+    while (got.length < 1 && Date.now() < again) await new Promise((r) => setTimeout(r, 20));
+    sock.close();
+    t.same(got, ['after idle'], 'and a new flow from the same address works');
   });
 
   await t.test('refusals: a bad token gets 401; a name the key may not register gets 1008; a JWT registers its sub', async (t) => {

@@ -161,6 +161,9 @@ class MuxWrap : public Napi::ObjectWrap<MuxWrap> {
       mux_->Dispose();
       mux_ = nullptr;
     }
+    // The callback holds the JavaScript link, which holds this wrap: without the reset the
+    // pair could never be collected. (A running callback stays alive while it runs.)
+    if (!callback_.IsEmpty()) callback_.Reset();
     delete turn_;
     turn_ = nullptr;
     delete context_;
@@ -474,6 +477,7 @@ class AcceptorWrap : public Napi::ObjectWrap<AcceptorWrap> {
     fd_ = -1;
     for (int c : accepted_) close(c);
     accepted_.clear();
+    if (!callback_.IsEmpty()) callback_.Reset();
     delete turn_;
     turn_ = nullptr;
     delete context_;

@@ -618,12 +618,13 @@ uint32_t Mux::Open(const uint8_t* line, size_t n, std::string* error) {
   outbound_++;
   SendYamux(kWindowUpdate, s->open_flags, s->id, s->window - kInitialWindow);
   s->open_flags = 0;
+  const uint32_t id = s->id;  // the link may fail during the first write (s freed by Reap)
   if (n > 0) {
     s->pending.Append(line, n);
     Pump(s);
   }
   Reap();
-  return s->id;
+  return id;
 }
 
 void Mux::Deliver(uint32_t id) {
@@ -1031,10 +1032,11 @@ bool Mux::Write(uint32_t id, const uint8_t* p, size_t n) {
     return true;
   }
   Pump(s);
+  // Decided before Reap: the stream may have ended in Pump (the link failed) and be freed.
+  const bool full = !s->gone && s->pending.size() >= kPendingHigh;
+  if (full) s->want_drain = true;
   Reap();
-  if (s->gone || s->pending.size() < kPendingHigh) return true;
-  s->want_drain = true;
-  return false;
+  return !full;
 }
 
 void Mux::End(uint32_t id) {

@@ -22,12 +22,15 @@ export class UpstreamError extends SluiceError {
   /** For a refusal passed through: the upstream's status line text and body. */
   readonly statusText: string;
   readonly body: Buffer | undefined;
-  constructor(code: string, status: number, message: string, statusText = '', body?: Buffer) {
+  /** A refusal: the upstream's own status and body, whatever is passed on. */
+  readonly answer: { status: number; body: Buffer } | undefined;
+  constructor(code: string, status: number, message: string, statusText = '', body?: Buffer, answer?: { status: number; body: Buffer }) {
     super(code, message, 1014);
     this.name = 'UpstreamError';
     this.status = status;
     this.statusText = statusText;
     this.body = body;
+    this.answer = answer;
   }
 }
 
@@ -183,6 +186,7 @@ export function dial(opts: DialOptions): Promise<DialResult> {
         `upstream ${opts.url.host} answered ${r.status} ${r.text}`,
         passThrough ? r.text : '',
         passThrough ? Buffer.from(body) : undefined,
+        { status: r.status, body: Buffer.from(body) },
       ));
     };
 

@@ -88,6 +88,7 @@ export class Agent extends EventEmitter {
   private pingTimer: NodeJS.Timeout | null = null;
   /** The current connection ended (its link's onEnd, or ws's close). */
   private linkGone: (() => void) | null = null;
+  private closing: Promise<void> | null = null;
   private readonly open = new Set<{ close(): void }>();
   private readonly counters = { connects: 0, streamsTotal: 0, streamsRefused: 0, bytesIn: 0, bytesOut: 0 };
   private isConnected = false;
@@ -100,6 +101,14 @@ export class Agent extends EventEmitter {
       if (!NAME_PATTERN.test(name)) throw new TypeError(`service name "${name}": expected [A-Za-z0-9][A-Za-z0-9._-]{0,62}`);
       this.services.set(name, typeof target === 'string' ? parseTarget(target) : target);
     }
+    for (const [name, t] of this.services) {
+      if (!Number.isInteger(t.port) || t.port < 1 || t.port > 65535) throw new TypeError(`service "${name}": port ${t.port}: expected 1..65535`);
+    }
+    const whole = (v: number | undefined, what: string, max: number) => {
+      if (v !== undefined && (!Number.isInteger(v) || v < 1 || v > max)) throw new TypeError(`${what}: expected a whole number of ms, 1..${max}, got ${v}`);
+    };
+    whole(options.dialTimeoutMs, 'dialTimeoutMs', 86_400_000);
+    whole(options.udpIdleMs, 'udpIdleMs', 86_400_000);
     this.name = options.name;
     this.options = options;
     this.logger = options.logger ?? createLogger('silent');
@@ -123,7 +132,12 @@ export class Agent extends EventEmitter {
   }
 
   /** Stop: no more reconnects; the WebSocket closes with 1001 and every stream ends. */
-  async close(): Promise<void> {
+  close(): Promise<void> {
+    this.closing ??= this.shutDown();
+    return this.closing;
+  }
+
+  private async shutDown(): Promise<void> {
     this.closed = true;
     if (this.retryTimer !== null) clearTimeout(this.retryTimer);
     this.retryTimer = null;
@@ -191,9 +205,11 @@ export class Agent extends EventEmitter {
       } catch (err) {
         const e = err as UpstreamError;
         if (e.code === 'SLUICE_ERR_UPSTREAM_REFUSED') {
-          const body = e.body?.toString('utf8').trim() ?? '';
-          this.logger.warn({ event: 'agent_refused', status: e.status, body }, 'the gateway refused the agent');
-          this.emit('refused', { status: e.status, body });
+          // The gateway's own status and body (what `ws` reports on the other path).
+          const status = e.answer?.status ?? e.status;
+          const body = (e.answer?.body ?? e.body)?.toString('utf8').trim() ?? '';
+          this.logger.warn({ event: 'agent_refused', status, body }, 'the gateway refused the agent');
+          this.emit('refused', { status, body });
         } else {
           this.logger.debug({ event: 'agent_socket_error', err: e.message }, 'agent connection error');
         }
@@ -206,10 +222,15 @@ export class Agent extends EventEmitter {
         this.scheduleRetry();
         return;
       }
-      const link = linkOverSocket(up.socket as net.Socket, up.head, {
-        ...linkOptions, wsClient: true, onEnd: ended,
-        onStreamLine: (id, line) => this.onNativeStream(link!, id, line),
-      });
+      let link: NativeLink | null = null;
+      try {
+        link = linkOverSocket(up.socket as net.Socket, up.head, {
+          ...linkOptions, wsClient: true, onEnd: ended,
+          onStreamLine: (id, line) => this.onNativeStream(link!, id, line),
+        });
+      } catch (err) {
+        this.logger.warn({ event: 'agent_socket_error', err: (err as Error).message }, 'agent connection error');
+      }
       if (link === null) {
         up.socket.destroy();
         this.scheduleRetry();
@@ -220,6 +241,7 @@ export class Agent extends EventEmitter {
       return;
     }
     const { WebSocket } = await import('ws');
+    if (this.closed) return;
     const ca = o.tls?.caFile !== undefined ? readFileSync(o.tls.caFile) : undefined;
     const ws = new WebSocket(o.server, [TUNNEL_SUBPROTOCOL], {
       headers: { authorization: `Bearer ${o.token}` },
@@ -326,7 +348,11 @@ export class Agent extends EventEmitter {
     const target = this.services.get(req.service);
     // Only what this agent exposes, whatever the gateway asks.
     if (target === undefined) return refuse(`service "${req.service}" is not exposed by agent ${this.name}`);
-    if (req.protocol === 'udp') return this.serveUdp(link.adoptStream(id), req.service, target);
+    if (req.protocol === 'udp') {
+      const stream = link.adoptStream(id);
+      stream.on('error', () => {}); // a reset ends it (its 'close' cleans up)
+      return this.serveUdp(stream, req.service, target);
+    }
     const service = req.service;
     const dialTo = (ip: string) => {
       const entry = new LiveEntry(this.open, () => link.resetStream(id));

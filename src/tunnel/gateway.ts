@@ -18,6 +18,15 @@ import { STREAM_OPEN_SECONDS_BUCKETS } from '../metrics/tunnel-metrics.js';
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
+/** A close reason: at most 123 bytes of UTF-8, cut where a character starts. */
+function closeReason(text: string): string {
+  let out = text;
+  while (Buffer.byteLength(out) > 123) out = out.slice(0, -1);
+  // A lone high surrogate left at the end would not be UTF-8.
+  if (/[\ud800-\udbff]$/.test(out)) out = out.slice(0, -1);
+  return out;
+}
+
 export interface AgentRegistryOptions {
   logger: Logger;
   /** The agent must answer the hello within this (ms). */
@@ -119,11 +128,18 @@ export class AgentRegistry {
       const greeting = Buffer.from(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
         `Sec-WebSocket-Accept: ${answer}\r\nSec-WebSocket-Protocol: ${TUNNEL_SUBPROTOCOL}\r\n\r\n`);
       let made = false;
-      this.onConnection((o) => {
-        const link = linkOverSocket(socket, head, { ...o, wsClient: false }, greeting);
-        made = link !== null;
-        return link;
-      }, grant);
+      try {
+        this.onConnection((o) => {
+          const link = linkOverSocket(socket, head, { ...o, wsClient: false }, greeting);
+          made = link !== null;
+          return link;
+        }, grant);
+      } catch (err) {
+        // The addon could not take the connection (out of descriptors or memory): it is gone.
+        this.options.logger.warn({ event: 'agent_link_failed', err: (err as Error).message }, 'agent connection failed');
+        socket.destroy();
+        return;
+      }
       if (made) return;
     }
     const wss = await this.server();
@@ -180,7 +196,7 @@ export class AgentRegistry {
         if (helloTimer !== null) clearTimeout(helloTimer);
         const ack = checkHelloAck(msg);
         if (typeof ack === 'string') {
-          link.close(1008, ack.slice(0, 120));
+          link.close(1008, closeReason(ack));
           return;
         }
         if (grant.names !== null && !grant.names.includes(ack.name)) {
@@ -278,7 +294,15 @@ export class AgentRegistry {
     if (!(link instanceof NativeLink)) {
       const socket = new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
       socket.on('error', () => {});
-      return this.open(name, service, 'tcp', timeoutMs).then((stream) => joinSocket(stream, socket, onEnd), (err: Error) => {
+      return this.open(name, service, 'tcp', timeoutMs).then((stream) => {
+        if (socket.destroyed) {
+          // The client went before the agent answered: its 'close' has run already.
+          stream.destroy();
+          onEnd();
+          return () => {};
+        }
+        return joinSocket(stream, socket, onEnd);
+      }, (err: Error) => {
         socket.destroy();
         throw err;
       });

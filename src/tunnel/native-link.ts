@@ -362,9 +362,13 @@ export class NativeLink implements Link {
     this.mux.end(id);
   }
 
-  /** Reset a stream by id. */
+  /** Reset a stream by id (one being dialled, or joined: its end runs now). */
   resetStream(id: number): void {
     this.mux.reset(id);
+    const done = this.bound.get(id);
+    this.bound.delete(id);
+    this.dialFailures.delete(id);
+    done?.();
   }
 
   /** @internal */
@@ -499,6 +503,10 @@ export function linkOverSocket(socket: net.Socket, head: Buffer, options: Native
   const link = new NativeLink(options);
   try {
     link.mux.start(fd, extra.length > 0 ? Buffer.concat([head, ...extra]) : head, greeting ?? Buffer.alloc(0));
+  } catch (err) {
+    link.closed = true;
+    link.mux.dispose();
+    throw err;
   } finally {
     socket.destroy();
   }
