@@ -34,7 +34,10 @@ t.test('a real Prometheus scrapes sluice; every panel query of ops/grafana/sluic
   t.teardown(async () => {
     for (const c of children) {
       if ('stop' in c) await c.stop();
-      else c.kill('SIGKILL');
+      else if (c.exitCode === null) {
+        c.kill('SIGTERM'); // timeout passes it on to prometheus
+        await once(c, 'exit');
+      }
     }
     rmSync(dir, { recursive: true, force: true });
   });
@@ -70,8 +73,10 @@ scrape_configs:
   - job_name: sluice
     static_configs: [ { targets: [ "127.0.0.1:${adminPort}" ] } ]
 `);
-  const prom = spawn('prometheus', [`--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`,
-    `--web.listen-address=127.0.0.1:${promPort}`, '--log.level=warn'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // Under coreutils' timeout: it stops by itself even if this process is killed first.
+  const prom = spawn('timeout', ['-s', 'KILL', '120', 'prometheus', `--config.file=${join(dir, 'prometheus.yml')}`,
+    `--storage.tsdb.path=${join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${promPort}`, '--log.level=warn'],
+  { stdio: ['ignore', 'ignore', 'pipe'] });
   children.push(prom);
   let promLog = '';
   prom.stderr!.on('data', (d: Buffer) => { promLog += d.toString(); });
