@@ -388,3 +388,14 @@ t.test('agent routes and tunnels (issue #14)', async (t) => {
   t.same(problems({ routes: [route()], tunnels: [{ listen: '127.0.0.1:1', agent: 'a', service: 'b' }] }),
     ['tunnels: expected a route with mode: agent for the agents to connect to, got 1']);
 });
+
+t.test('routes[].resume: envelope routes only, with the pause policy; defaults', async (t) => {
+  const c = parseConfig({ routes: [route({ mode: 'envelope', resume: {} })] });
+  t.same(c.routes[0].resume, { graceSeconds: 30, bufferBytes: 1048576 }, 'resume: {} takes the defaults');
+  t.equal(parseConfig({ routes: [route({ mode: 'envelope' })] }).routes[0].resume, undefined, 'absent: off');
+  t.same(problems({ routes: [route({ resume: {} })] }),
+    ['routes[0].resume: expected only on a route with mode: envelope (resume numbers envelope data frames), got {"graceSeconds":30,"bufferBytes":1048576}']);
+  t.same(problems({ routes: [route({ mode: 'envelope', backpressure: 'drop', resume: {} })] }),
+    ['routes[0].backpressure: expected pause on a route with resume (close and drop lose messages, which resume promises not to), got "drop"']);
+  t.same(problems({ routes: [route({ mode: 'envelope', resume: { graceSeconds: 0, bufferBytes: 'x' } })] }).length, 2, 'grace and buffer must be positive integers');
+});

@@ -69,6 +69,12 @@ export interface ConnectOptions {
   persist?: { dir: string };
   /** Stop writing to the socket while its buffered bytes exceed this; default 1 MiB. */
   highWaterMark?: number;
+  /**
+   * Resume (routes with `resume`, README "Resume"): keep the session's token, come back
+   * with it after a drop, and get exactly what was missed both ways: nothing delivered
+   * twice, nothing lost, while the proxy holds the session (its grace).
+   */
+  resume?: boolean;
 }
 
 /** The client's state. */
@@ -88,6 +94,12 @@ export interface SluiceClientEvents {
   reconnecting: [info: { attempt: number; delayMs: number; code: number; reason: string }];
   /** The client is closed for good (close(), a fatal close code, or reconnect attempts used up). */
   close: [info: { code: number; reason: string }];
+  /**
+   * With `resume`: after a reconnect, whether the session went on (`resumed: true`) or a new
+   * one began (`resumed: false`, with the proxy's reason: continuity was lost; messages
+   * sent but unacknowledged are sent again, so the new upstream session may see them).
+   */
+  resumed: [info: { resumed: true; replayed: number } | { resumed: false; reason: string }];
   /** Something went wrong that the client handles itself; emitted only when someone listens. */
   error: [err: SluiceError];
 }
@@ -123,6 +135,10 @@ export interface ClientStats {
   /** Bytes of WebSocket messages written / read (envelope included, WebSocket framing not). */
   bytesOut: number;
   bytesIn: number;
+  /** With `resume`: sessions continued after a drop, upstream messages the proxy replayed, and times continuity was lost. */
+  resumes: number;
+  replayedFrames: number;
+  lostContinuity: number;
 }
 
 const FATAL_CLOSE_CODES = new Set([1002, 1003, 1007, 1008, 1009, 1010]);
@@ -185,8 +201,19 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
   private closeWaiter: (() => void) | null = null;
   private readonly counters = {
     accepted: 0, rejected: 0, sent: 0, resent: 0, confirmed: 0, received: 0, connections: 0,
-    backpressureEvents: 0, errorFrames: 0, bytesOut: 0, bytesIn: 0,
+    backpressureEvents: 0, errorFrames: 0, bytesOut: 0, bytesIn: 0, resumes: 0, replayedFrames: 0, lostContinuity: 0,
   };
+  private readonly resumeEnabled: boolean;
+  /**
+   * The session, with `resume`: its token (null before the proxy gave one), the outbox
+   * sequence number before its first data frame (its frame n is outbox seq base + n), the
+   * upstream's data frames received in it and the last count acknowledged.
+   */
+  private session: { token: string; base: number; received: number; acked: number; unackedBytes: number; ackBytes: number } | null = null;
+  /** A resume was asked on this connection: data waits for the proxy's answer. */
+  private awaitingResume = false;
+  private ackTimer: NodeJS.Timeout | null = null;
+  private resumeTimer: NodeJS.Timeout | null = null;
 
   constructor(url: string, options: ConnectOptions = {}) {
     super();
@@ -206,6 +233,7 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
     this.maxAttempts = rc?.maxAttempts ?? Number.POSITIVE_INFINITY;
     this.shouldReconnect = rc?.shouldReconnect ?? defaultShouldReconnect;
     this.highWaterMark = options.highWaterMark ?? 1024 * 1024;
+    this.resumeEnabled = options.resume === true;
     this.outbox = new Outbox(
       { maxMessages: options.queue?.maxMessages ?? 10_000, maxBytes: options.queue?.maxBytes ?? 64 * 1024 * 1024 },
       options.persist?.dir,
@@ -338,8 +366,12 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
     if (this._state === 'closing' || this._state === 'closed') return;
     this.redialTimer = null;
     this.peerClose = null;
+    const headers = this.session !== null
+      ? { ...this.headers, 'Sluice-Resume': `${this.session.token}; received=${this.session.received}` }
+      : this.headers;
+    this.awaitingResume = this.session !== null;
     const ws = new WebSocket(this.url, this.offered, {
-      headers: this.headers,
+      headers,
       handshakeTimeout: this.handshakeTimeoutMs,
       perMessageDeflate: false,
       // Room for the envelope around a full-size payload: 8 bytes on v2, base64 + fields on v1.
@@ -365,8 +397,55 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
     this.counters.connections++;
     this.stableTimer = setTimeout(() => this.backoff.reset(), this.stableAfterMs);
     this.pingTimer = setInterval(() => this.heartbeat(), this.pingIntervalMs);
+    if (this.resumeEnabled) {
+      // At least once a second while the upstream's frames are unacknowledged.
+      this.ackTimer = setInterval(() => this.sendAck(false), 1000);
+      if (this.awaitingResume) {
+        // A proxy that does not answer the resume (the route lost `resume` in a reload) is a new session.
+        this.resumeTimer = setTimeout(() => this.onResumeAnswer({ resumed: false, reason: 'the proxy did not answer the resume' }), this.handshakeTimeoutMs);
+      } else {
+        this.session = null;
+        this.sessionBase = this.outbox.nextSeq - 1;
+      }
+    }
     this.emit('open', { protocol: this._protocol, version: this._version });
     this.pump();
+  }
+
+  /** The proxy's `{"resumed":...}`: the session goes on, or a new one began. */
+  private onResumeAnswer(p: Record<string, unknown>): void {
+    if (!this.awaitingResume) return;
+    this.awaitingResume = false;
+    if (this.resumeTimer !== null) {
+      clearTimeout(this.resumeTimer);
+      this.resumeTimer = null;
+    }
+    const s = this.session;
+    if (p.resumed === true && s !== null && typeof p.received === 'number') {
+      // The proxy has our frames up to `received`: the rest go again, from there.
+      this.counters.confirmed += this.outbox.acknowledge(s.base + p.received);
+      const replayed = typeof p.replayed === 'number' ? p.replayed : 0;
+      this.counters.resumes++;
+      this.counters.replayedFrames += replayed;
+      this.emit('resumed', { resumed: true, replayed });
+    } else {
+      // A new session: its frames are numbered from the next message on.
+      this.session = null;
+      this.sessionBase = this.outbox.nextSeq - 1;
+      this.counters.lostContinuity++;
+      this.emit('resumed', { resumed: false, reason: typeof p.reason === 'string' ? p.reason : 'continuity lost' });
+    }
+    this.pump();
+  }
+
+  /** Tell the proxy how many of the upstream's frames we have (`force`: even when unchanged). */
+  private sendAck(force: boolean): void {
+    const s = this.session;
+    if (s === null || this.awaitingResume || this.ws === null || this.ws.readyState !== WebSocket.OPEN) return;
+    if (!force && s.received === s.acked) return;
+    s.acked = s.received;
+    s.unackedBytes = 0;
+    this.write(EnvelopeType.Control, 0, Buffer.from(`{"ack":${s.received}}`));
   }
 
   private onClose(ws: WebSocket, code: number, reason: string): void {
@@ -377,6 +456,8 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
     this.waitingForDrain = false;
     const resend = this.outbox.rewind();
     if (resend > 0) this.counters.resent += resend;
+    // A close frame either way ends the session for good; only a lost connection (1006) may resume.
+    if (this.peerClose !== null || code !== 1006) this.session = null;
     if (this._backpressure) {
       // A new connection starts with a new channel: the signal does not carry over.
       this._backpressure = false;
@@ -404,8 +485,8 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
   }
 
   private clearTimers(): void {
-    for (const t of [this.pingTimer, this.pongTimer, this.stableTimer]) if (t !== null) clearTimeout(t);
-    this.pingTimer = this.pongTimer = this.stableTimer = null;
+    for (const t of [this.pingTimer, this.pongTimer, this.stableTimer, this.ackTimer, this.resumeTimer]) if (t !== null) clearTimeout(t);
+    this.pingTimer = this.pongTimer = this.stableTimer = this.ackTimer = this.resumeTimer = null;
   }
 
   // ---- frames in -----------------------------------------------------------------------
@@ -422,10 +503,17 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
     switch (frame.type) {
       case EnvelopeType.Data:
         this.counters.received++;
+        if (this.session !== null) {
+          // Acknowledged in batches: every 64 frames or half the proxy's replay buffer, and once a second.
+          const s = this.session;
+          s.unackedBytes += frame.payload.length;
+          if (++s.received - s.acked >= 64 || s.unackedBytes >= s.ackBytes) this.sendAck(false);
+        }
         this.emit('message', frame.payload, frame.flags);
         break;
       case EnvelopeType.Ping:
         this.write(EnvelopeType.Pong, 0, frame.payload);
+        this.sendAck(true);
         break;
       case EnvelopeType.Pong:
         this.onPong();
@@ -443,10 +531,34 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
         const payload = parseControlPayload(frame.payload) ?? {};
         if ((frame.flags & EnvelopeFlag.Backpressure) !== 0) this.setBackpressure(true);
         else if (payload.backpressure === false) this.setBackpressure(false);
+        else if (this.resumeEnabled && this.onResumeControl(payload)) return;
         else this.emit('control', payload, frame.flags);
       }
     }
   }
+
+  /** The resume protocol's control frames (token, resumed, ack); false for any other. */
+  private onResumeControl(p: Record<string, unknown>): boolean {
+    if (typeof p.ack === 'number' && Object.keys(p).length === 1) {
+      if (this.session !== null) this.counters.confirmed += this.outbox.acknowledge(this.session.base + p.ack);
+      return true;
+    }
+    if (typeof p.resumed === 'boolean') {
+      this.onResumeAnswer(p);
+      return true;
+    }
+    const r = p.resume as { token?: unknown; bufferBytes?: unknown } | undefined;
+    if (r !== undefined && typeof r === 'object' && r !== null && typeof r.token === 'string') {
+      // A new session (a first connection, or after continuity was lost): frames count from here.
+      const ackBytes = typeof r.bufferBytes === 'number' && r.bufferBytes > 0 ? r.bufferBytes / 2 : 256 * 1024;
+      this.session = { token: r.token, base: this.sessionBase, received: 0, acked: 0, unackedBytes: 0, ackBytes };
+      return true;
+    }
+    return false;
+  }
+
+  /** On a new session's connection: the outbox seq before its first data frame. */
+  private sessionBase = 0;
 
   private setBackpressure(on: boolean): void {
     if (on === this._backpressure) return;
@@ -478,7 +590,7 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
   private pump(): void {
     const ws = this.ws;
     if (this._state !== 'open' || ws === null || ws.readyState !== WebSocket.OPEN) return;
-    if (this._backpressure || this.waitingForDrain) return;
+    if (this._backpressure || this.waitingForDrain || this.awaitingResume) return;
     let wrote = false;
     while (this.outbox.hasUnsent()) {
       const e = this.outbox.takeUnsent()!;
@@ -521,6 +633,7 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
       this.pongTimer = null;
     }
     if (ping.seq > 0) this.counters.confirmed += this.outbox.confirmThrough(ping.seq);
+    this.sendAck(true);
     // Messages sent while that ping was out need a ping of their own.
     if (this.outbox.sentSeq > ping.seq) this.sendPing();
   }

@@ -114,6 +114,21 @@ export class Outbox {
     return this.next > this.head ? this.entries[this.next - 1].seq : 0;
   }
 
+  /** Sequence number the next message taken will have (one past the last accepted when none waits). */
+  get nextSeq(): number {
+    return this.next < this.entries.length ? this.entries[this.next].seq : this.lastSeq + 1;
+  }
+
+  /**
+   * The proxy has every message up to `seq`, sent on this connection or an earlier one (a
+   * resumed session: those sent again need not be): they are confirmed, sent or not.
+   * Returns how many left the outbox.
+   */
+  acknowledge(seq: number): number {
+    while (this.next < this.entries.length && this.entries[this.next].seq <= seq) this.next++;
+    return this.confirmThrough(seq);
+  }
+
   hasUnsent(): boolean {
     return this.next < this.entries.length;
   }

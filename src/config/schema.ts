@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 import type {
-  ApiKeyAuthConfig, BackpressurePolicy, BalanceStrategy, JwtAlgorithm, JwtAuthConfig, ProxyConfig, RouteConfig, RouteMode,
+  ApiKeyAuthConfig, BackpressurePolicy, BalanceStrategy, JwtAlgorithm, JwtAuthConfig, ProxyConfig, ResumeConfig, RouteConfig, RouteMode,
   UpstreamConfig,
 } from './types.js';
 
@@ -61,6 +61,8 @@ export const DEFAULTS = {
     maxConnections: 0,
     /** A reconnecting agent is usually the same agent: it takes its name over. */
     duplicate: 'replace' as const,
+    /** The issue's example: 30 s covers a Wi-Fi handover or a mobile network change; 1 MiB per parked session. */
+    resume: { graceSeconds: 30, bufferBytes: 1_048_576 },
   },
   tunnel: { udpIdleMs: 60_000 },
   auth: {
@@ -313,6 +315,10 @@ const routeSchema = section({
   auth: authSchema.optional(),
   maxConnections: nonNegativeInt().default(DEFAULTS.route.maxConnections),
   duplicate: oneOf(['replace', 'refuse']).default(DEFAULTS.route.duplicate),
+  resume: section({
+    graceSeconds: positiveInt().default(DEFAULTS.route.resume.graceSeconds),
+    bufferBytes: positiveInt().default(DEFAULTS.route.resume.bufferBytes),
+  }).optional(),
 });
 
 const LISTEN_EXPECTED = 'expected host:port (an IPv6 host in brackets)';
@@ -413,6 +419,11 @@ export const proxyConfigSchema = section({
     } else if (route.upstreams.length === 0) {
       ctx.addIssue({ code: 'custom', path: ['routes', i, 'upstreams'], message: 'expected at least one upstream', input: [] });
     }
+    if (route.resume !== undefined && route.mode !== 'envelope') {
+      ctx.addIssue({ code: 'custom', path: ['routes', i, 'resume'], message: 'expected only on a route with mode: envelope (resume numbers envelope data frames)', input: route.resume });
+    } else if (route.resume !== undefined && route.backpressure !== 'pause') {
+      ctx.addIssue({ code: 'custom', path: ['routes', i, 'backpressure'], message: 'expected pause on a route with resume (close and drop lose messages, which resume promises not to)', input: route.backpressure });
+    }
     if (route.upstreams.some((u) => u.agent !== undefined) && !cfg.routes.some((r) => r.mode === 'agent')) {
       ctx.addIssue({ code: 'custom', path: ['routes', i, 'upstreams'], message: 'expected a route with mode: agent for the agents to connect to', input: route.upstreams.length });
     }
@@ -484,6 +495,7 @@ export interface RouteConfigInput {
   auth?: RouteAuthInput;
   maxConnections?: number;
   duplicate?: 'replace' | 'refuse';
+  resume?: Partial<ResumeConfig>;
 }
 
 /** `routes[].auth` as written in a config: see `RouteAuthConfig` in types.ts. */

@@ -101,6 +101,20 @@ export interface RouteConfig {
   maxConnections: number;
   /** Agent routes: a second agent with a connected agent's name replaces it, or is refused. */
   duplicate: 'replace' | 'refuse';
+  /**
+   * Envelope routes: sessions survive the client's network (README "Resume"): when the
+   * client's connection is lost the upstream is kept for `graceSeconds`, its messages held
+   * up to `bufferBytes` (past it the upstream is held back), and a client that comes back
+   * with its token gets what it missed. Absent: a lost client ends the session.
+   */
+  resume?: ResumeConfig;
+}
+
+/** `routes[].resume`. */
+export interface ResumeConfig {
+  graceSeconds: number;
+  /** Upstream messages the client has not acknowledged, kept for replay (payload bytes). */
+  bufferBytes: number;
 }
 
 /** An L4 listener whose connections (TCP) or client addresses (UDP) go through an agent. */

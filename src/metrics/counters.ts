@@ -14,6 +14,30 @@ export const FRAME_BYTES_BUCKETS: readonly number[] = [64, 256, 1024, 4096, 1638
 /** Histogram bucket upper bounds (seconds) of agent_websocket_session_duration_seconds. */
 export const SESSION_SECONDS_BUCKETS: readonly number[] = [0.1, 1, 10, 60, 300, 1800, 3600, 21600, 86400];
 
+/** Histogram bucket upper bounds (seconds) of sluice_parked_seconds: how long a session waited for its client. */
+export const PARKED_SECONDS_BUCKETS: readonly number[] = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 300];
+
+/** Resume on envelope routes (README "Resume"): parked sessions, resumes by outcome, replays. */
+export interface ResumeCounters {
+  /** Sessions parked now (their client gone, the upstream kept). */
+  parked: number;
+  /** Resume attempts by outcome: resumed, or why continuity was lost (unknown, expired, foreign, ...). */
+  outcomes: Record<string, number>;
+  /** Upstream messages sent again to a client that came back, and their payload bytes. */
+  replayedFrames: number;
+  replayedBytes: number;
+  /** Resumes this shard relayed to the shard holding their session. */
+  relayed: number;
+  /** How long parks lasted (ended by a resume or by the grace running out). */
+  parkedBuckets: Float64Array;
+  parkedSum: number;
+  parkedCount: number;
+}
+
+export function newResumeCounters(): ResumeCounters {
+  return { parked: 0, outcomes: {}, replayedFrames: 0, replayedBytes: 0, relayed: 0, parkedBuckets: new Float64Array(PARKED_SECONDS_BUCKETS.length + 1), parkedSum: 0, parkedCount: 0 };
+}
+
 /** Counter slots of the native engine (native/engine/engine.h `slot`). */
 export const NATIVE_SLOTS = 27;
 const NATIVE_KINDS: readonly FrameKind[] = ['text', 'binary', 'ping', 'pong', 'close'];
@@ -42,6 +66,7 @@ export class ProxyCounters {
   /** closes[code] — the close code the client side ended with. */
   readonly closes: Record<string, number> = {};
   shardRestarts = 0;
+  readonly resume: ResumeCounters = newResumeCounters();
   /**
    * Plain HTTP requests answered (not upgrades): httpRequests[route path][status], route ""
    * when no route matched (sluice_http_requests_total).
@@ -129,6 +154,22 @@ export class ProxyCounters {
     const byStatus = this.httpRequests[route] ?? (this.httpRequests[route] = {});
     const key = String(status);
     byStatus[key] = (byStatus[key] ?? 0) + 1;
+  }
+
+  /** A park ended after `seconds` (the client came back, or the grace ran out). */
+  parkEnded(seconds: number): void {
+    const r = this.resume;
+    r.parked--;
+    r.parkedSum += seconds;
+    r.parkedCount++;
+    let i = 0;
+    const b = PARKED_SECONDS_BUCKETS;
+    while (i < b.length && seconds > b[i]) i++;
+    r.parkedBuckets[i]++;
+  }
+
+  resumeOutcome(outcome: string): void {
+    this.resume.outcomes[outcome] = (this.resume.outcomes[outcome] ?? 0) + 1;
   }
 
   sessionOpened(): void {

@@ -18,7 +18,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Registry, type Metric } from 'prom-client';
 import {
-  FRAME_BYTES_BUCKETS, SESSION_SECONDS_BUCKETS,
+  FRAME_BYTES_BUCKETS, SESSION_SECONDS_BUCKETS, PARKED_SECONDS_BUCKETS, newResumeCounters,
   type Direction, type FrameKind, type ProxyCounters,
 } from './counters.js';
 
@@ -29,7 +29,7 @@ import {
 export type CounterSnapshot = Pick<ProxyCounters,
   | 'frames' | 'frameBytes' | 'frameBytesBuckets' | 'frameBytesSum' | 'frameBytesCount' | 'dropped'
   | 'backpressureEvents' | 'envelopeErrors' | 'sessionSecondsBuckets' | 'sessionSecondsSum' | 'sessionSecondsCount'
-  | 'activeSessions' | 'sessionsTotal' | 'closes' | 'shardRestarts' | 'httpRequests'>;
+  | 'activeSessions' | 'sessionsTotal' | 'closes' | 'shardRestarts' | 'httpRequests' | 'resume'>;
 
 /** One proxy's counters, or a function returning every shard's (sync or async). */
 export type CounterSource = CounterSnapshot | (() => readonly CounterSnapshot[] | Promise<readonly CounterSnapshot[]>);
@@ -62,6 +62,7 @@ export function sumCounters(list: readonly CounterSnapshot[]): CounterSnapshot {
     closes: {},
     shardRestarts: 0,
     httpRequests: {},
+    resume: newResumeCounters(),
   };
   for (const c of list) {
     for (const d of DIRECTIONS) {
@@ -84,6 +85,18 @@ export function sumCounters(list: readonly CounterSnapshot[]): CounterSnapshot {
     for (const [route, byStatus] of Object.entries(c.httpRequests ?? {})) {
       const into = total.httpRequests[route] ?? (total.httpRequests[route] = {});
       for (const [status, n] of Object.entries(byStatus)) into[status] = (into[status] ?? 0) + n;
+    }
+    const r = c.resume;
+    if (r !== undefined) {
+      const t = total.resume;
+      t.parked += r.parked;
+      for (const [outcome, n] of Object.entries(r.outcomes)) t.outcomes[outcome] = (t.outcomes[outcome] ?? 0) + n;
+      t.replayedFrames += r.replayedFrames;
+      t.replayedBytes += r.replayedBytes;
+      t.relayed += r.relayed ?? 0;
+      addInto(t.parkedBuckets, r.parkedBuckets);
+      t.parkedSum += r.parkedSum;
+      t.parkedCount += r.parkedCount;
     }
   }
   return total;
@@ -264,6 +277,65 @@ export function createMetricsRegistry(counters: CounterSource, opts: MetricsRegi
     async () => {
       const c = await snapshot();
       return { buckets: c.sessionSecondsBuckets, sum: c.sessionSecondsSum, count: c.sessionSecondsCount };
+    },
+  ) as unknown as Metric);
+
+  new Gauge({
+    name: 'sluice_sessions_parked',
+    help: 'Resumable sessions whose client is gone: the upstream is kept, its messages held, until the client resumes or the grace runs out.',
+    registers,
+    async collect() {
+      this.set((await snapshot()).resume.parked);
+    },
+  });
+  new Counter({
+    name: 'sluice_resumes_total',
+    help: 'Resume attempts (a handshake with Sluice-Resume), by outcome: resumed, or why continuity was lost (unknown, expired, foreign, route, behind, ahead).',
+    labelNames: ['outcome'],
+    registers,
+    async collect() {
+      const c = await snapshot();
+      this.reset();
+      for (const [outcome, n] of Object.entries(c.resume.outcomes)) this.inc({ outcome }, n);
+    },
+  });
+  new Counter({
+    name: 'sluice_replayed_frames_total',
+    help: 'Upstream messages sent again to a client that resumed (it had not received them).',
+    registers,
+    async collect() {
+      const c = await snapshot();
+      this.reset();
+      this.inc(c.resume.replayedFrames);
+    },
+  });
+  new Counter({
+    name: 'sluice_replayed_bytes_total',
+    help: 'Payload bytes of the upstream messages replayed to clients that resumed.',
+    registers,
+    async collect() {
+      const c = await snapshot();
+      this.reset();
+      this.inc(c.resume.replayedBytes);
+    },
+  });
+  new Counter({
+    name: 'sluice_resume_relays_total',
+    help: 'Resumes that reached a shard other than the one holding their session, relayed there.',
+    registers,
+    async collect() {
+      const c = await snapshot();
+      this.reset();
+      this.inc(c.resume.relayed);
+    },
+  });
+  registry.registerMetric(new ScrapedHistogram(
+    'sluice_parked_seconds',
+    'How long sessions stayed parked (their client gone), until it resumed or the grace ran out.',
+    PARKED_SECONDS_BUCKETS,
+    async () => {
+      const r = (await snapshot()).resume;
+      return { buckets: r.parkedBuckets, sum: r.parkedSum, count: r.parkedCount };
     },
   ) as unknown as Metric);
 

@@ -29,6 +29,8 @@ export interface EnvelopePeer {
   /** A control frame's JSON, an error frame's text: the host's. */
   controlFrame(payload: unknown): void;
   errorFrame(reason: string): void;
+  /** An envelope ping was answered or a pong came (resumable sessions acknowledge then). */
+  heartbeatFrame?(): void;
 }
 
 /** One envelope frame for the client (nothing when the session is not an envelope session). */
@@ -72,9 +74,11 @@ export function fromClient(peer: EnvelopePeer, data: Buffer, isBinary: boolean, 
     case EnvelopeType.Ping:
       counters.message('in', 'ping', f.payload.length);
       sendEnvelope(peer, EnvelopeType.Pong, 0, f.payload);
+      peer.heartbeatFrame?.();
       return;
     case EnvelopeType.Pong:
       counters.message('in', 'pong', f.payload.length);
+      peer.heartbeatFrame?.();
       return;
     case EnvelopeType.Close: {
       const c = parseClosePayload(f.payload);

@@ -32,7 +32,10 @@ import { startEchoServer, type EchoServer } from './echo.js';
 import { dial, UpstreamError, type DialResult } from './handshake.js';
 import { HttpForwarder, forwardedHeaders } from './http-forward.js';
 import { compileRoutes, mapTarget, matchRoute, requestHost, type RouteMatcher } from './router.js';
-import { Session, isValidWireCloseCode, type SessionHost } from './session.js';
+import { Session, isValidWireCloseCode, type ResumeState, type SessionHost } from './session.js';
+import {
+  RESUME_HEADER, REFUSAL_TEXT, ReplayBuffer, ResumeRegistry, newResumeToken, parseResumeHeader, tokenShard, type ResumeRefusal,
+} from './resume.js';
 import { NativeSession } from './native-session.js';
 import { EngineClient, SocketClient, setPeerAddress, type HandshakeClient } from './handshake-client.js';
 import { NativeEngine, nativeEngineUnavailable, socketFd, type EngineEvent, type EngineParams } from '../engine/index.js';
@@ -53,6 +56,8 @@ const HOP_HEADERS = new Set([
   'proxy-authenticate', 'proxy-authorization', 'content-length', 'sec-websocket-key', 'sec-websocket-version',
   'sec-websocket-extensions', 'sec-websocket-protocol', 'x-real-ip', 'x-forwarded-for', 'x-forwarded-proto',
   'x-forwarded-host',
+  // Resume (ours: never forwarded).
+  'sluice-resume', 'sluice-relay', 'sluice-relayed-for',
 ]);
 
 const chOpen = dc.channel('sluice:session:open');
@@ -69,6 +74,10 @@ export interface ProxyHooks {
   onControl?(session: { id: number; route: string; remoteAddress: string; version: string }, payload: unknown): void;
   /** Internal (shards): connection counts shared with the other shards (ledger.ts). */
   ledger?: ConnectionLedger;
+  /** Internal (shards): this shard's number (resume tokens name the shard that holds their session). */
+  shard?: number;
+  /** Internal (shards): every shard's loopback port for relayed resumes (shard/messages.ts). */
+  resumePeers?: Int32Array;
   /** Internal (shards): listen with SO_REUSEPORT, so that every shard can bind the same port. */
   reusePort?: boolean;
   /**
@@ -194,6 +203,12 @@ export class Proxy implements SessionHost {
   private tunnelListeners: TunnelListener[] = [];
   private pendingUpgrades = 0;
   private nextId = 1;
+  /** Live resume tokens of this proxy's (shard's) resumable sessions. */
+  private readonly resumable = new ResumeRegistry<Session>();
+  /** Shards: the loopback listener where resumes other shards relay arrive, its secret, and the relays open. */
+  private relayServer: http.Server | null = null;
+  private relaySecret = '';
+  private readonly relays = new Set<net.Socket>();
   private sweepTimer: NodeJS.Timeout | null = null;
   private admin: AdminServer | null = null;
   draining = false;
@@ -308,6 +323,8 @@ export class Proxy implements SessionHost {
 
   sessionEnded(s: Session | NativeSession): void {
     this.sessions.delete(s);
+    const resume = s instanceof Session ? s.resume : null;
+    if (resume !== null) this.resumable.end(resume.token);
     const counts = this.routeCounts.get(s.routeKey);
     if (counts) {
       counts.sessions--;
@@ -332,6 +349,7 @@ export class Proxy implements SessionHost {
       upstreamReason: s.upstreamCloseReason,
       closedFirst: s.closedFirst,
       envelope: s.envelope,
+      ...(resume !== null ? { resumes: resume.resumes } : {}),
     };
     this.logger.info(info, 'session closed');
     if (chClose.hasSubscribers) chClose.publish(info);
@@ -354,6 +372,11 @@ export class Proxy implements SessionHost {
     } catch (err) {
       this.logger.error({ event: 'control_hook_failed', session: s.id, err }, 'onControl hook threw');
     }
+  }
+
+  resumeEvent(s: Session, event: 'parked' | 'expired', detail: string): void {
+    this.logger.info({ event: event === 'parked' ? 'session_parked' : 'session_park_expired', session: s.id, route: s.route.path, detail },
+      event === 'parked' ? 'client gone: session parked' : 'client did not come back: upstream closed');
   }
 
   errorFrame(s: Session | NativeSession, reason: string): void {
@@ -466,6 +489,7 @@ export class Proxy implements SessionHost {
       this.echo = null;
       throw err;
     }
+    await this.startRelay();
     this.listening = true;
     this.sweepTimer = setInterval(() => this.sweep(), 1000);
     this.sweepTimer.unref();
@@ -509,6 +533,13 @@ export class Proxy implements SessionHost {
     const cutoff = Date.now() + 1000;
     while (this.sessions.size > 0 && Date.now() < cutoff) await new Promise((r) => setTimeout(r, 5));
     this.stopAccepting();
+    for (const r of this.relays) r.destroy();
+    if (this.relayServer !== null) {
+      if (this.hooks.resumePeers !== undefined && this.hooks.shard !== undefined) Atomics.store(this.hooks.resumePeers, this.hooks.shard, 0);
+      this.relayServer.close();
+      this.relayServer.closeAllConnections();
+      this.relayServer = null;
+    }
     // Keep-alive connections that never asked for an upgrade.
     this.server?.closeAllConnections();
     this.server = null;
@@ -645,7 +676,7 @@ export class Proxy implements SessionHost {
 
   // ------------------------------------------------------------------ upgrades
 
-  private onUpgrade(req: UpgradeRequest, client: HandshakeClient, head: Buffer): void {
+  private onUpgrade(req: UpgradeRequest, client: HandshakeClient, head: Buffer, relayed = false): void {
     const started = Date.now();
     const rawUrl = req.url ?? '/';
     const q = rawUrl.indexOf('?');
@@ -673,6 +704,14 @@ export class Proxy implements SessionHost {
     const headerCount = raw.length / 2;
     let remote = client.remoteAddress;
     if (remote.startsWith('::ffff:')) remote = remote.slice(7);
+    if (relayed) {
+      // Only a shard of this pool knows the secret; its word for the client's address is taken.
+      if (this.relaySecret === '' || headerMap.get('sluice-relay') !== this.relaySecret) {
+        client.answer('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+        return;
+      }
+      remote = headerMap.get('sluice-relayed-for') ?? remote;
+    }
 
     this.handshaking.add(client);
     let aborted = false;
@@ -711,7 +750,7 @@ export class Proxy implements SessionHost {
       return refuse('403 Forbidden', 'sluice: origin not allowed');
     }
     const route = matched.route;
-    if (this.connectionRate !== null && !this.connectionRate.allow(remote, started)) {
+    if (!relayed && this.connectionRate !== null && !this.connectionRate.allow(remote, started)) {
       return refuse('429 Too Many Requests', 'sluice: connection rate limit');
     }
     const routeElsewhere = ledger !== undefined ? ledger.othersRoute(route.key) : 0;
@@ -741,6 +780,17 @@ export class Proxy implements SessionHost {
     const hashValue = hashHeader ? (headerMap.get(hashHeader) ?? '') : '';
     // Credentials carried in the query string are ours: they do not travel upstream.
     const upstreamQuery = stripCredentialParams(query, route.config);
+    // A client coming back for its session (routes with resume).
+    const resumeHeader = route.config.resume !== undefined ? headerMap.get(RESUME_HEADER) : undefined;
+    if (resumeHeader !== undefined && !relayed && client.socket) {
+      // Its session may be held by another shard (the kernel spreads connections): relayed there.
+      const relayPort = this.resumeOwnerPort(resumeHeader);
+      if (relayPort > 0) {
+        this.handshaking.delete(client);
+        this.relayResume(req, client.socket, head, relayPort, remote);
+        return;
+      }
+    }
 
     const onAbort = () => {
       aborted = true;
@@ -780,6 +830,23 @@ export class Proxy implements SessionHost {
         return;
       }
       const consumed = decision?.consumedProtocol;
+      const subject = decision?.ok ? (decision.principal ?? null) : null;
+      let refusal: ResumeRefusal | null = null;
+      if (resumeHeader !== undefined) {
+        const found = this.findResumable(resumeHeader, route, subject);
+        if (typeof found !== 'string' && client.socket) {
+          settle();
+          this.handshaking.delete(client);
+          client.offGone();
+          this.resumeInto(found, client.socket, head, {
+            key, protocol: clientProtocol ?? consumed ?? '', remote, envelope: envelope!,
+            expiresAt: decision?.ok ? (decision.expiresAt ?? 0) : 0, received: parseResumeHeader(resumeHeader)!.received,
+          });
+          return;
+        }
+        refusal = typeof found === 'string' ? found : 'unknown';
+        this.count.resumeOutcome(refusal);
+      }
       const upstreamProtocols = consumed ? protocols.filter((p) => p !== consumed) : protocols;
       const candidates = route.balancer.order(remote, hashValue, Date.now(), MAX_DIAL_TRIES);
       const expiresAt = decision?.ok ? (decision.expiresAt ?? 0) : 0;
@@ -841,6 +908,7 @@ export class Proxy implements SessionHost {
             extensions: result.extensions,
             remote, origin, started, envelope, expiresAt,
             tokenProtocol: clientProtocol === null && result.protocol === '' && consumed !== undefined,
+            subject, refusal,
           });
         },
         failed,
@@ -938,6 +1006,7 @@ export class Proxy implements SessionHost {
     socket: net.Socket, head: Buffer, route: RouteRuntime, upstream: Upstream, dialed: DialResult, m: {
       key: string; protocol: string; extensions: string; remote: string; origin: string; started: number;
       envelope: EnvelopeVersion | null; expiresAt: number; tokenProtocol: boolean;
+      subject: string | null; refusal: ResumeRefusal | null;
     },
   ): void {
     const handshakeMs = Date.now() - m.started;
@@ -948,7 +1017,8 @@ export class Proxy implements SessionHost {
     socket.setNoDelay(true);
     const limits = this.config.limits;
     const engine = this.engine;
-    if (engine !== null && m.extensions === '' && socketFd(socket) >= 0 && socketFd(dialed.socket) >= 0) {
+    const rc = route.config.resume;
+    if (engine !== null && rc === undefined && m.extensions === '' && socketFd(socket) >= 0 && socketFd(dialed.socket) >= 0) {
       // The engine takes both sockets once the 101 has left (Node's write callback). Until
       // then the place is held as an upgrade in flight, published before the 101 goes: a
       // client that gets its 101 and connects again at once, to another shard, must find it
@@ -969,8 +1039,9 @@ export class Proxy implements SessionHost {
         ? new MessageRateLimiter(limits.messagesPerSecond, limits.bytesPerSecond)
         : null,
       deflate: m.extensions,
-    });
+    }, rc === undefined ? null : this.resumeState(rc, m.subject, m.refusal));
     this.sessions.add(s);
+    if (s.resume !== null) this.resumable.add(s.resume.token, s);
     route.counts.sessions++;
     this.publishCounts(route.key, route.counts);
     this.count.sessionOpened();
@@ -985,6 +1056,102 @@ export class Proxy implements SessionHost {
     // Counted and published before the 101 goes (see above).
     socket.write(`${answer}\r\n`, 'latin1');
     s.start();
+  }
+
+  private resumeState(rc: NonNullable<RouteConfig['resume']>, subject: string | null, refusal: ResumeRefusal | null): ResumeState {
+    return {
+      token: newResumeToken(this.hooks.shard ?? 0), subject, graceMs: rc.graceSeconds * 1000, bufferBytes: rc.bufferBytes,
+      replay: new ReplayBuffer(), received: 0, ackSent: 0, parkedAt: 0, dead: false, resumes: 0, held: false,
+      refusal: refusal === null ? null : REFUSAL_TEXT[refusal],
+    };
+  }
+
+  /** The session a `Sluice-Resume` header asks for, or why it cannot continue. */
+  private findResumable(header: string, route: RouteRuntime, subject: string | null): Session | ResumeRefusal {
+    const ask = parseResumeHeader(header);
+    if (ask === null) return 'malformed';
+    const s = this.resumable.get(ask.token);
+    if (s === undefined) return this.resumable.wasKnown(ask.token) ? 'expired' : 'unknown';
+    if (s.routeKey !== route.key) return 'route';
+    if (s.resume!.subject !== subject) return 'foreign';
+    return s.resumeRefusal(ask.received) ?? s;
+  }
+
+  /** Shards: the loopback port of the other shard a resume token names, or 0 (this shard's, or unknown). */
+  private resumeOwnerPort(header: string): number {
+    const peers = this.hooks.resumePeers;
+    const ask = parseResumeHeader(header);
+    if (peers === undefined || ask === null) return 0;
+    const owner = tokenShard(ask.token);
+    if (owner < 0 || owner === this.hooks.shard || owner >= peers.length) return 0;
+    return Atomics.load(peers, owner);
+  }
+
+  /**
+   * Relay a resume to the shard that holds its session: the request head again (with the
+   * pool's secret and the client's address), then bytes both ways until either side ends.
+   * One copy per chunk in this shard; resumes that land on their own shard pay nothing.
+   */
+  private relayResume(req: UpgradeRequest, socket: net.Socket, head: Buffer, port: number, remote: string): void {
+    const lines = [`${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1`];
+    const raw = req.rawHeaders;
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+      const name = raw[i].toLowerCase();
+      if (name !== 'sluice-relay' && name !== 'sluice-relayed-for') lines.push(`${raw[i]}: ${raw[i + 1]}`);
+    }
+    lines.push(`Sluice-Relay: ${this.relaySecret}`, `Sluice-Relayed-For: ${remote}`);
+    const out = net.connect(port, '127.0.0.1');
+    out.setNoDelay(true);
+    socket.setNoDelay(true);
+    this.relays.add(socket);
+    this.relays.add(out);
+    out.write(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
+    if (head.length > 0) out.write(head);
+    socket.pipe(out);
+    out.pipe(socket);
+    for (const [a, b] of [[socket, out], [out, socket]] as const) {
+      a.on('error', () => {});
+      a.on('close', () => {
+        this.relays.delete(a);
+        b.destroy();
+      });
+    }
+    this.count.resume.relayed++;
+    this.logger.debug({ event: 'resume_relayed', remote, port }, 'resume relayed to the shard holding the session');
+  }
+
+  /** Shards: the loopback listener for resumes relayed by other shards; its port goes in the shared table. */
+  private async startRelay(): Promise<void> {
+    const peers = this.hooks.resumePeers;
+    const shard = this.hooks.shard;
+    if (peers === undefined || shard === undefined || this.hooks.ticketKeys === undefined) return;
+    this.relaySecret = createHash('sha256').update('sluice resume relay').update(this.hooks.ticketKeys).digest('hex');
+    const relay = http.createServer();
+    relay.on('upgrade', (req: IncomingMessage, socket: net.Socket, head: Buffer) => this.onUpgrade(req, new SocketClient(socket), head, true));
+    relay.on('request', (_req: IncomingMessage, res: http.ServerResponse) => res.writeHead(404, { Connection: 'close' }).end());
+    await new Promise<void>((resolve, reject) => {
+      relay.once('error', reject);
+      relay.listen(0, '127.0.0.1', () => resolve());
+    });
+    this.relayServer = relay;
+    Atomics.store(peers, shard, (relay.address() as net.AddressInfo).port);
+  }
+
+  /** A client back for its session: its 101, then the session takes the new connection over. */
+  private resumeInto(s: Session, socket: net.Socket, head: Buffer, m: {
+    key: string; protocol: string; remote: string; envelope: EnvelopeVersion; expiresAt: number; received: number;
+  }): void {
+    const accept = createHash('sha1').update(m.key + WS_GUID).digest('base64');
+    let answer = `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n`;
+    if (m.protocol !== '') answer += `Sec-WebSocket-Protocol: ${m.protocol}\r\n`;
+    socket.setNoDelay(true);
+    socket.write(`${answer}\r\n`, 'latin1');
+    const parkedMs = s.resume!.parkedAt === 0 ? 0 : Date.now() - s.resume!.parkedAt;
+    s.attach(socket, head, m.received, { remoteAddress: m.remote, envelope: m.envelope, expiresAt: m.expiresAt });
+    this.logger.info({
+      event: 'session_resumed', session: s.id, route: s.route.path, remote: m.remote, parkedMs, received: m.received,
+      resumes: s.resume!.resumes,
+    }, 'client resumed its session');
   }
 
   /** The native engine's half of startSession: hand both sockets over, then count and log. */
@@ -1102,7 +1269,8 @@ export class Proxy implements SessionHost {
     const rc = matched.route.config;
     // Agent routes end here (no upstream): Node's server and the ws library take them. Upstreams
     // through agents are yamux streams, not sockets: those sessions run on the TypeScript engine.
-    return (rc.mode === 'transparent' || rc.mode === 'envelope') && !rc.upstreams.some((u) => u.agent !== undefined);
+    // Resumable sessions outlive their client's connection: they run on the TypeScript engine.
+    return (rc.mode === 'transparent' || rc.mode === 'envelope') && rc.resume === undefined && !rc.upstreams.some((u) => u.agent !== undefined);
   }
 
   private agentRegistry(): AgentRegistry {

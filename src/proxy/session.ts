@@ -36,6 +36,7 @@ import { isValidWireCloseCode, type EnvelopePeer } from './envelope-route.js';
 import type { MessageRateLimiter } from '../policy/index.js';
 import type { RouteConfig, ProxyConfig } from '../config/types.js';
 import type { Upstream } from './balancer.js';
+import type { ReplayBuffer } from './resume.js';
 
 /** The proxy as a session sees it. */
 export interface SessionHost {
@@ -51,6 +52,36 @@ export interface SessionHost {
   controlFrame(s: Session, payload: unknown): void;
   /** An envelope error frame from the client. */
   errorFrame(s: Session, reason: string): void;
+  /** A resumable session's client is gone (parked) or back (resumed); logged by the host. */
+  resumeEvent?(s: Session, event: 'parked' | 'expired', detail: string): void;
+}
+
+/**
+ * A resumable session's state (routes with `resume`; README "Resume"). Data frames are
+ * numbered per direction from 1: `received` counts the client's (forwarded to the
+ * upstream), the replay buffer numbers the upstream's.
+ */
+export interface ResumeState {
+  readonly token: string;
+  /** Who the client was (its credentials' principal; null on a route without auth): a resume must be them. */
+  readonly subject: string | null;
+  readonly graceMs: number;
+  readonly bufferBytes: number;
+  readonly replay: ReplayBuffer;
+  /** Client data frames forwarded to the upstream. */
+  received: number;
+  /** The last `received` the client was told (control frame `{"ack":N}`). */
+  ackSent: number;
+  /** When the client went (ms epoch), 0 while it is connected. */
+  parkedAt: number;
+  /** The grace ran out (or the session closed for good): the token is dead. */
+  dead: boolean;
+  /** Times the client came back. */
+  resumes: number;
+  /** The upstream is not read: the replay buffer is past `bufferBytes`. */
+  held: boolean;
+  /** Sent first on a session that a refused resume opened: `{"resumed":false,"reason":...}`. */
+  refusal: string | null;
 }
 
 /** Which side ended the session first. */
@@ -186,19 +217,20 @@ export class Session implements EnvelopePeer {
   readonly route: RouteConfig;
   readonly routeKey: string;
   readonly upstream: Upstream;
-  readonly client: Leg;
+  /** The client's leg: replaced when a resumable session's client comes back. */
+  client: Leg;
   readonly server: Leg;
-  readonly remoteAddress: string;
+  remoteAddress: string;
   readonly origin: string;
   readonly protocol: string;
   readonly startedAt: number;
   readonly handshakeMs: number;
-  /** Envelope version spoken with the client, or null on a transparent route. */
-  readonly envelope: EnvelopeVersion | null;
+  /** Envelope version spoken with the client, or null on a transparent route (a resumed client may speak another). */
+  envelope: EnvelopeVersion | null;
   /** Per-connection message and byte rate (null when not configured). */
   readonly rateLimiter: MessageRateLimiter | null;
-  /** When the client's credentials expire (ms epoch), 0 when they do not. */
-  readonly expiresAt: number;
+  /** When the client's credentials expire (ms epoch), 0 when they do not (a resume brings new ones). */
+  expiresAt: number;
   /** The message limit this session was opened with (a reload does not change it mid-session). */
   readonly maxFrameBytes: number;
   readonly deflate: string;
@@ -214,6 +246,9 @@ export class Session implements EnvelopePeer {
   private readonly serverHead: Buffer;
   /** The upstream's chunks are views of a shared read buffer: never forwarded in place. */
   private readonly upstreamReadsBorrowed: boolean;
+  /** Routes with `resume`: the session's resume state (null elsewhere). */
+  readonly resume: ResumeState | null;
+  private readonly parserOptions: Parameters<typeof createFrameParser>[0];
   /** The chunk onData is walking (transparent routes; null otherwise), and its word view once made. */
   private reading: Buffer | null = null;
   private readingWords: Int32Array | null = null;
@@ -227,6 +262,7 @@ export class Session implements EnvelopePeer {
     client: { socket: net.Socket; head: Buffer },
     server: { socket: Duplex; head: Buffer; setDataHandler(fn: (chunk: Buffer) => void): void; readsBorrowed: boolean },
     meta: SessionMeta,
+    resume: ResumeState | null = null,
   ) {
     this.id = id;
     this.host = host;
@@ -250,6 +286,8 @@ export class Session implements EnvelopePeer {
       allowRsv1: meta.deflate !== '',
       maxFramesPerCall: 64,
     };
+    this.parserOptions = { ...parserOptions, role: 'server' };
+    this.resume = resume;
     this.client = new Leg('client', client.socket, createFrameParser({ ...parserOptions, role: 'server' }),
       createFrameEncoder('server', 1024), this.startedAt);
     this.server = new Leg('upstream', server.socket, createFrameParser({ ...parserOptions, role: 'client' }),
@@ -271,24 +309,42 @@ export class Session implements EnvelopePeer {
     this.expiresAt = meta.expiresAt;
     // upstream.sessions was counted when the dial started (least_conn sees dials in flight).
 
-    const c = this.client;
     const u = this.server;
-    c.socket.pause();
     u.socket.pause();
-    c.socket.on('data', (chunk: Buffer) => this.onData(c, u, chunk));
-    server.setDataHandler((chunk: Buffer) => this.onData(u, c, chunk));
-    for (const leg of [c, u]) {
-      const partner = leg === c ? u : c;
-      leg.socket.on('drain', () => this.onDrain(leg, partner));
-      leg.socket.on('error', () => {}); // 'close' follows and does the work
-      // A peer's FIN: half-open sockets (the HTTP server's) are ended by us, so 'close' follows.
-      leg.socket.on('end', () => leg.socket.end());
-      leg.socket.on('close', () => this.onSocketClosed(leg, partner));
-    }
+    server.setDataHandler((chunk: Buffer) => this.onData(u, this.client, chunk));
+    u.socket.on('drain', () => this.onDrain(u, this.client));
+    u.socket.on('error', () => {}); // 'close' follows and does the work
+    u.socket.on('end', () => u.socket.end());
+    u.socket.on('close', () => this.onSocketClosed(u, this.client));
+    this.wireClient(this.client);
+  }
+
+  /**
+   * The client leg's socket events. A leg replaced by a resume is stale: what its socket
+   * still reports is ignored (its socket is already destroyed).
+   */
+  private wireClient(c: Leg): void {
+    c.socket.pause();
+    c.socket.on('data', (chunk: Buffer) => { if (c === this.client) this.onData(c, this.server, chunk); });
+    c.socket.on('drain', () => { if (c === this.client) this.onDrain(c, this.server); });
+    c.socket.on('error', () => {}); // 'close' follows and does the work
+    // A peer's FIN: half-open sockets (the HTTP server's) are ended by us, so 'close' follows.
+    c.socket.on('end', () => c.socket.end());
+    c.socket.on('close', () => {
+      if (c === this.client) this.onSocketClosed(c, this.server);
+      else c.alive = false;
+    });
   }
 
   /** Start reading both sides; bytes that arrived with either handshake go first. */
   start(): void {
+    const r = this.resume;
+    if (r !== null) {
+      // A refused resume says so first, then the new session's token.
+      if (r.refusal !== null) this.sendControl({ resumed: false, reason: r.refusal });
+      this.sendControl({ resume: { token: r.token, graceSeconds: r.graceMs / 1000, bufferBytes: r.bufferBytes } });
+      this.flush(this.client);
+    }
     if (this.serverHead.length > 0) this.onData(this.server, this.client, this.serverHead);
     if (this.clientHead.length > 0) this.onData(this.client, this.server, this.clientHead);
     if (this.server.alive && !this.server.paused) this.server.socket.resume();
@@ -515,6 +571,7 @@ export class Session implements EnvelopePeer {
       whole = from.assembly.subarray(0, need);
     }
     if (from === this.client) envelopeRoute.fromClient(this, whole, !from.text, this.maxFrameBytes, this.counters);
+    else if (this.resume !== null) this.keepAndSend(this.resume, whole);
     else envelopeRoute.fromUpstream(this, whole);
     if (whole !== payload) {
       release(from.assembly!);
@@ -527,6 +584,7 @@ export class Session implements EnvelopePeer {
 
   upstreamData(payload: Buffer): void {
     if (!canSend(this.server)) return;
+    if (this.resume !== null) this.resume.received++;
     if (this.overBudget(this.client, this.server, payload.length)) {
       if (this.route.backpressure === 'drop') this.counters.dropped.backpressure++;
       else this.slowPeer(this.server);
@@ -550,11 +608,182 @@ export class Session implements EnvelopePeer {
   }
 
   controlFrame(payload: unknown): void {
+    const r = this.resume;
+    if (r !== null && typeof (payload as { ack?: unknown }).ack === 'number' && Object.keys(payload as object).length === 1) {
+      // The client has the upstream's messages up to N: they leave the replay buffer.
+      if (!r.replay.ack((payload as { ack: number }).ack)) {
+        this.fail(this.client, 1002, 'ack beyond the messages sent', 1001, 'client sent a malformed envelope');
+        return;
+      }
+      this.checkHold(r);
+      return;
+    }
     this.host.controlFrame(this, payload);
+  }
+
+  /** A ping answered or a pong received on an envelope route: a resumable session acknowledges with it. */
+  heartbeatFrame(): void {
+    if (this.resume !== null) this.sendAck(this.resume, true);
   }
 
   errorFrame(reason: string): void {
     this.host.errorFrame(this, reason);
+  }
+
+  // ---------------------------------------------------------------- resume (README "Resume")
+
+  /** One control frame for the client (its JSON). */
+  private sendControl(json: unknown): void {
+    envelopeRoute.sendEnvelope(this, EnvelopeType.Control, 0, Buffer.from(JSON.stringify(json), 'utf8'));
+  }
+
+  /** An upstream message on a resumable route: numbered and kept until acknowledged, sent when the client is here. */
+  private keepAndSend(r: ResumeState, message: Buffer): void {
+    if (r.dead) return; // the grace ran out: the upstream is being closed
+    const copy = Buffer.from(message); // the engine's read buffers are reused
+    r.replay.push(copy);
+    if (r.parkedAt === 0) envelopeRoute.fromUpstream(this, copy);
+    this.checkHold(r);
+  }
+
+  /** Past `bufferBytes` unacknowledged, the upstream is not read (never dropped); below it again, it is. */
+  private checkHold(r: ResumeState): void {
+    const u = this.server;
+    if (!r.held && r.replay.bytes > r.bufferBytes) {
+      r.held = true;
+      if (u.alive) u.socket.pause();
+      // A connected client that has not acknowledged is asked to: its pong brings an ack.
+      if (r.parkedAt === 0 && canSend(this.client)) {
+        envelopeRoute.sendEnvelope(this, EnvelopeType.Ping, 0, EMPTY);
+        this.flush(this.client);
+      }
+    } else if (r.held && r.replay.bytes <= r.bufferBytes) {
+      r.held = false;
+      if (u.alive && !u.paused) u.socket.resume();
+    }
+  }
+
+  /** Tell the client how many of its data frames reached the upstream (`force`: even when unchanged). */
+  private sendAck(r: ResumeState, force: boolean): void {
+    if (r.parkedAt !== 0 || !canSend(this.client) || (!force && r.received === r.ackSent)) return;
+    r.ackSent = r.received;
+    this.sendControl({ ack: r.received });
+  }
+
+  /**
+   * The client's connection is gone but the session is not: keep the upstream, hold its
+   * messages, wait `graceMs` for the client. `cut`: destroy the old socket (it may still
+   * look alive: a heartbeat timeout, a takeover by a new connection).
+   */
+  private park(r: ResumeState, why: string, cut = true): void {
+    const c = this.client;
+    r.parkedAt = Date.now();
+    this.counters.resume.parked++;
+    c.deaf = true;
+    if (c.state === OPEN) c.code = 1006;
+    c.state = CLOSED;
+    if (cut && c.alive) c.socket.destroy();
+    if (c.assembly !== null) {
+      release(c.assembly);
+      c.assembly = null;
+      c.assemblyLength = 0;
+    }
+    // Paused for the old socket's full buffer: from now on the replay buffer decides.
+    const u = this.server;
+    if (u.paused) {
+      u.paused = false;
+      if (u.alive && !r.held) u.socket.resume();
+    }
+    this.host.resumeEvent?.(this, 'parked', why);
+  }
+
+  /** The token dies: no resume from now on (a park in progress ends). */
+  private bury(r: ResumeState): void {
+    if (r.dead) return;
+    r.dead = true;
+    if (r.parkedAt !== 0) this.counters.parkEnded((Date.now() - r.parkedAt) / 1000);
+    r.parkedAt = 0;
+    r.replay.clear();
+  }
+
+  /** The grace ran out: the token dies, the upstream gets 1001 "client gone". */
+  private expire(r: ResumeState): void {
+    this.bury(r);
+    this.host.resumeEvent?.(this, 'expired', `no resume within ${r.graceMs / 1000} s`);
+    if (this.closedFirst === '') this.closedFirst = 'client';
+    this.client.reason = 'client gone';
+    const u = this.server;
+    if (r.held) {
+      r.held = false;
+      if (u.alive && !u.paused) u.socket.resume(); // its close reply must be read
+    }
+    if (u.state === OPEN) this.sendClose(u, 1001, 'client gone');
+    else if (u.state === CLOSE_RECEIVED) this.sendClose(u, u.code === 1005 ? 0 : u.code, u.reason);
+    this.maybeEnd();
+  }
+
+  /**
+   * Whether a client that says it has `received` of the upstream's messages can continue
+   * this session: null when it can, else why not.
+   */
+  resumeRefusal(received: number): 'expired' | 'behind' | 'ahead' | null {
+    const r = this.resume;
+    if (r === null || r.dead || this.ended) return 'expired';
+    // Closing (a close frame either way): resume is for the network, not for goodbyes.
+    if (r.parkedAt === 0 && this.client.state !== OPEN) return 'expired';
+    if (received < r.replay.acked) return 'behind';
+    if (received > r.replay.sent) return 'ahead';
+    return null;
+  }
+
+  /**
+   * The client is back on `socket` (its 101 written) having `received` of the upstream's
+   * messages: `{"resumed":true,"received":M}` (M: its data frames forwarded), the upstream's
+   * messages after `received` in order, then the session goes on. A connection the session
+   * still holds (the network has not told us it died) is cut first.
+   */
+  attach(socket: net.Socket, head: Buffer, received: number, meta: { remoteAddress: string; envelope: EnvelopeVersion; expiresAt: number }): void {
+    const r = this.resume!;
+    if (r.parkedAt === 0) this.park(r, 'the client came back on a new connection');
+    this.counters.parkEnded((Date.now() - r.parkedAt) / 1000);
+    this.counters.resumeOutcome('resumed');
+    r.parkedAt = 0;
+    r.resumes++;
+    const old = this.client;
+    const c = new Leg('client', socket, createFrameParser(this.parserOptions), createFrameEncoder('server', 1024), this.host.clock);
+    c.messages = old.messages;
+    c.bytes = old.bytes;
+    this.client = c;
+    this.remoteAddress = meta.remoteAddress;
+    this.envelope = meta.envelope;
+    this.expiresAt = meta.expiresAt;
+    this.wireClient(c);
+    r.replay.ack(received);
+    const replayed = r.replay.sent - received;
+    this.sendControl({ resumed: true, received: r.received, replayed });
+    r.ackSent = r.received;
+    let bytes = 0;
+    for (const m of r.replay.after(received)) {
+      envelopeRoute.fromUpstream(this, m);
+      bytes += m.length;
+    }
+    this.counters.resume.replayedFrames += replayed;
+    this.counters.resume.replayedBytes += bytes;
+    // The upstream closed while the client was away: its close follows what it sent.
+    const u = this.server;
+    if (u.state === CLOSED || !u.alive) {
+      if (u.code === 1006 || u.code === 0) this.sendClose(c, 1014, 'upstream went away');
+      else this.sendClose(c, u.code === 1005 ? 0 : u.code, u.reason);
+    }
+    this.flush(c);
+    this.checkHold(r);
+    if (head.length > 0) this.onData(c, u, head);
+    if (c.alive && !c.paused) c.socket.resume();
+  }
+
+  /** The token is dead for good (a close either way, a drain): the session ends as any other. */
+  get resumable(): boolean {
+    return this.resume !== null && !this.resume.dead && !this.ended;
   }
 
   // ---------------------------------------------------------------- writing, backpressure
@@ -603,7 +832,7 @@ export class Session implements EnvelopePeer {
     if (leg === this.server) this.checkBackpressure(0);
     if (partner.paused) {
       partner.paused = false;
-      if (partner.alive) partner.socket.resume();
+      if (partner.alive && !(partner === this.server && this.resume?.held === true)) partner.socket.resume();
     }
   }
 
@@ -664,6 +893,17 @@ export class Session implements EnvelopePeer {
       reason = r.toString('utf8');
     }
     from.deaf = true; // nothing may follow a close frame
+    const r = this.resume;
+    if (r !== null && from === this.client && code === 1001 && from.state === OPEN && !r.dead && this.server.state === OPEN) {
+      // "Going away" from the client's side of the network (a middlebox, a page unloading):
+      // the connection ends, the session is parked (an envelope close ends it for good).
+      from.state = CLOSED;
+      from.encoder.frame(Opcode.Close, closePayload(1001, ''), true, false);
+      this.flush(from);
+      this.endLeg(from);
+      this.park(r, 'client went away (1001)', false);
+      return;
+    }
     if (from.state === OPEN) {
       // This side starts the close: pass it on, and answer it with the partner's reply.
       from.state = CLOSE_RECEIVED;
@@ -761,6 +1001,7 @@ export class Session implements EnvelopePeer {
 
   /** Drain, shutdown, reload: the client gets `code`, the upstream 1001, both with `reason`. */
   shutdown(code: number, reason: string): void {
+    if (this.resume !== null) this.bury(this.resume);
     if (this.closedFirst === '') this.closedFirst = 'proxy';
     this.sendClose(this.client, code, reason);
     this.sendClose(this.server, 1001, reason);
@@ -768,6 +1009,7 @@ export class Session implements EnvelopePeer {
 
   /** Cut both connections now (end of a drain). */
   destroy(): void {
+    if (this.resume !== null) this.bury(this.resume);
     this.client.socket.destroy();
     this.server.socket.destroy();
   }
@@ -781,6 +1023,11 @@ export class Session implements EnvelopePeer {
     const u = this.server;
     if (c.killAt !== 0 && now >= c.killAt && c.alive) c.socket.destroy();
     if (u.killAt !== 0 && now >= u.killAt && u.alive) u.socket.destroy();
+    const r = this.resume;
+    if (r !== null && r.parkedAt !== 0) {
+      this.parkedTick(r, now, pingMs, timeoutMs);
+      return;
+    }
     if (c.state !== OPEN || !c.alive) return;
     if (this.expiresAt !== 0 && now >= this.expiresAt) {
       this.fail(c, 1008, 'credentials expired', 1001, 'client credentials expired');
@@ -791,7 +1038,12 @@ export class Session implements EnvelopePeer {
     // one sweep old): one sweep of slack, so a side is never judged early.
     if (c.paused) c.seen = now;
     if (u.paused) u.seen = now;
+    if (r !== null && r.held) u.seen = now;
     if (now - c.seen > timeoutMs + 1000) {
+      if (r !== null && !r.dead) {
+        this.park(r, 'client heartbeat timeout');
+        return;
+      }
       if (this.closedFirst === '') this.closedFirst = 'proxy';
       c.code = 1006;
       c.reason = 'client heartbeat timeout';
@@ -819,11 +1071,53 @@ export class Session implements EnvelopePeer {
       }
     }
     if (this.bpSince !== 0 || this.client.paused || u.socket.writableNeedDrain) this.checkBackpressure(this.channelFill());
+    // At least once a second while the client has unacknowledged data frames.
+    if (r !== null && r.received !== r.ackSent) {
+      this.sendAck(r, false);
+      this.flush(c);
+    }
+  }
+
+  /** Once a second while parked: the grace, and the upstream's heartbeat (it is still ours). */
+  private parkedTick(r: ResumeState, now: number, pingMs: number, timeoutMs: number): void {
+    if (r.dead) return;
+    if (now - r.parkedAt >= r.graceMs) {
+      this.expire(r);
+      return;
+    }
+    const u = this.server;
+    if (u.state !== OPEN || !u.alive) return;
+    if (u.paused || r.held) u.seen = now;
+    if (now - u.seen > timeoutMs + 1000) {
+      if (this.closedFirst === '') this.closedFirst = 'proxy';
+      u.code = 1006;
+      u.reason = 'upstream heartbeat timeout';
+      u.state = CLOSED;
+      u.socket.destroy();
+      return;
+    }
+    if (now - this.lastPing >= pingMs) {
+      this.lastPing = now;
+      u.encoder.frame(Opcode.Ping, EMPTY, true, false);
+      this.flush(u);
+    }
   }
 
   private onSocketClosed(leg: Leg, partner: Leg): void {
     leg.alive = false;
     leg.deaf = true;
+    const r = this.resume;
+    if (r !== null && leg === this.client && !r.dead) {
+      if (r.parkedAt !== 0) {
+        this.maybeEnd();
+        return;
+      }
+      if (leg.state === OPEN) {
+        // Gone without a close frame: the network's doing, not a goodbye.
+        this.park(r, 'client connection lost');
+        return;
+      }
+    }
     if (leg.state === OPEN) {
       // Gone without a close frame.
       if (this.closedFirst === '') this.closedFirst = leg.side;
@@ -846,6 +1140,9 @@ export class Session implements EnvelopePeer {
 
   private maybeEnd(): void {
     if (this.ended || this.client.alive || this.server.alive) return;
+    // Parked with the upstream gone: the client may still come back for what it missed.
+    const r = this.resume;
+    if (r !== null && r.parkedAt !== 0 && !r.dead) return;
     this.ended = true;
     this.upstream.sessions--;
     for (const leg of [this.client, this.server]) {

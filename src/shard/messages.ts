@@ -28,6 +28,11 @@ export interface ShardTask {
   ledger: LedgerInit;
   /** TLS session ticket keys every shard uses (80 random bytes, made once per pool). */
   ticketKeys: Uint8Array;
+  /**
+   * Int32Array over a SharedArrayBuffer, one word per shard: the loopback port where each
+   * shard takes resumes relayed by the others (a resume token names its session's shard).
+   */
+  resumePeers: Int32Array;
 }
 
 /** How a shard's task ended (a crash ends the thread instead: piscina sees its exit). */

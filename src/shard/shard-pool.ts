@@ -104,7 +104,7 @@ class ShardRun {
   private onListening!: (port: number) => void;
   private onListenFailed!: (err: Error) => void;
 
-  constructor(pool: Piscina, readonly id: number, config: ProxyConfig, ledger: LedgerInit, ticketKeys: Uint8Array) {
+  constructor(pool: Piscina, readonly id: number, config: ProxyConfig, ledger: LedgerInit, ticketKeys: Uint8Array, resumePeers: Int32Array) {
     const control = new MessageChannel();
     const query = new MessageChannel();
     this.control = control.port1;
@@ -115,7 +115,7 @@ class ShardRun {
     });
     this.listening.catch(() => undefined);
     this.control.on('message', (m: ControlMessage) => this.onMessage(m));
-    const task: ShardTask = { id, config, control: control.port2, query: query.port2, signal: this.signal, ledger, ticketKeys };
+    const task: ShardTask = { id, config, control: control.port2, query: query.port2, signal: this.signal, ledger, ticketKeys, resumePeers };
     this.done = pool.run(task, { transferList: [control.port2, query.port2] }).then(
       (r: ShardTaskResult) => r.reason,
       () => 'crashed' as const,
@@ -236,6 +236,8 @@ export class ShardedProxy {
   private ledger: Int32Array | null = null;
   /** TLS session ticket keys of every shard, replacements included (a session resumes on any). */
   private readonly ticketKeys = new Uint8Array(randomBytes(80));
+  /** Each shard's loopback port for relayed resumes (messages.ts `resumePeers`), one word per possible shard. */
+  private readonly resumePeers = new Int32Array(new SharedArrayBuffer(4 * 1024));
   private slots: Record<string, number> = {};
 
   constructor(input: ProxyConfigInput | ProxyConfig | unknown = {}) {
@@ -337,7 +339,7 @@ export class ShardedProxy {
   private startShard(shard: Shard): ShardRun {
     const run = new ShardRun(this.pool!, shard.id, this.shardConfig(this.config), {
       words: this.ledger!, row: shard.id, shards: this.shards.length, slots: this.slots,
-    }, this.ticketKeys);
+    }, this.ticketKeys, this.resumePeers);
     shard.run = run;
     void run.done.then((outcome) => this.onShardEnded(shard, run, outcome));
     return run;

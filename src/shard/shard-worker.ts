@@ -31,7 +31,7 @@ export default async function runShard(task: ShardTask): Promise<ShardTaskResult
   const { id, control, query, signal } = task;
   const post = (m: ControlMessage) => control.postMessage(m);
   const ledger = new ConnectionLedger(task.ledger);
-  const proxy: Proxy = createProxy(task.config, { ledger, reusePort: true, ticketKeys: task.ticketKeys });
+  const proxy: Proxy = createProxy(task.config, { ledger, reusePort: true, ticketKeys: task.ticketKeys, shard: task.id, resumePeers: task.resumePeers });
 
   let listening: Promise<unknown> = Promise.resolve();
   let ending: Promise<void> | null = null;
