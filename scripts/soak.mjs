@@ -11,13 +11,13 @@
 //   options: --duration S  --clients N  --kill-every S
 // Needs the TypeScript build (npm run build:ts).
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { WebSocket } from 'ws';
+import { freePort, procStats, sleep, stopSluice, waitHealthy } from './soak-kit.mjs';
 
 const root = new URL('..', import.meta.url).pathname;
 const { values } = parseArgs({
@@ -43,22 +43,7 @@ if (!existsSync(cli)) {
   process.exit(2);
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const failures = [];
-
-async function freePort() {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const { port } = s.address();
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-function procStats(pid) {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-  return { rssMiB: Math.round(rssKb / 1024), fds: readdirSync(`/proc/${pid}/fd`).length };
-}
 
 // ---- the backend: a ws echo server in its own process, killed and restarted on one port
 
@@ -127,16 +112,9 @@ async function metrics() {
   return { total: value('agent_websocket_sessions_total'), active: value('agent_websocket_active_sessions'), closes };
 }
 
-for (let i = 0; ; i++) {
-  try {
-    const r = await fetch(`http://127.0.0.1:${adminPort}/healthz`);
-    if (r.ok) break;
-  } catch { /* not up yet */ }
-  if (i > 100 || sluiceExit) {
-    console.error('soak: sluice did not start', sluiceExit);
-    process.exit(1);
-  }
-  await sleep(100);
+if (!(await waitHealthy(adminPort, () => sluiceExit))) {
+  console.error('soak: sluice did not start', sluiceExit);
+  process.exit(1);
 }
 const baseline = procStats(sluice.pid);
 
@@ -252,14 +230,8 @@ if (msgsPerSecondSecondHalf === 0) failures.push('no messages in the second half
 if (backendKills === 0) failures.push('no backend kill happened');
 
 // A clean stop: SIGTERM drains and exits 0.
-sluice.kill('SIGTERM');
-const stopped = await Promise.race([once(sluice, 'exit').then(() => true), sleep(15_000).then(() => false)]);
-if (!stopped) {
-  failures.push('sluice did not exit within 15 s of SIGTERM');
-  sluice.kill('SIGKILL');
-} else if (sluiceExit && sluiceExit.code !== 0) {
-  failures.push(`sluice exited with ${JSON.stringify(sluiceExit)} on SIGTERM`);
-}
+const stopProblem = await stopSluice(sluice, () => sluiceExit);
+if (stopProblem) failures.push(stopProblem);
 backend?.kill('SIGKILL');
 
 const summary = {

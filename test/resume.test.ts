@@ -193,7 +193,7 @@ t.test('past bufferBytes the upstream is held back, nothing dropped; the client 
 });
 
 /** A raw envelope client (v2) speaking the resume protocol by hand, as a client in another language would. */
-async function rawClient(url: string, headers: Record<string, string> = {}) {
+async function rawClient(url: string, headers: Record<string, string> = { 'Sluice-Resume': 'new' }) {
   const ws = new WebSocket(url, ['sluice.v2'], { headers });
   const frames: Array<{ type: number; payload: Buffer }> = [];
   ws.on('message', (d: Buffer, isBinary: boolean) => {
@@ -207,15 +207,24 @@ async function rawClient(url: string, headers: Record<string, string> = {}) {
   return { ws, frames, control, data, send };
 }
 
-t.test('the wire: token, acks, {"resumed":true,"received":M}, the replay after N; a bad received; a clean close ends it', async (t) => {
+/**
+ * An upstream and a proxy (v2 allowed) with a resume route to it, for raw clients; torn down
+ * with the test (`keepOpen`: the test closes the proxy itself). `url` is the route's.
+ */
+async function rawSetup(t: Test, resume: { graceSeconds?: number; bufferBytes?: number }, extra: Record<string, unknown> = {}, keepOpen = false) {
   const up = await numberedUpstream();
-  const proxy = createProxy({ ...V2, listen: { host: HOST, port: 0 }, log: { level: 'silent' }, routes: [resumeRoute(up.url, { graceSeconds: 10 })] });
+  const { routeExtra, ...proxyExtra } = extra as { routeExtra?: Record<string, unknown> };
+  const proxy = createProxy({ ...V2, listen: { host: HOST, port: 0 }, log: { level: 'silent' }, routes: [resumeRoute(up.url, resume, routeExtra)], ...proxyExtra });
   const { port } = await proxy.listen();
   t.teardown(async () => {
-    await proxy.close({ drainMs: 200 });
+    if (!keepOpen) await proxy.close({ drainMs: 200 });
     await up.close();
   });
-  const url = `ws://${HOST}:${port}/r`;
+  return { up, proxy, url: `ws://${HOST}:${port}/r` };
+}
+
+t.test('the wire: token, acks, {"resumed":true,"received":M}, the replay after N; a bad received; a clean close ends it', async (t) => {
+  const { up, proxy, url } = await rawSetup(t, { graceSeconds: 10 });
   const a = await rawClient(url);
   await until(() => a.control().length >= 1 && up.ws !== null, 3000, 'token');
   const first = a.control()[0] as { resume: { token: string; graceSeconds: number } };
@@ -257,20 +266,10 @@ t.test('the wire: token, acks, {"resumed":true,"received":M}, the replay after N
 });
 
 t.test('a token presented with other credentials is refused continuity', async (t) => {
-  const up = await numberedUpstream();
   const keys = ['key-of-alice', 'key-of-bob'];
   const sha256 = keys.map((k) => createHash('sha256').update(k).digest('hex'));
-  const proxy = createProxy({
-    ...V2, listen: { host: HOST, port: 0 }, log: { level: 'silent' },
-    routes: [resumeRoute(up.url, { graceSeconds: 10 }, { auth: { apiKeys: { sha256, header: 'x-api-key' } } })],
-  });
-  const { port } = await proxy.listen();
-  t.teardown(async () => {
-    await proxy.close({ drainMs: 200 });
-    await up.close();
-  });
-  const url = `ws://${HOST}:${port}/r`;
-  const alice = await rawClient(url, { 'x-api-key': keys[0] });
+  const { up, url } = await rawSetup(t, { graceSeconds: 10 }, { routeExtra: { auth: { apiKeys: { sha256, header: 'x-api-key' } } } });
+  const alice = await rawClient(url, { 'x-api-key': keys[0], 'Sluice-Resume': 'new' });
   await until(() => alice.control().length >= 1, 3000, 'token');
   const token = (alice.control()[0] as { resume: { token: string } }).resume.token;
   alice.ws.terminate();
@@ -315,4 +314,64 @@ t.test('resume across two shards: a resume that lands on the other shard is rela
   t.equal(gaps(up.got, sentC), 'none', `the upstream got c:1..c:${sentC} once each, in order`);
   t.equal(up.sessions, 1, 'one upstream session throughout');
   t.equal(client.stats().lostContinuity, 0, 'continuity never lost');
+});
+
+t.test('a client that does not ask for resume gets an ordinary session on a resume route', async (t) => {
+  const { up, proxy, url } = await rawSetup(t, { graceSeconds: 10 });
+  const plain = await rawClient(url, {});
+  await until(() => up.ws !== null, 3000, 'upstream session');
+  up.ws!.send('u:1');
+  await until(() => plain.data().length === 1, 3000, 'a message');
+  t.same(plain.control(), [], 'no token: it never acknowledges, so nothing is kept for it');
+  const s = proxy.sessions.values().next().value as { resume?: unknown; constructor: { name: string } };
+  t.ok(s.resume === undefined || s.resume === null, `an ordinary session (${s.constructor.name})`);
+  plain.ws.terminate();
+  await until(() => up.closes.length === 1, 3000, 'upstream closed');
+  t.same(up.closes[0], { code: 1001, reason: 'client connection lost' }, 'its loss ends the upstream session at once, as on any route');
+});
+
+t.test('the upstream closes while its client is away: the client gets the replay, then that close; at the connection limit the resume still gets in', async (t) => {
+  const { up, proxy, url } = await rawSetup(t, { graceSeconds: 10 }, { limits: { maxConnections: 1 } });
+  const a = await rawClient(url);
+  await until(() => a.control().length >= 1 && up.ws !== null, 3000, 'token');
+  const token = (a.control()[0] as { resume: { token: string } }).resume.token;
+  up.ws!.send('u:1');
+  await until(() => a.data().length === 1, 3000, 'u:1');
+  a.ws.terminate();
+  await until(() => (proxy.sessions.values().next().value as Session).resume!.parkedAt !== 0, 3000, 'parked');
+  up.ws!.send('u:2');
+  up.ws!.close(4001, 'done here');
+  await until(() => up.closes.length === 1, 3000, 'upstream closed');
+  t.equal(proxy.sessions.size, 1, 'the session stays parked after its upstream closed');
+  const other = await new Promise<number>((resolve) => {
+    const ws = new WebSocket(url, ['sluice.v2'], { headers: { 'Sluice-Resume': 'new' } });
+    ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+    ws.on('open', () => { ws.close(); resolve(101); });
+    ws.on('error', () => {});
+  });
+  t.equal(other, 503, 'a new client is refused at maxConnections: 1');
+  const b = await rawClient(url, { 'Sluice-Resume': `${token}; received=1` });
+  await until(() => b.frames.some((f) => f.type === EnvelopeType.Close), 3000, 'close');
+  t.same(b.control()[0], { resumed: true, received: 0, replayed: 1 }, 'the resume gets in at the limit: its session holds the place');
+  t.same(b.data(), ['u:2'], 'the message sent before the close');
+  const close = b.frames.find((f) => f.type === EnvelopeType.Close)!.payload;
+  t.same({ code: close.readUInt16BE(0), reason: close.subarray(2).toString() }, { code: 4001, reason: 'done here' }, 'then the upstream\'s close code and reason');
+  await until(() => proxy.sessions.size === 0, 3000, 'the session ends');
+});
+
+t.test('a drain ends parked sessions at once, the held upstream reads its close reply', async (t) => {
+  const { up, proxy, url } = await rawSetup(t, { graceSeconds: 30, bufferBytes: 1024 }, {}, true);
+  const a = await rawClient(url);
+  await until(() => a.control().length >= 1 && up.ws !== null, 3000, 'token');
+  a.ws.terminate();
+  const s = proxy.sessions.values().next().value as Session;
+  await until(() => s.resume!.parkedAt !== 0, 3000, 'parked');
+  for (let i = 1; i <= 20; i++) up.ws!.send(`u:${i} ${'x'.repeat(200)}`);
+  await until(() => s.resume!.held, 3000, 'held');
+  const t0 = Date.now();
+  await proxy.close({ drainMs: 5000 });
+  t.ok(Date.now() - t0 < 2000, `close() took ${Date.now() - t0} ms (not the 5 s drain)`);
+  await until(() => up.closes.length === 1, 3000, 'upstream closed');
+  t.same(up.closes[0], { code: 1001, reason: 'proxy shutting down' }, 'the upstream got 1001 and its close handshake completed');
+  t.match(await proxy.registry.metrics(), /sluice_sessions_parked 0[\s\S]*sluice_resume_buffered_bytes 0/, 'nothing parked or buffered after');
 });

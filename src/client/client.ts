@@ -212,6 +212,8 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
   private session: { token: string; base: number; received: number; acked: number; unackedBytes: number; ackBytes: number } | null = null;
   /** A resume was asked on this connection: data waits for the proxy's answer. */
   private awaitingResume = false;
+  /** Resumes in a row the proxy did not answer. */
+  private silentResumes = 0;
   private ackTimer: NodeJS.Timeout | null = null;
   private resumeTimer: NodeJS.Timeout | null = null;
 
@@ -366,9 +368,11 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
     if (this._state === 'closing' || this._state === 'closed') return;
     this.redialTimer = null;
     this.peerClose = null;
-    const headers = this.session !== null
-      ? { ...this.headers, 'Sluice-Resume': `${this.session.token}; received=${this.session.received}` }
-      : this.headers;
+    // `new` opts a new session in; a token asks for the session it names.
+    const headers = !this.resumeEnabled ? this.headers : {
+      ...this.headers,
+      'Sluice-Resume': this.session !== null ? `${this.session.token}; received=${this.session.received}` : 'new',
+    };
     this.awaitingResume = this.session !== null;
     const ws = new WebSocket(this.url, this.offered, {
       headers,
@@ -401,8 +405,14 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
       // At least once a second while the upstream's frames are unacknowledged.
       this.ackTimer = setInterval(() => this.sendAck(false), 1000);
       if (this.awaitingResume) {
-        // A proxy that does not answer the resume (the route lost `resume` in a reload) is a new session.
-        this.resumeTimer = setTimeout(() => this.onResumeAnswer({ resumed: false, reason: 'the proxy did not answer the resume' }), this.handshakeTimeoutMs);
+        // No answer: the connection is dropped and the resume asked again (nothing was sent on
+        // it, so nothing can arrive twice); after two silent tries the route is taken to have
+        // lost `resume` (a reload) and the session is given up.
+        this.resumeTimer = setTimeout(() => {
+          this.resumeTimer = null;
+          if (++this.silentResumes >= 2) this.onResumeAnswer({ resumed: false, reason: 'the proxy did not answer the resume' });
+          else this.ws?.terminate();
+        }, this.handshakeTimeoutMs);
       } else {
         this.session = null;
         this.sessionBase = this.outbox.nextSeq - 1;
@@ -416,6 +426,7 @@ export class SluiceClient extends EventEmitter<SluiceClientEvents> {
   private onResumeAnswer(p: Record<string, unknown>): void {
     if (!this.awaitingResume) return;
     this.awaitingResume = false;
+    if (p.resumed !== undefined) this.silentResumes = 0;
     if (this.resumeTimer !== null) {
       clearTimeout(this.resumeTimer);
       this.resumeTimer = null;

@@ -28,6 +28,8 @@ export interface ResumeCounters {
   replayedBytes: number;
   /** Resumes this shard relayed to the shard holding their session. */
   relayed: number;
+  /** Payload bytes in replay buffers now (upstream messages kept until the client acknowledges them). */
+  buffered: number;
   /** How long parks lasted (ended by a resume or by the grace running out). */
   parkedBuckets: Float64Array;
   parkedSum: number;
@@ -35,7 +37,7 @@ export interface ResumeCounters {
 }
 
 export function newResumeCounters(): ResumeCounters {
-  return { parked: 0, outcomes: {}, replayedFrames: 0, replayedBytes: 0, relayed: 0, parkedBuckets: new Float64Array(PARKED_SECONDS_BUCKETS.length + 1), parkedSum: 0, parkedCount: 0 };
+  return { parked: 0, outcomes: {}, replayedFrames: 0, replayedBytes: 0, relayed: 0, buffered: 0, parkedBuckets: new Float64Array(PARKED_SECONDS_BUCKETS.length + 1), parkedSum: 0, parkedCount: 0 };
 }
 
 /** Counter slots of the native engine (native/engine/engine.h `slot`). */

@@ -94,6 +94,7 @@ export function sumCounters(list: readonly CounterSnapshot[]): CounterSnapshot {
       t.replayedFrames += r.replayedFrames;
       t.replayedBytes += r.replayedBytes;
       t.relayed += r.relayed ?? 0;
+      t.buffered += r.buffered ?? 0;
       addInto(t.parkedBuckets, r.parkedBuckets);
       t.parkedSum += r.parkedSum;
       t.parkedCount += r.parkedCount;
@@ -317,6 +318,14 @@ export function createMetricsRegistry(counters: CounterSource, opts: MetricsRegi
       const c = await snapshot();
       this.reset();
       this.inc(c.resume.replayedBytes);
+    },
+  });
+  new Gauge({
+    name: 'sluice_resume_buffered_bytes',
+    help: 'Payload bytes held in replay buffers now: upstream messages kept until their client acknowledges them (at most routes[].resume.bufferBytes per session, plus one read).',
+    registers,
+    async collect() {
+      this.set((await snapshot()).resume.buffered);
     },
   });
   new Counter({

@@ -4,7 +4,7 @@
  * endpoints), the heartbeat sweep, graceful drain and hot reload. `createProxy()` in
  * index.ts is its door.
  */
-import { createHash } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import dc from 'node:diagnostics_channel';
 import { readFileSync } from 'node:fs';
 import http, { type IncomingMessage } from 'node:http';
@@ -676,7 +676,12 @@ export class Proxy implements SessionHost {
 
   // ------------------------------------------------------------------ upgrades
 
-  private onUpgrade(req: UpgradeRequest, client: HandshakeClient, head: Buffer, relayed = false): void {
+  /**
+   * `via`: `client` (a connection to our listener), `relay` (a resume another shard relayed
+   * to our loopback listener), `local` (a resume whose relay failed: handled here).
+   */
+  private onUpgrade(req: UpgradeRequest, client: HandshakeClient, head: Buffer, via: 'client' | 'relay' | 'local' = 'client'): void {
+    const relayed = via === 'relay';
     const started = Date.now();
     const rawUrl = req.url ?? '/';
     const q = rawUrl.indexOf('?');
@@ -706,12 +711,17 @@ export class Proxy implements SessionHost {
     if (remote.startsWith('::ffff:')) remote = remote.slice(7);
     if (relayed) {
       // Only a shard of this pool knows the secret; its word for the client's address is taken.
-      if (this.relaySecret === '' || headerMap.get('sluice-relay') !== this.relaySecret) {
+      if (!this.relaySecretMatches(headerMap.get('sluice-relay') ?? '')) {
         client.answer('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
         return;
       }
       remote = headerMap.get('sluice-relayed-for') ?? remote;
     }
+    // A client back for a session this shard (or, relayed, another) holds reuses the place
+    // its session has: it is not counted, or rate-limited, again.
+    const resumeAsk = parseResumeHeader(headerMap.get(RESUME_HEADER) ?? '');
+    const relayTo = resumeAsk !== null && via === 'client' ? this.resumeOwnerPort(resumeAsk.token) : 0;
+    const returning = resumeAsk !== null && (relayTo > 0 || this.resumable.get(resumeAsk.token) !== undefined);
 
     this.handshaking.add(client);
     let aborted = false;
@@ -726,7 +736,7 @@ export class Proxy implements SessionHost {
     if (this.draining) return refuse('503 Service Unavailable', 'sluice: draining');
     const ledger = this.hooks.ledger;
     const otherShards = ledger !== undefined ? ledger.othersConnections() : 0;
-    if (this.sessions.size + this.pendingUpgrades + otherShards >= limits.maxConnections) {
+    if (!returning && this.sessions.size + this.pendingUpgrades + otherShards >= limits.maxConnections) {
       return refuse('503 Service Unavailable', 'sluice: at max connections');
     }
     if (headerCount > limits.maxHeaderCount || headerBytes > limits.maxHeaderBytes) {
@@ -750,11 +760,11 @@ export class Proxy implements SessionHost {
       return refuse('403 Forbidden', 'sluice: origin not allowed');
     }
     const route = matched.route;
-    if (!relayed && this.connectionRate !== null && !this.connectionRate.allow(remote, started)) {
+    if (!relayed && !returning && this.connectionRate !== null && !this.connectionRate.allow(remote, started)) {
       return refuse('429 Too Many Requests', 'sluice: connection rate limit');
     }
     const routeElsewhere = ledger !== undefined ? ledger.othersRoute(route.key) : 0;
-    if (route.config.maxConnections > 0 && route.counts.sessions + route.counts.pending + routeElsewhere >= route.config.maxConnections) {
+    if (!returning && route.config.maxConnections > 0 && route.counts.sessions + route.counts.pending + routeElsewhere >= route.config.maxConnections) {
       return refuse('503 Service Unavailable', 'sluice: route at max connections');
     }
     // Connection-listed headers are hop-by-hop too (RFC 9110 §7.6.1).
@@ -780,16 +790,14 @@ export class Proxy implements SessionHost {
     const hashValue = hashHeader ? (headerMap.get(hashHeader) ?? '') : '';
     // Credentials carried in the query string are ours: they do not travel upstream.
     const upstreamQuery = stripCredentialParams(query, route.config);
-    // A client coming back for its session (routes with resume).
+    // Resume (routes with resume): `Sluice-Resume: new` opts a new session in; a token asks
+    // for the session it names. Without the header the session is an ordinary one.
     const resumeHeader = route.config.resume !== undefined ? headerMap.get(RESUME_HEADER) : undefined;
-    if (resumeHeader !== undefined && !relayed && client.socket) {
-      // Its session may be held by another shard (the kernel spreads connections): relayed there.
-      const relayPort = this.resumeOwnerPort(resumeHeader);
-      if (relayPort > 0) {
-        this.handshaking.delete(client);
-        this.relayResume(req, client.socket, head, relayPort, remote);
-        return;
-      }
+    if (resumeHeader !== undefined && relayTo > 0 && client.socket) {
+      // Its session is held by another shard (the kernel spreads connections): relayed there.
+      this.handshaking.delete(client);
+      this.relayResume(req, client, head, relayTo, remote);
+      return;
     }
 
     const onAbort = () => {
@@ -832,7 +840,7 @@ export class Proxy implements SessionHost {
       const consumed = decision?.consumedProtocol;
       const subject = decision?.ok ? (decision.principal ?? null) : null;
       let refusal: ResumeRefusal | null = null;
-      if (resumeHeader !== undefined) {
+      if (resumeHeader !== undefined && resumeHeader.trim() !== 'new') {
         const found = this.findResumable(resumeHeader, route, subject);
         if (typeof found !== 'string' && client.socket) {
           settle();
@@ -908,7 +916,7 @@ export class Proxy implements SessionHost {
             extensions: result.extensions,
             remote, origin, started, envelope, expiresAt,
             tokenProtocol: clientProtocol === null && result.protocol === '' && consumed !== undefined,
-            subject, refusal,
+            subject, refusal, resumable: resumeHeader !== undefined,
           });
         },
         failed,
@@ -1006,7 +1014,7 @@ export class Proxy implements SessionHost {
     socket: net.Socket, head: Buffer, route: RouteRuntime, upstream: Upstream, dialed: DialResult, m: {
       key: string; protocol: string; extensions: string; remote: string; origin: string; started: number;
       envelope: EnvelopeVersion | null; expiresAt: number; tokenProtocol: boolean;
-      subject: string | null; refusal: ResumeRefusal | null;
+      subject: string | null; refusal: ResumeRefusal | null; resumable: boolean;
     },
   ): void {
     const handshakeMs = Date.now() - m.started;
@@ -1017,7 +1025,7 @@ export class Proxy implements SessionHost {
     socket.setNoDelay(true);
     const limits = this.config.limits;
     const engine = this.engine;
-    const rc = route.config.resume;
+    const rc = m.resumable ? route.config.resume : undefined;
     if (engine !== null && rc === undefined && m.extensions === '' && socketFd(socket) >= 0 && socketFd(dialed.socket) >= 0) {
       // The engine takes both sockets once the 101 has left (Node's write callback). Until
       // then the place is held as an upgrade in flight, published before the 101 goes: a
@@ -1078,11 +1086,10 @@ export class Proxy implements SessionHost {
   }
 
   /** Shards: the loopback port of the other shard a resume token names, or 0 (this shard's, or unknown). */
-  private resumeOwnerPort(header: string): number {
+  private resumeOwnerPort(token: string): number {
     const peers = this.hooks.resumePeers;
-    const ask = parseResumeHeader(header);
-    if (peers === undefined || ask === null) return 0;
-    const owner = tokenShard(ask.token);
+    if (peers === undefined) return 0;
+    const owner = tokenShard(token);
     if (owner < 0 || owner === this.hooks.shard || owner >= peers.length) return 0;
     return Atomics.load(peers, owner);
   }
@@ -1092,7 +1099,8 @@ export class Proxy implements SessionHost {
    * pool's secret and the client's address), then bytes both ways until either side ends.
    * One copy per chunk in this shard; resumes that land on their own shard pay nothing.
    */
-  private relayResume(req: UpgradeRequest, socket: net.Socket, head: Buffer, port: number, remote: string): void {
+  private relayResume(req: UpgradeRequest, client: HandshakeClient, head: Buffer, port: number, remote: string): void {
+    const socket = client.socket!;
     const lines = [`${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1`];
     const raw = req.rawHeaders;
     for (let i = 0; i + 1 < raw.length; i += 2) {
@@ -1101,23 +1109,36 @@ export class Proxy implements SessionHost {
     }
     lines.push(`Sluice-Relay: ${this.relaySecret}`, `Sluice-Relayed-For: ${remote}`);
     const out = net.connect(port, '127.0.0.1');
-    out.setNoDelay(true);
-    socket.setNoDelay(true);
-    this.relays.add(socket);
-    this.relays.add(out);
-    out.write(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
-    if (head.length > 0) out.write(head);
-    socket.pipe(out);
-    out.pipe(socket);
-    for (const [a, b] of [[socket, out], [out, socket]] as const) {
-      a.on('error', () => {});
-      a.on('close', () => {
-        this.relays.delete(a);
-        b.destroy();
-      });
-    }
-    this.count.resume.relayed++;
+    // That shard is gone (a crash before it cleared its port): the resume is answered here
+    // (its session went with the shard: a new session that says so).
+    const unreachable = () => this.onUpgrade(req, client, head, 'local');
+    out.once('error', unreachable);
+    out.once('connect', () => {
+      out.off('error', unreachable);
+      out.setNoDelay(true);
+      socket.setNoDelay(true);
+      this.relays.add(socket);
+      this.relays.add(out);
+      out.write(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
+      if (head.length > 0) out.write(head);
+      socket.pipe(out);
+      out.pipe(socket);
+      for (const [a, b] of [[socket, out], [out, socket]] as const) {
+        a.on('error', () => {});
+        a.on('close', () => {
+          this.relays.delete(a);
+          b.destroy();
+        });
+      }
+      this.count.resume.relayed++;
+    });
     this.logger.debug({ event: 'resume_relayed', remote, port }, 'resume relayed to the shard holding the session');
+  }
+
+  private relaySecretMatches(given: string): boolean {
+    const want = Buffer.from(this.relaySecret);
+    const got = Buffer.from(given);
+    return want.length > 0 && got.length === want.length && timingSafeEqual(got, want);
   }
 
   /** Shards: the loopback listener for resumes relayed by other shards; its port goes in the shared table. */
@@ -1127,7 +1148,7 @@ export class Proxy implements SessionHost {
     if (peers === undefined || shard === undefined || this.hooks.ticketKeys === undefined) return;
     this.relaySecret = createHash('sha256').update('sluice resume relay').update(this.hooks.ticketKeys).digest('hex');
     const relay = http.createServer();
-    relay.on('upgrade', (req: IncomingMessage, socket: net.Socket, head: Buffer) => this.onUpgrade(req, new SocketClient(socket), head, true));
+    relay.on('upgrade', (req: IncomingMessage, socket: net.Socket, head: Buffer) => this.onUpgrade(req, new SocketClient(socket), head, 'relay'));
     relay.on('request', (_req: IncomingMessage, res: http.ServerResponse) => res.writeHead(404, { Connection: 'close' }).end());
     await new Promise<void>((resolve, reject) => {
       relay.once('error', reject);
@@ -1147,6 +1168,14 @@ export class Proxy implements SessionHost {
     socket.setNoDelay(true);
     socket.write(`${answer}\r\n`, 'latin1');
     const parkedMs = s.resume!.parkedAt === 0 ? 0 : Date.now() - s.resume!.parkedAt;
+    if (s.envelope !== m.envelope) {
+      // It came back speaking the other version: the route's counts follow it.
+      const counts = this.routeCounts.get(s.routeKey);
+      if (counts !== undefined && s.envelope !== null) {
+        counts.versions[s.envelope]--;
+        counts.versions[m.envelope]++;
+      }
+    }
     s.attach(socket, head, m.received, { remoteAddress: m.remote, envelope: m.envelope, expiresAt: m.expiresAt });
     this.logger.info({
       event: 'session_resumed', session: s.id, route: s.route.path, remote: m.remote, parkedMs, received: m.received,
@@ -1269,8 +1298,10 @@ export class Proxy implements SessionHost {
     const rc = matched.route.config;
     // Agent routes end here (no upstream): Node's server and the ws library take them. Upstreams
     // through agents are yamux streams, not sockets: those sessions run on the TypeScript engine.
-    // Resumable sessions outlive their client's connection: they run on the TypeScript engine.
-    return (rc.mode === 'transparent' || rc.mode === 'envelope') && rc.resume === undefined && !rc.upstreams.some((u) => u.agent !== undefined);
+    // Resumable sessions outlive their client's connection: they run on the TypeScript engine
+    // (a client that does not ask for resume gets an ordinary session, in the engine).
+    return (rc.mode === 'transparent' || rc.mode === 'envelope') && (rc.resume === undefined || headers[RESUME_HEADER] === undefined) &&
+      !rc.upstreams.some((u) => u.agent !== undefined);
   }
 
   private agentRegistry(): AgentRegistry {

@@ -609,9 +609,10 @@ export class Session implements EnvelopePeer {
 
   controlFrame(payload: unknown): void {
     const r = this.resume;
-    if (r !== null && typeof (payload as { ack?: unknown }).ack === 'number' && Object.keys(payload as object).length === 1) {
+    if (r !== null && payload !== null && typeof payload === 'object' && typeof (payload as { ack?: unknown }).ack === 'number' &&
+      Object.keys(payload).length === 1) {
       // The client has the upstream's messages up to N: they leave the replay buffer.
-      if (!r.replay.ack((payload as { ack: number }).ack)) {
+      if (!this.release(r, (payload as { ack: number }).ack)) {
         this.fail(this.client, 1002, 'ack beyond the messages sent', 1001, 'client sent a malformed envelope');
         return;
       }
@@ -642,8 +643,17 @@ export class Session implements EnvelopePeer {
     if (r.dead) return; // the grace ran out: the upstream is being closed
     const copy = Buffer.from(message); // the engine's read buffers are reused
     r.replay.push(copy);
+    this.counters.resume.buffered += copy.length;
     if (r.parkedAt === 0) envelopeRoute.fromUpstream(this, copy);
     this.checkHold(r);
+  }
+
+  /** The client has the upstream's messages up to `n`: out of the replay buffer (false: `n` was never sent). */
+  private release(r: ResumeState, n: number): boolean {
+    const before = r.replay.bytes;
+    const ok = r.replay.ack(n);
+    this.counters.resume.buffered -= before - r.replay.bytes;
+    return ok;
   }
 
   /** Past `bufferBytes` unacknowledged, the upstream is not read (never dropped); below it again, it is. */
@@ -690,6 +700,9 @@ export class Session implements EnvelopePeer {
     }
     // Paused for the old socket's full buffer: from now on the replay buffer decides.
     const u = this.server;
+    // The upstream's close went to a client that is gone: the upstream gets its reply now;
+    // the client gets that close after the replay, if it comes back.
+    if (u.state === CLOSE_RECEIVED) this.sendClose(u, u.code === 1005 ? 0 : u.code, u.reason);
     if (u.paused) {
       u.paused = false;
       if (u.alive && !r.held) u.socket.resume();
@@ -703,7 +716,17 @@ export class Session implements EnvelopePeer {
     r.dead = true;
     if (r.parkedAt !== 0) this.counters.parkEnded((Date.now() - r.parkedAt) / 1000);
     r.parkedAt = 0;
+    this.counters.resume.buffered -= r.replay.bytes;
     r.replay.clear();
+    this.unhold(r);
+  }
+
+  /** The upstream is read again (a close reply must be read whatever the replay buffer holds). */
+  private unhold(r: ResumeState): void {
+    if (!r.held) return;
+    r.held = false;
+    const u = this.server;
+    if (u.alive && !u.paused) u.socket.resume();
   }
 
   /** The grace ran out: the token dies, the upstream gets 1001 "client gone". */
@@ -713,10 +736,6 @@ export class Session implements EnvelopePeer {
     if (this.closedFirst === '') this.closedFirst = 'client';
     this.client.reason = 'client gone';
     const u = this.server;
-    if (r.held) {
-      r.held = false;
-      if (u.alive && !u.paused) u.socket.resume(); // its close reply must be read
-    }
     if (u.state === OPEN) this.sendClose(u, 1001, 'client gone');
     else if (u.state === CLOSE_RECEIVED) this.sendClose(u, u.code === 1005 ? 0 : u.code, u.reason);
     this.maybeEnd();
@@ -750,6 +769,9 @@ export class Session implements EnvelopePeer {
     r.parkedAt = 0;
     r.resumes++;
     const old = this.client;
+    if (old.alive) old.socket.destroy(); // a 1001 park left it closing
+    this.bpSince = 0;
+    this.bpReported = false;
     const c = new Leg('client', socket, createFrameParser(this.parserOptions), createFrameEncoder('server', 1024), this.host.clock);
     c.messages = old.messages;
     c.bytes = old.bytes;
@@ -758,7 +780,7 @@ export class Session implements EnvelopePeer {
     this.envelope = meta.envelope;
     this.expiresAt = meta.expiresAt;
     this.wireClient(c);
-    r.replay.ack(received);
+    this.release(r, received);
     const replayed = r.replay.sent - received;
     this.sendControl({ resumed: true, received: r.received, replayed });
     r.ackSent = r.received;
@@ -948,6 +970,7 @@ export class Session implements EnvelopePeer {
         leg.paused = false;
         leg.socket.resume();
       }
+      if (leg === this.server && this.resume !== null) this.unhold(this.resume);
     }
   }
 
@@ -1005,6 +1028,7 @@ export class Session implements EnvelopePeer {
     if (this.closedFirst === '') this.closedFirst = 'proxy';
     this.sendClose(this.client, code, reason);
     this.sendClose(this.server, 1001, reason);
+    this.maybeEnd(); // a parked session whose upstream had gone has nothing left to close
   }
 
   /** Cut both connections now (end of a drain). */
@@ -1012,6 +1036,7 @@ export class Session implements EnvelopePeer {
     if (this.resume !== null) this.bury(this.resume);
     this.client.socket.destroy();
     this.server.socket.destroy();
+    this.maybeEnd();
   }
 
   /**
@@ -1112,8 +1137,9 @@ export class Session implements EnvelopePeer {
         this.maybeEnd();
         return;
       }
-      if (leg.state === OPEN) {
-        // Gone without a close frame: the network's doing, not a goodbye.
+      if (leg.state === OPEN || leg.state === CLOSE_SENT) {
+        // Gone without a close frame: the network's doing, not a goodbye. (CLOSE_SENT: the
+        // upstream's close was on its way; it is delivered again after the replay.)
         this.park(r, 'client connection lost');
         return;
       }
@@ -1144,6 +1170,7 @@ export class Session implements EnvelopePeer {
     const r = this.resume;
     if (r !== null && r.parkedAt !== 0 && !r.dead) return;
     this.ended = true;
+    if (r !== null) this.bury(r); // the token dies, the replay buffer goes
     this.upstream.sessions--;
     for (const leg of [this.client, this.server]) {
       leg.inflate?.close();
