@@ -249,6 +249,8 @@ for (;;) {
   if (done || Date.now() > deadline) break;
   await sleep(250);
 }
+// Clients acknowledge at least once a second: then nothing is left in the replay buffers.
+await sleep(1500);
 const end = await metrics();
 
 // ---- checks
@@ -270,7 +272,8 @@ if (lost !== 0) failures.push(`${lost} times a client lost continuity`);
 const expectedCuts = CLIENTS * CUT_RATE * DURATION_S;
 if (cuts < expectedCuts / 2) failures.push(`only ${cuts} cuts (about ${expectedCuts} expected)`);
 if (resumes < cuts * 0.5) failures.push(`${resumes} resumes for ${cuts} cuts`);
-if ((end.outcomes.resumed ?? 0) !== resumes) failures.push(`sluice counted ${end.outcomes.resumed} resumes, the clients ${resumes}`);
+// sluice may count more: a connection cut after its resume was answered, before the client read the answer.
+if ((end.outcomes.resumed ?? 0) < resumes) failures.push(`sluice counted ${end.outcomes.resumed} resumes, the clients ${resumes}`);
 // Memory: what the replay buffers may hold (bufferBytes per session, plus one read of at
 // most 64 KiB), plus 64 MiB for sockets, parsers and the heap's own growth.
 const bufferBound = CLIENTS * (BUFFER_BYTES + 64 * 1024);
