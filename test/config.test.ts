@@ -399,3 +399,19 @@ t.test('routes[].resume: envelope routes only, with the pause policy; defaults',
     ['routes[0].backpressure: expected pause on a route with resume (close and drop lose messages, which resume promises not to), got "drop"']);
   t.same(problems({ routes: [route({ mode: 'envelope', resume: { graceSeconds: 0, bufferBytes: 'x' } })] }).length, 2, 'grace and buffer must be positive integers');
 });
+
+t.test('cluster: a Redis URL, a shared secret of 32 bytes, one worker', async (t) => {
+  const secret = 's'.repeat(32);
+  const c = parseConfig({ cluster: { redis: { url: 'redis://127.0.0.1:6379' }, secret } });
+  t.same(c.cluster, { redis: { url: 'redis://127.0.0.1:6379', keyPrefix: 'sluice:' }, leaseSeconds: 10, secret }, 'defaults');
+  t.equal(parseConfig({}).cluster, undefined, 'absent: one instance, no Redis');
+  t.same(problems({ cluster: { redis: { url: 'http://x' }, secret } }),
+    ['cluster.redis.url: expected a redis:// or rediss:// URL (a password may be in it), got "http://x"']);
+  t.same(problems({ cluster: { redis: { url: 'rediss://:pw@h:6380' }, secret: 'short' } }),
+    ['cluster.secret: expected a secret of at least 32 bytes, the same on every instance, got "short"']);
+  t.same(problems({ workers: 2, cluster: { redis: { url: 'redis://h' }, secret } }),
+    ['workers: expected 1 with cluster (each instance is one process; run more instances for more cores), got 2']);
+  t.same(problems({ cluster: { redis: { url: 'redis://h' }, secret, leaseSeconds: 1, advertise: 'http://x' } }).length, 2, 'leaseSeconds >= 2, advertise ws(s)://host:port');
+  t.equal(parseConfig({ routes: [route({ auth: { apiKeys: { sha256: ['ab'.repeat(32)] }, connectionRatePerSubject: 5 } })] }).routes[0].auth?.connectionRatePerSubject, 5,
+    'routes[].auth.connectionRatePerSubject');
+});

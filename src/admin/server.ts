@@ -6,7 +6,7 @@
  *   GET  /metrics  Prometheus text (content type from the registry)
  *   GET  /healthz  200 "ok" while the process serves requests at all
  *   GET  /readyz   200, or 503 with the reasons (listening, every route has a healthy upstream)
- *   GET  /stats    JSON of proxy.stats()
+ *   GET  /stats    JSON of proxy.stats() (?cluster=1: only the cluster's view)
  *   POST /reload   body: a config (JSON or YAML); no body: re-read the config's source
  *
  * With a token configured, every request needs `Authorization: Bearer <token>`.
@@ -101,9 +101,13 @@ export async function startAdminServer(
       case '/metrics':
         send(res, 200, proxy.registry.contentType, await proxy.registry.metrics());
         return;
-      case '/stats':
-        send(res, 200, JSON_TYPE, JSON.stringify(proxy.stats()));
+      case '/stats': {
+        // ?cluster=1: only the cluster's view (instances, places, degraded), null without a cluster.
+        const stats = proxy.stats();
+        const clusterOnly = /(?:^|&)cluster=1(?:&|$)/.test((req.url ?? '').split('?')[1] ?? '');
+        send(res, 200, JSON_TYPE, JSON.stringify(clusterOnly ? (stats as { cluster?: unknown }).cluster ?? null : stats));
         return;
+      }
       case '/reload':
         await reload(req, res);
         return;

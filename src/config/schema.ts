@@ -65,6 +65,7 @@ export const DEFAULTS = {
     resume: { graceSeconds: 30, bufferBytes: 1_048_576 },
   },
   tunnel: { udpIdleMs: 60_000 },
+  cluster: { keyPrefix: 'sluice:', leaseSeconds: 10 },
   auth: {
     jwt: {
       clockToleranceSeconds: 30,
@@ -262,6 +263,7 @@ const apiKeysSchema = section({
 const authSchema = section({
   jwt: jwtSchema.optional(),
   apiKeys: apiKeysSchema.optional(),
+  connectionRatePerSubject: positiveInt().optional(),
 }).refine((a) => a.jwt !== undefined || a.apiKeys !== undefined, { error: 'expected jwt, apiKeys or both' });
 
 const AGENT_PATH_EXPECTED = 'expected a path starting with "/"';
@@ -331,6 +333,11 @@ const tunnelSchema = section({
   udpIdleMs: positiveInt().default(DEFAULTS.tunnel.udpIdleMs),
 });
 
+const REDIS_URL_EXPECTED = 'expected a redis:// or rediss:// URL (a password may be in it)';
+const LEASE_EXPECTED = 'expected a whole number of seconds from 2 to 3600';
+const ADVERTISE_EXPECTED = 'expected ws://host:port or wss://host:port (how other instances reach this one)';
+const SECRET_EXPECTED = 'expected a secret of at least 32 bytes, the same on every instance';
+
 /** The schema of a whole config; its output is exactly {@link ProxyConfig}. */
 export const proxyConfigSchema = section({
   listen: section({
@@ -382,6 +389,17 @@ export const proxyConfigSchema = section({
   log: section({
     level: oneOf(LOG_LEVELS).default(DEFAULTS.log.level),
   }).prefault({}),
+  cluster: section({
+    redis: section({
+      url: z.string({ error: REDIS_URL_EXPECTED }).regex(/^rediss?:\/\/[^\s]+$/, { error: REDIS_URL_EXPECTED }),
+      keyPrefix: nonEmptyString('a key prefix').default(DEFAULTS.cluster.keyPrefix),
+    }),
+    instanceId: z.string({ error: NAME_EXPECTED }).regex(NAME, { error: NAME_EXPECTED }).optional(),
+    leaseSeconds: z.number({ error: LEASE_EXPECTED }).int({ error: LEASE_EXPECTED }).min(2, { error: LEASE_EXPECTED }).max(3600, { error: LEASE_EXPECTED })
+      .default(DEFAULTS.cluster.leaseSeconds),
+    advertise: z.string({ error: ADVERTISE_EXPECTED }).regex(/^wss?:\/\/[^\s/]+\/?$/, { error: ADVERTISE_EXPECTED }).optional(),
+    secret: z.string({ error: SECRET_EXPECTED }).refine((v) => Buffer.byteLength(v) >= 32, { error: SECRET_EXPECTED }),
+  }).optional(),
 }).superRefine((cfg, ctx) => {
   // Rules between values: each names the key that has to change.
   if (cfg.heartbeat.pongTimeoutSeconds <= cfg.heartbeat.pingIntervalSeconds) {
@@ -446,6 +464,13 @@ export const proxyConfigSchema = section({
       input: cfg.workers,
     });
   }
+  if (cfg.cluster !== undefined && cfg.workers !== 1) {
+    ctx.addIssue({
+      code: 'custom', path: ['workers'],
+      message: 'expected 1 with cluster (each instance is one process; run more instances for more cores)',
+      input: cfg.workers,
+    });
+  }
   if (cfg.tunnels.length > 0 && !agentRoutes) {
     ctx.addIssue({ code: 'custom', path: ['tunnels'], message: 'expected a route with mode: agent for the agents to connect to', input: cfg.tunnels.length });
   }
@@ -476,6 +501,7 @@ export interface ProxyConfigInput {
   drain?: Partial<ProxyConfig['drain']>;
   workers?: number;
   admin?: { host?: string; port?: number; token?: string };
+  cluster?: { redis: { url: string; keyPrefix?: string }; instanceId?: string; leaseSeconds?: number; advertise?: string; secret: string };
   log?: Partial<ProxyConfig['log']>;
 }
 
@@ -500,6 +526,7 @@ export interface RouteConfigInput {
 
 /** `routes[].auth` as written in a config: see `RouteAuthConfig` in types.ts. */
 export interface RouteAuthInput {
+  connectionRatePerSubject?: number;
   jwt?: Partial<JwtAuthConfig>;
   apiKeys?: Partial<Omit<ApiKeyAuthConfig, 'sha256' | 'agents'>> & { sha256: Array<string | { sha256: string; agents: string[] }> };
 }

@@ -74,6 +74,8 @@ export interface ApiKeyAuthConfig {
 export interface RouteAuthConfig {
   jwt?: JwtAuthConfig;
   apiKeys?: ApiKeyAuthConfig;
+  /** New connections per second per credentials' subject (the JWT's sub, the API key); 429 past it. Cluster-wide with `cluster`. */
+  connectionRatePerSubject?: number;
 }
 
 export interface RouteConfig {
@@ -108,6 +110,19 @@ export interface RouteConfig {
    * with its token gets what it missed. Absent: a lost client ends the session.
    */
   resume?: ResumeConfig;
+}
+
+/** `cluster`: what instances share through Redis. */
+export interface ClusterConfig {
+  redis: { url: string; keyPrefix: string };
+  /** This instance's name in the cluster; default: host name and pid. */
+  instanceId?: string;
+  /** An instance that stops renewing its lease is gone after this long (its places are freed). */
+  leaseSeconds: number;
+  /** How the other instances reach this one (relays), e.g. ws://10.0.0.5:8080. */
+  advertise?: string;
+  /** Shared by every instance (at least 32 bytes): authenticates relays between them. */
+  secret: string;
 }
 
 /** `routes[].resume`. */
@@ -171,5 +186,7 @@ export interface ProxyConfig {
    */
   workers: number;
   admin?: { host: string; port: number; token?: string };
+  /** Several instances as one proxy, through Redis (README "Scaling out"); absent: one instance. */
+  cluster?: ClusterConfig;
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
 }

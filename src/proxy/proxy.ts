@@ -44,6 +44,7 @@ import { AccessPolicy, ConnectionRateLimiter, MessageRateLimiter, type AccessDec
 import { AgentRegistry, type AgentInfo } from '../tunnel/gateway.js';
 import { TunnelListener, type TunnelStats } from '../tunnel/listener.js';
 import { TUNNEL_SUBPROTOCOL } from '../tunnel/wire.js';
+import { Cluster, registerClusterMetrics, type ClusterStats, type Refusal } from '../cluster/index.js';
 
 const BUILTIN_ECHO = 'builtin:echo';
 const EMPTY = Buffer.alloc(0);
@@ -157,6 +158,8 @@ export interface ProxyStats {
   /** Agents connected to this gateway (routes with mode: agent), and the L4 tunnels through them. */
   agents: AgentInfo[];
   tunnels: TunnelStats[];
+  /** With `cluster`: the instances, this one's places, whether it is degraded (README "Scaling out"). */
+  cluster?: ClusterStats;
 }
 
 /** Options of `close()`. */
@@ -209,6 +212,12 @@ export class Proxy implements SessionHost {
   private relayServer: http.Server | null = null;
   private relaySecret = '';
   private readonly relays = new Set<net.Socket>();
+  /** With `cluster`: this instance's membership (places and rates shared through Redis). */
+  private cluster: Cluster | null = null;
+  /** Sessions holding a cluster place (given back when they end). */
+  private readonly placed = new WeakSet<Session | NativeSession>();
+  /** Per route, without a cluster: connections per credentials' subject (routes[].auth.connectionRatePerSubject). */
+  private readonly subjectRates = new Map<string, ConnectionRateLimiter>();
   private sweepTimer: NodeJS.Timeout | null = null;
   private admin: AdminServer | null = null;
   draining = false;
@@ -237,6 +246,7 @@ export class Proxy implements SessionHost {
       openTimes: () => this.agents?.openTimes() ?? { buckets: [], sum: 0, count: 0 },
     });
     registerHealthMetrics(this.registry, this);
+    registerClusterMetrics(this.registry, () => this.cluster?.stats() ?? null);
     if (nativeEngineUnavailable === '') {
       const engine = new NativeEngine((events) => this.onEngineEvents(events), (bytes, desc) => this.onEngineMessages(bytes, desc));
       this.engine = engine;
@@ -305,7 +315,11 @@ export class Proxy implements SessionHost {
     // Tunnels and upstreams through an agent that is not connected cannot carry anything.
     const missing = new Set(this.neededAgents().filter((a) => !(this.agents?.has(a) ?? false)));
     for (const a of missing) reasons.push(`agent ${a}: not connected`);
-    return { ok: reasons.length === 0, reasons };
+    const ok = reasons.length === 0;
+    // Redis away: still ready (the instance serves, under local limits), and it says so.
+    const degraded = this.cluster?.degradedBecause ?? null;
+    if (degraded !== null) reasons.push(degraded);
+    return { ok, reasons };
   }
 
   /** The agents the configuration needs: those of its tunnels and of its upstreams through agents. */
@@ -323,6 +337,10 @@ export class Proxy implements SessionHost {
 
   sessionEnded(s: Session | NativeSession): void {
     this.sessions.delete(s);
+    if (this.placed.has(s)) {
+      this.placed.delete(s);
+      this.givePlaces(s.routeKey);
+    }
     const resume = s instanceof Session ? s.resume : null;
     if (resume !== null) this.resumable.end(resume.token);
     const counts = this.routeCounts.get(s.routeKey);
@@ -390,6 +408,12 @@ export class Proxy implements SessionHost {
   async listen(): Promise<{ port: number }> {
     if (this.listening) return { port: this.port };
     await this.applyRoutes(this.config);
+    // The cluster first: the first upgrade is already counted cluster-wide. (An unreachable
+    // Redis does not stop the start: the instance serves under local limits.)
+    if (this.config.cluster !== undefined && this.cluster === null) {
+      this.cluster = new Cluster(this.config.cluster, this.logger, () => this.sessions.size);
+      await this.cluster.start();
+    }
     const { listen, limits } = this.config;
     const options: http.ServerOptions = {
       // Node answers a longer head with 431 itself; the header count is checked per upgrade.
@@ -474,6 +498,8 @@ export class Proxy implements SessionHost {
       this.echo = null;
       this.server = null;
       server.close();
+      void this.cluster?.stop();
+      this.cluster = null;
       if (err instanceof SluiceError) throw err;
       const e = err as NodeJS.ErrnoException;
       throw new SluiceError('SLUICE_ERR_LISTEN', `cannot listen on ${listen.host}:${listen.port}: ${e.code ?? e.message} (in use, or not an address of this machine)`);
@@ -487,6 +513,8 @@ export class Proxy implements SessionHost {
       this.stopRoutes();
       this.echo?.close();
       this.echo = null;
+      void this.cluster?.stop();
+      this.cluster = null;
       throw err;
     }
     await this.startRelay();
@@ -555,6 +583,8 @@ export class Proxy implements SessionHost {
     this.echo = null;
     await this.admin?.close();
     this.admin = null;
+    await this.cluster?.stop();
+    this.cluster = null;
     this.engine?.close();
     this.engine = null;
   }
@@ -736,7 +766,8 @@ export class Proxy implements SessionHost {
     if (this.draining) return refuse('503 Service Unavailable', 'sluice: draining');
     const ledger = this.hooks.ledger;
     const otherShards = ledger !== undefined ? ledger.othersConnections() : 0;
-    if (!returning && this.sessions.size + this.pendingUpgrades + otherShards >= limits.maxConnections) {
+    const cluster = this.cluster;
+    if (!returning && cluster === null && this.sessions.size + this.pendingUpgrades + otherShards >= limits.maxConnections) {
       return refuse('503 Service Unavailable', 'sluice: at max connections');
     }
     if (headerCount > limits.maxHeaderCount || headerBytes > limits.maxHeaderBytes) {
@@ -760,11 +791,11 @@ export class Proxy implements SessionHost {
       return refuse('403 Forbidden', 'sluice: origin not allowed');
     }
     const route = matched.route;
-    if (!relayed && !returning && this.connectionRate !== null && !this.connectionRate.allow(remote, started)) {
+    if (!relayed && !returning && cluster === null && this.connectionRate !== null && !this.connectionRate.allow(remote, started)) {
       return refuse('429 Too Many Requests', 'sluice: connection rate limit');
     }
     const routeElsewhere = ledger !== undefined ? ledger.othersRoute(route.key) : 0;
-    if (!returning && route.config.maxConnections > 0 && route.counts.sessions + route.counts.pending + routeElsewhere >= route.config.maxConnections) {
+    if (!returning && cluster === null && route.config.maxConnections > 0 && route.counts.sessions + route.counts.pending + routeElsewhere >= route.config.maxConnections) {
       return refuse('503 Service Unavailable', 'sluice: route at max connections');
     }
     // Connection-listed headers are hop-by-hop too (RFC 9110 §7.6.1).
@@ -816,11 +847,18 @@ export class Proxy implements SessionHost {
     }, Math.max(0, limits.handshakeTimeoutMs - (Date.now() - started)));
     // `publish: false` when a session takes the place over: its own publish carries both
     // changes at once, so another shard never reads the place counted twice (or not at all).
+    // With a cluster: whether this upgrade holds places (taken at admission), given back
+    // when no session takes them over.
+    let placed = false;
     const settle = (publish = true) => {
       this.pendingUpgrades--;
       route.counts.pending--;
       if (publish) this.publishCounts(route.key, route.counts);
       clearTimeout(deadline);
+      if (publish && placed) {
+        placed = false;
+        this.givePlaces(route.key);
+      }
     };
     const finish = (decision: AccessDecision | null) => {
       if (decision !== null && !decision.ok) {
@@ -887,7 +925,7 @@ export class Proxy implements SessionHost {
             settle(false);
             this.nativeOpened(client.id, route, upstream, {
               remote, origin, protocol, handshakeMs: Date.now() - started,
-              tokenProtocol: protocol !== '' && protocol === consumed, envelope,
+              tokenProtocol: protocol !== '' && protocol === consumed, envelope, placed,
             });
           }, failed);
         return;
@@ -916,18 +954,41 @@ export class Proxy implements SessionHost {
             extensions: result.extensions,
             remote, origin, started, envelope, expiresAt,
             tokenProtocol: clientProtocol === null && result.protocol === '' && consumed !== undefined,
-            subject, refusal, resumable: resumeHeader !== undefined,
+            subject, refusal, resumable: resumeHeader !== undefined, placed,
           });
         },
         failed,
       );
     };
+    // After the credentials: the rates (per IP, per subject) and the places (cluster-wide
+    // with a cluster; the local checks above otherwise), then on.
+    const admit = (decision: AccessDecision | null) => {
+      if ((decision !== null && !decision.ok) || returning || route.config.mode === 'agent') {
+        finish(decision);
+        return;
+      }
+      const subject = decision?.principal;
+      void this.admission(route, remote, subject, relayed).then((refusal) => {
+        if (refusal === null) {
+          placed = this.cluster !== null;
+          if (aborted) {
+            settle();
+            return;
+          }
+          finish(decision);
+          return;
+        }
+        settle();
+        this.logger.info({ event: 'admission_refused', route: route.config.path, remote, reason: refusal.reason }, 'connection refused');
+        refuse(refusal.status, `sluice: ${refusal.reason}`);
+      });
+    };
     if (route.access === null) {
-      finish(null);
+      admit(null);
       return;
     }
     // Credentials are checked before any upstream is dialled.
-    route.access.check({ headers: headerMap, query, protocols: offeredList, remoteAddress: remote }).then(finish, (err: Error) => {
+    route.access.check({ headers: headerMap, query, protocols: offeredList, remoteAddress: remote }).then(admit, (err: Error) => {
       finish({ ok: false, status: 401, reason: `credentials could not be checked: ${err.message}` });
     });
   }
@@ -1015,6 +1076,8 @@ export class Proxy implements SessionHost {
       key: string; protocol: string; extensions: string; remote: string; origin: string; started: number;
       envelope: EnvelopeVersion | null; expiresAt: number; tokenProtocol: boolean;
       subject: string | null; refusal: ResumeRefusal | null; resumable: boolean;
+      /** It holds cluster places (given back when its session ends). */
+      placed: boolean;
     },
   ): void {
     const handshakeMs = Date.now() - m.started;
@@ -1049,6 +1112,7 @@ export class Proxy implements SessionHost {
       deflate: m.extensions,
     }, rc === undefined ? null : this.resumeState(rc, m.subject, m.refusal));
     this.sessions.add(s);
+    if (m.placed) this.placed.add(s);
     if (s.resume !== null) this.resumable.add(s.resume.token, s);
     route.counts.sessions++;
     this.publishCounts(route.key, route.counts);
@@ -1083,6 +1147,50 @@ export class Proxy implements SessionHost {
     if (s.routeKey !== route.key) return 'route';
     if (s.resume!.subject !== subject) return 'foreign';
     return s.resumeRefusal(ask.received) ?? s;
+  }
+
+  /**
+   * Rates and places of one new connection: per subject (routes[].auth.connectionRatePerSubject),
+   * and with a cluster per IP and the places (global, then the route's), through Redis.
+   * Null when it may go on (holding its places), else the refusal.
+   */
+  private async admission(route: RouteRuntime, remote: string, subject: string | undefined, relayed: boolean): Promise<Refusal | null> {
+    const perSubject = route.config.auth?.connectionRatePerSubject ?? 0;
+    const cluster = this.cluster;
+    const limits = this.config.limits;
+    if (perSubject > 0 && subject !== undefined) {
+      const key = `sub:${route.key}:${subject}`;
+      let ok: boolean;
+      if (cluster !== null) {
+        ok = await cluster.rateAllows(key, perSubject, 0);
+      } else {
+        let local = this.subjectRates.get(route.key);
+        if (local === undefined) this.subjectRates.set(route.key, local = new ConnectionRateLimiter(perSubject, 0));
+        ok = local.allow(subject, Date.now());
+      }
+      if (!ok) return { status: '429 Too Many Requests', reason: 'connection rate limit for these credentials' };
+    }
+    if (cluster === null) return null;
+    if (!relayed && limits.connectionRatePerIp > 0 && !(await cluster.rateAllows(`ip:${remote}`, limits.connectionRatePerIp, limits.connectionBurstPerIp))) {
+      return { status: '429 Too Many Requests', reason: 'connection rate limit' };
+    }
+    if (this.draining) return { status: '503 Service Unavailable', reason: 'draining' };
+    const global = cluster.scope('global', limits.maxConnections);
+    if (!(await global.take())) return { status: '503 Service Unavailable', reason: 'at max connections (cluster)' };
+    if (route.config.maxConnections > 0 && !(await cluster.scope(`route:${route.key}`, route.config.maxConnections).take())) {
+      global.give();
+      return { status: '503 Service Unavailable', reason: 'route at max connections (cluster)' };
+    }
+    return null;
+  }
+
+  /** A session or an upgrade that held cluster places is gone: they are free again. */
+  private givePlaces(routeKey: string): void {
+    const cluster = this.cluster;
+    if (cluster === null) return;
+    cluster.scope('global', this.config.limits.maxConnections).give();
+    const route = this.routes.find((r) => r.key === routeKey);
+    if (route !== undefined && route.config.maxConnections > 0) cluster.scope(`route:${route.key}`, route.config.maxConnections).give();
   }
 
   /** Shards: the loopback port of the other shard a resume token names, or 0 (this shard's, or unknown). */
@@ -1186,7 +1294,7 @@ export class Proxy implements SessionHost {
   /** The native engine's half of startSession: hand both sockets over, then count and log. */
   private startNative(
     socket: net.Socket, head: Buffer, route: RouteRuntime, upstream: Upstream, dialed: DialResult,
-    m: { remote: string; origin: string; protocol: string; expiresAt: number; tokenProtocol: boolean; envelope: EnvelopeVersion | null },
+    m: { remote: string; origin: string; protocol: string; expiresAt: number; tokenProtocol: boolean; envelope: EnvelopeVersion | null; placed: boolean },
     handshakeMs: number,
   ): void {
     const engine = this.engine;
@@ -1196,6 +1304,7 @@ export class Proxy implements SessionHost {
       dialed.socket.destroy();
       upstream.sessions--;
       this.publishCounts(route.key, route.counts);
+      if (m.placed) this.givePlaces(route.key);
       return;
     }
     let engineId: number;
@@ -1208,6 +1317,7 @@ export class Proxy implements SessionHost {
       dialed.socket.destroy();
       upstream.sessions--;
       this.publishCounts(route.key, route.counts);
+      if (m.placed) this.givePlaces(route.key);
       return;
     }
     this.nativeOpened(engineId, route, upstream, { ...m, handshakeMs });
@@ -1237,7 +1347,7 @@ export class Proxy implements SessionHost {
   /** A session the native engine holds now: count it, log it, and say what reloads and drains ask. */
   private nativeOpened(
     engineId: number, route: RouteRuntime, upstream: Upstream,
-    m: { remote: string; origin: string; protocol: string; tokenProtocol: boolean; handshakeMs: number; envelope: EnvelopeVersion | null },
+    m: { remote: string; origin: string; protocol: string; tokenProtocol: boolean; handshakeMs: number; envelope: EnvelopeVersion | null; placed: boolean },
   ): void {
     const engine = this.engine!;
     const s = new NativeSession(this.nextId++, engine, engineId, route.config, route.key, upstream, {
@@ -1245,6 +1355,7 @@ export class Proxy implements SessionHost {
     }, m.envelope === null ? null : { version: m.envelope, host: this, maxFrameBytes: this.config.limits.maxFrameBytes });
     this.nativeSessions.set(engineId, s);
     this.sessions.add(s);
+    if (m.placed) this.placed.add(s);
     route.counts.sessions++;
     if (m.envelope !== null) route.counts.versions[m.envelope]++;
     this.publishCounts(route.key, route.counts);
@@ -1452,6 +1563,7 @@ export class Proxy implements SessionHost {
       shards: [{ id: 0, sessions: this.sessions.size, restarts: 0 }],
       agents: this.agents?.list() ?? [],
       tunnels: this.tunnelListeners.map((t) => t.stats()),
+      ...(this.cluster !== null ? { cluster: this.cluster.stats() } : {}),
     };
   }
 }

@@ -1,0 +1,394 @@
+/**
+ * Several instances as one proxy (README "Scaling out"): what they share goes through
+ * Redis, in one script call each, and nothing on the per-message path touches it.
+ *
+ * - Membership: each instance holds a lease (a sorted set of instance ids scored by when
+ *   their lease ends, in Redis's clock), renewed every `leaseSeconds / 3`, with a line of
+ *   what it carries (sessions, advertise address) beside it. An instance that stops
+ *   renewing (SIGKILL, power) is gone when its lease ends.
+ * - Places (`limits.maxConnections`, `routes[].maxConnections`): each instance reserves
+ *   places in batches and hands them out locally, so an upgrade waits on Redis only when
+ *   its instance's batch is used up. A reservation is set absolutely (idempotent: a retry
+ *   or a reconciliation after an outage cannot drift), bounded by what the live
+ *   instances hold; a dead instance's reservation stops counting with its lease. The sum
+ *   of reservations never exceeds the bound; the slack is what instances hold unused:
+ *   batches shrink to 1 place near the bound and surplus is given back at each session's
+ *   end there, and at each lease renewal everywhere.
+ * - Rates (`limits.connectionRatePerIp`, `routes[].auth.connectionRatePerSubject`): GCRA
+ *   in one script call per upgrade, in Redis's clock.
+ * - Redis away: every instance keeps serving under local limits (its share of the cluster
+ *   bound by the last known instance count), says so once in the log, in `/readyz` and in
+ *   `sluice_cluster_degraded`, and reconciles when Redis is back. No session is dropped.
+ */
+import { hostname } from 'node:os';
+import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { ClusterConfig } from '../config/types.js';
+import { ConnectionRateLimiter } from '../policy/index.js';
+
+/** Renew the lease (score: its end, in Redis's clock), forget instances whose lease ended; the live ones with their lines. */
+const LEASE_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  redis.call('HDEL', KEYS[2], unpack(dead))
+end
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+local out = {}
+for i = 1, #live do
+  out[#out + 1] = live[i]
+  out[#out + 1] = redis.call('HGET', KEYS[2], live[i]) or ''
+end
+return out
+`;
+
+/**
+ * Set this instance's reservation of one scope's places to ARGV[2] (absolute), but not
+ * above what the live others leave of the bound ARGV[3], nor below ARGV[4] (places in use:
+ * sessions are never dropped). Reservations of instances without a live lease are removed.
+ * Returns { granted, what the others hold, live instances }.
+ */
+const RESERVE_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[2])
+local others = 0
+for i = 1, #all, 2 do
+  local who = all[i]
+  if who ~= ARGV[1] then
+    local ends = redis.call('ZSCORE', KEYS[1], who)
+    if ends and tonumber(ends) > now then
+      others = others + tonumber(all[i + 1])
+    else
+      redis.call('HDEL', KEYS[2], who)
+    end
+  end
+end
+local grant = tonumber(ARGV[2])
+local room = tonumber(ARGV[3]) - others
+if grant > room then grant = room end
+if grant < tonumber(ARGV[4]) then grant = tonumber(ARGV[4]) end
+redis.call('HSET', KEYS[2], ARGV[1], grant)
+return { grant, others, redis.call('ZCOUNT', KEYS[1], now, '+inf') }
+`;
+
+/** GCRA: one more event on KEYS[1] at ARGV[1] ms apart, ARGV[2] of them at once at most; 1 allowed, 0 not. */
+const RATE_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local tolerance = interval * (tonumber(ARGV[2]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tolerance then return 0 end
+local nextTat = tat + interval
+redis.call('SET', KEYS[1], tostring(nextTat), 'PX', math.ceil(nextTat - now) + 1000)
+return 1
+`;
+
+type ClusterRedis = Redis & {
+  sluiceLease(instances: string, lines: string, id: string, leaseMs: number, line: string): Promise<string[]>;
+  sluiceReserve(instances: string, places: string, id: string, want: number, max: number, floor: number): Promise<[number, number, number]>;
+  sluiceRate(key: string, intervalMs: number, burst: number): Promise<number>;
+};
+
+/** One instance as the cluster sees it. */
+export interface ClusterInstance {
+  id: string;
+  self: boolean;
+  advertise: string | null;
+  sessions: number;
+  startedAt: number;
+}
+
+/** What `/stats?cluster=1` shows. */
+export interface ClusterStats {
+  instanceId: string;
+  degraded: boolean;
+  /** Why, while degraded. */
+  reason: string | null;
+  instances: ClusterInstance[];
+  /** Places per scope: this instance's reservation, how many it uses, the others' reservations, the bound. */
+  places: Record<string, { reserved: number; used: number; others: number; max: number }>;
+}
+
+/** A refusal at admission: the status and the words the client gets. */
+export interface Refusal {
+  status: string;
+  reason: string;
+}
+
+/** Places of one scope (the whole proxy, or one route) on this instance. */
+class Places {
+  reserved = 0;
+  used = 0;
+  /** What the other live instances held at the last answer. */
+  others = 0;
+  private asking: Promise<void> | null = null;
+  /** Takers waiting for Redis's answer (each needs a place). */
+  private waiting = 0;
+  /** The last answer gave less than asked: the cluster is at its bound. */
+  private full = false;
+  private trimTimer: NodeJS.Timeout | null = null;
+
+  constructor(readonly scope: string, public max: number, private readonly cluster: Cluster) {}
+
+  /** Places to ask for beyond what is used: 1 near the bound, up to 32 far from it. */
+  batch(): number {
+    const free = this.max - this.others - this.used;
+    const live = Math.max(1, this.cluster.liveCount);
+    return Math.max(1, Math.min(32, Math.floor(free / (4 * live))));
+  }
+
+  /** Take a place: from the reservation, or after asking Redis for a batch; false when the cluster is full. */
+  async take(): Promise<boolean> {
+    const c = this.cluster;
+    if (c.degraded) {
+      if (this.used >= c.localShare(this.max)) return false;
+      this.used++;
+      return true;
+    }
+    if (this.used < this.reserved) {
+      this.used++;
+      return true;
+    }
+    this.waiting++;
+    try {
+      // One request at a time per scope, for every taker waiting then (and a batch more);
+      // a taker that came after it was sent asks again.
+      for (let attempt = 0; attempt < 3; attempt++) {
+        this.asking ??= this.reserve(this.used + this.waiting + this.batch() - 1).finally(() => { this.asking = null; });
+        await this.asking;
+        if (c.degraded) return this.take();
+        if (this.used < this.reserved) {
+          this.used++;
+          return true;
+        }
+        if (this.full) return false;
+      }
+      return false;
+    } finally {
+      this.waiting--;
+    }
+  }
+
+  /** A place is free again (a session ended, an upgrade failed). */
+  give(): void {
+    if (this.used > 0) this.used--;
+    // Near the bound another instance may be waiting for exactly this place: hand it back soon.
+    if (!this.cluster.degraded && this.reserved - this.used > this.batch() && this.trimTimer === null) {
+      this.trimTimer = setTimeout(() => {
+        this.trimTimer = null;
+        void this.trim();
+      }, 20);
+      this.trimTimer.unref();
+    }
+  }
+
+  /** Give back what is reserved beyond use and one batch (each lease renewal, and after releases). */
+  async trim(): Promise<void> {
+    if (this.cluster.degraded || this.asking !== null) return;
+    const want = this.used + (this.batch() > 1 ? this.batch() : 0);
+    if (this.reserved > want) await this.reserve(want).catch(() => {});
+  }
+
+  /** Set the reservation (absolute) to `want`, at least what is used. */
+  async reserve(want: number): Promise<void> {
+    try {
+      const [granted, others, live] = await this.cluster.redisReserve(this.scope, want, this.max, this.used);
+      this.full = granted < want;
+      this.reserved = granted;
+      this.others = others;
+      this.cluster.liveCount = live;
+    } catch (err) {
+      this.cluster.lost(err);
+    }
+  }
+
+  stop(): void {
+    if (this.trimTimer !== null) clearTimeout(this.trimTimer);
+    this.trimTimer = null;
+  }
+}
+
+/** This instance's membership of a cluster. */
+export class Cluster {
+  readonly id: string;
+  readonly config: ClusterConfig;
+  private readonly redis: ClusterRedis;
+  private readonly logger: Logger;
+  private readonly prefix: string;
+  private readonly startedAt = Date.now();
+  private renewTimer: NodeJS.Timeout | null = null;
+  private readonly places = new Map<string, Places>();
+  private instances: ClusterInstance[] = [];
+  /** Live instances at the last answer (this one included); the local share while degraded divides by it. */
+  liveCount = 1;
+  degraded = false;
+  private degradedReason: string | null = null;
+  private stopped = false;
+  /** Local rate limiters while degraded, by rate and burst. */
+  private readonly localRates = new Map<string, ConnectionRateLimiter>();
+  /** What this instance carries, for its lease line. */
+  private readonly sessions: () => number;
+
+  constructor(config: ClusterConfig, logger: Logger, sessions: () => number) {
+    this.config = config;
+    this.id = config.instanceId ?? `${hostname()}-${process.pid}`;
+    this.logger = logger;
+    this.sessions = sessions;
+    this.prefix = config.redis.keyPrefix;
+    this.redis = new Redis(config.redis.url, {
+      // A command while Redis is away fails at once (the instance goes on under local
+      // limits) rather than waiting in a queue; the connection is retried forever.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      connectTimeout: 2000,
+      commandTimeout: 2000,
+      retryStrategy: (n) => Math.min(100 * 2 ** Math.min(n, 5), 2000),
+      lazyConnect: true,
+    }) as ClusterRedis;
+    this.redis.defineCommand('sluiceLease', { numberOfKeys: 2, lua: LEASE_LUA });
+    this.redis.defineCommand('sluiceReserve', { numberOfKeys: 2, lua: RESERVE_LUA });
+    this.redis.defineCommand('sluiceRate', { numberOfKeys: 1, lua: RATE_LUA });
+    this.redis.on('error', (err: Error) => this.lost(err));
+    this.redis.on('ready', () => void this.reconcile());
+  }
+
+  /** Connect and take the first lease; an unreachable Redis starts the instance degraded (it serves). */
+  async start(): Promise<void> {
+    try {
+      await this.redis.connect();
+      await this.renew();
+    } catch (err) {
+      this.lost(err);
+    }
+    const every = (this.config.leaseSeconds * 1000) / 3;
+    this.renewTimer = setInterval(() => void this.renew().catch((err: unknown) => this.lost(err)), every);
+    this.renewTimer.unref();
+  }
+
+  /** Give the lease back (other instances see the places free at once) and disconnect. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.renewTimer !== null) clearInterval(this.renewTimer);
+    this.renewTimer = null;
+    for (const p of this.places.values()) p.stop();
+    if (!this.degraded) {
+      try {
+        const multi = this.redis.multi().zrem(this.key('instances'), this.id).hdel(this.key('lines'), this.id);
+        for (const scope of this.places.keys()) multi.hdel(this.key(`places:${scope}`), this.id);
+        await multi.exec();
+      } catch { /* gone with the lease */ }
+    }
+    this.redis.disconnect();
+  }
+
+  private key(name: string): string {
+    return `${this.prefix}${name}`;
+  }
+
+  /** The places of a scope (`global`, or `route:<key>`), with its bound (a reload may change it). */
+  scope(name: string, max: number): Places {
+    let p = this.places.get(name);
+    if (p === undefined) {
+      p = new Places(name, max, this);
+      this.places.set(name, p);
+    }
+    p.max = max;
+    return p;
+  }
+
+  /** This instance's share of a bound while Redis is away. */
+  localShare(max: number): number {
+    return Math.max(1, Math.ceil(max / Math.max(1, this.liveCount)));
+  }
+
+  redisReserve(scope: string, want: number, max: number, floor: number): Promise<[number, number, number]> {
+    return this.redis.sluiceReserve(this.key('instances'), this.key(`places:${scope}`), this.id, want, max, floor)
+      .then((r) => [Number(r[0]), Number(r[1]), Number(r[2])]);
+  }
+
+  /**
+   * One more connection for `key` at `ratePerSecond` (`burst` at once): GCRA in Redis, or
+   * while it is away this instance's share of the rate, locally.
+   */
+  async rateAllows(key: string, ratePerSecond: number, burst: number): Promise<boolean> {
+    const b = burst > 0 ? burst : Math.max(1, Math.ceil(ratePerSecond));
+    if (!this.degraded) {
+      try {
+        return (await this.redis.sluiceRate(this.key(`rate:${key}`), 1000 / ratePerSecond, b)) === 1;
+      } catch (err) {
+        this.lost(err);
+      }
+    }
+    const share = Math.max(1, this.liveCount);
+    const name = `${ratePerSecond}/${b}/${share}`;
+    let local = this.localRates.get(name);
+    if (local === undefined) {
+      local = new ConnectionRateLimiter(ratePerSecond / share, Math.max(1, Math.ceil(b / share)));
+      this.localRates.set(name, local);
+    }
+    return local.allow(key, Date.now());
+  }
+
+  /** Renew the lease and read who is alive; then give back surplus places. */
+  private async renew(): Promise<void> {
+    if (this.stopped) return;
+    const line = JSON.stringify({ advertise: this.config.advertise ?? null, sessions: this.sessions(), startedAt: this.startedAt });
+    const flat = await this.redis.sluiceLease(this.key('instances'), this.key('lines'), this.id, this.config.leaseSeconds * 1000, line);
+    const list: ClusterInstance[] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      let info: { advertise?: string | null; sessions?: number; startedAt?: number } = {};
+      try { info = JSON.parse(flat[i + 1]) as typeof info; } catch { /* a line being written */ }
+      list.push({ id: flat[i], self: flat[i] === this.id, advertise: info.advertise ?? null, sessions: info.sessions ?? 0, startedAt: info.startedAt ?? 0 });
+    }
+    this.instances = list;
+    this.liveCount = Math.max(1, list.length);
+    for (const p of this.places.values()) await p.trim();
+  }
+
+  /** Redis answered again: lease, then every scope's reservation set to what is in use. */
+  private async reconcile(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      await this.renew();
+      for (const p of this.places.values()) await p.reserve(p.used);
+    } catch (err) {
+      this.lost(err);
+      return;
+    }
+    if (this.degraded) {
+      this.degraded = false;
+      this.degradedReason = null;
+      this.localRates.clear();
+      this.logger.warn({ event: 'cluster_reconciled', instance: this.id, instances: this.liveCount }, 'Redis is back: cluster-wide limits again');
+    }
+  }
+
+  /** Redis failed a call or the connection: local limits from now on (said once). */
+  lost(err: unknown): void {
+    if (this.stopped || this.degraded) return;
+    this.degraded = true;
+    this.degradedReason = `redis unreachable (${(err as Error)?.message ?? String(err)})`;
+    this.logger.warn({ event: 'cluster_degraded', instance: this.id, instances: this.liveCount, err: (err as Error)?.message },
+      `Redis unreachable: serving under local limits (a 1/${this.liveCount} share of each cluster bound) until it is back`);
+  }
+
+  /** `/readyz`: ready, with this reason, while degraded. */
+  get degradedBecause(): string | null {
+    return this.degraded ? `cluster degraded: ${this.degradedReason ?? 'redis unreachable'}, local limits` : null;
+  }
+
+  stats(): ClusterStats {
+    const places: ClusterStats['places'] = {};
+    for (const [scope, p] of this.places) places[scope] = { reserved: p.reserved, used: p.used, others: p.others, max: p.max };
+    const instances = this.instances.length > 0 ? this.instances
+      : [{ id: this.id, self: true, advertise: this.config.advertise ?? null, sessions: this.sessions(), startedAt: this.startedAt }];
+    return { instanceId: this.id, degraded: this.degraded, reason: this.degradedReason, instances, places };
+  }
+}
