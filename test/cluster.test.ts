@@ -10,7 +10,9 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { WebSocket } from 'ws';
+import net from 'node:net';
+import { WebSocket, WebSocketServer } from 'ws';
+import { connectAgent } from '../src/tunnel/agent.js';
 import { createProxy } from '../src/index.js';
 import { buildCli, freePort, startCli, type CliProcess } from './fixtures/cli-process.js';
 import { redisMissing, startRedis, type RedisServer } from './fixtures/redis.js';
@@ -22,7 +24,10 @@ const LEASE_SECONDS = 2;
 
 interface Instance { id: string; port: number; admin: number; cli: CliProcess }
 
-async function startInstances(t: Test, redis: RedisServer, n: number, limits: Record<string, number>, routeExtra: Record<string, unknown> = {}): Promise<Instance[]> {
+async function startInstances(
+  t: Test, redis: RedisServer, n: number, limits: Record<string, number>, routeExtra: Record<string, unknown> = {},
+  more: (i: number, port: number) => { routes?: unknown[]; tunnels?: unknown[] } = () => ({}),
+): Promise<Instance[]> {
   const problem = buildCli();
   if (problem !== null) throw new Error(problem);
   const dir = mkdtempSync(join(tmpdir(), 'sluice-cluster-'));
@@ -33,15 +38,21 @@ async function startInstances(t: Test, redis: RedisServer, n: number, limits: Re
     const port = await freePort();
     const admin = await freePort();
     const file = join(dir, `${id}.json`);
+    const extra = more(i, port);
     writeFileSync(file, JSON.stringify({
+      tunnels: extra.tunnels ?? [],
       listen: { host: '127.0.0.1', port },
       admin: { host: '127.0.0.1', port: admin },
       log: { level: 'info' },
       limits,
-      cluster: { redis: { url: redis.url, keyPrefix: `t${process.pid}:` }, instanceId: id, leaseSeconds: LEASE_SECONDS, secret: SECRET },
+      cluster: {
+        redis: { url: redis.url, keyPrefix: `t${process.pid}:` }, instanceId: id, leaseSeconds: LEASE_SECONDS, secret: SECRET,
+        advertise: `ws://127.0.0.1:${port}`,
+      },
       routes: [
         { path: '/echo', upstreams: [{ url: 'builtin:echo' }] },
         { path: '/small', upstreams: [{ url: 'builtin:echo' }], maxConnections: 4, ...routeExtra },
+        ...(extra.routes ?? []),
       ],
     }));
     const cli = startCli(['--config', file], {}, 120_000);
@@ -213,4 +224,61 @@ t.test('an instance that starts while Redis is away serves under local limits, t
   t.equal(stats.degraded, false, 'then joins the cluster');
   t.same([stats.places.global.used, stats.places.global.reserved], [1, 1], 'with its session reserved in Redis');
   closeAll([ws]);
+});
+
+t.test('an agent on one instance serves clients of another: a WebSocket route and a TCP tunnel, relayed', { skip }, async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  // The services behind the agent: a WebSocket echo and a TCP echo, here.
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  wss.on('connection', (ws) => ws.on('message', (d, binary) => ws.send(d as Buffer, { binary })));
+  const tcp = net.createServer((s) => { s.on('error', () => {}); s.pipe(s); });
+  await new Promise<void>((r) => tcp.listen(0, '127.0.0.1', r));
+  t.teardown(() => { wss.close(); tcp.close(); });
+  const key = 'agent-key-of-the-cluster-test-0123';
+  const tunnelPorts = [await freePort(), await freePort(), await freePort()];
+  const inst = await startInstances(t, redis, 3, { maxConnections: 100 }, {}, (i) => ({
+    routes: [
+      { path: '/agent', mode: 'agent', auth: { apiKeys: { header: 'authorization', sha256: [createHash('sha256').update(key).digest('hex')] } } },
+      { path: '/svc', upstreams: [{ agent: 'site-a', service: 'ws' }] },
+    ],
+    tunnels: [{ listen: `127.0.0.1:${tunnelPorts[i]}`, agent: 'site-a', service: 'tcp' }],
+  }));
+  const expose = { ws: `127.0.0.1:${(wss.address() as net.AddressInfo).port}`, tcp: `127.0.0.1:${(tcp.address() as net.AddressInfo).port}` };
+  const agent = connectAgent({ server: `ws://127.0.0.1:${inst[0].port}/agent`, token: key, name: 'site-a', expose });
+  t.teardown(() => agent.close());
+  await inst[0].cli.waitFor((l) => l.event === 'agent_connected', 0, 10_000);
+  // A WebSocket client of gw-3, whose route's upstream is through site-a (on gw-1).
+  const ws = await open(inst[2].port, '/svc');
+  t.ok(typeof ws !== 'number', `gw-3 opens /svc through the agent on gw-1 (${typeof ws === 'number' ? ws : 101})`);
+  if (typeof ws === 'number') return;
+  const echoed = new Promise<string>((resolve) => ws.once('message', (d) => resolve(String(d))));
+  ws.send('through two instances');
+  t.equal(await echoed, 'through two instances', 'messages go through gw-3, gw-1, the agent and back');
+  const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)));
+  ws.close(4321, 'bye');
+  t.equal(await closed, 4321, 'the close code survives both hops');
+  // A TCP client of gw-3's tunnel listener.
+  const c = net.connect(tunnelPorts[2], '127.0.0.1');
+  const got: Buffer[] = [];
+  c.on('data', (d: Buffer) => got.push(d));
+  c.write('tcp through the cluster');
+  await until(() => Buffer.concat(got).toString() === 'tcp through the cluster', 5000, 'tcp echo');
+  t.pass('a TCP tunnel on gw-3 reaches the agent on gw-1');
+  c.destroy();
+  // Each instance reads which agents the cluster holds at its lease renewal.
+  let ready = { status: 0, reasons: [] as string[] };
+  for (const deadline = Date.now() + LEASE_SECONDS * 1000; ready.status !== 200 && Date.now() < deadline;) {
+    ready = await json(inst[2].admin, '/readyz') as typeof ready;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.equal(ready.status, 200, `gw-3 is ready: its tunnel's agent is connected to the cluster (${ready.reasons.join('; ')})`);
+  // The same name on another instance: replace, cluster-wide.
+  const b = connectAgent({ server: `ws://127.0.0.1:${inst[1].port}/agent`, token: key, name: 'site-a', expose });
+  t.teardown(() => b.close());
+  await inst[0].cli.waitFor((l) => l.event === 'agent_replaced' && l.by === 'gw-2', 0, 10_000);
+  t.pass('a second site-a on gw-2 replaces the one on gw-1 (the rule of one instance, cluster-wide)');
+  await b.close();
+  await agent.close();
 });

@@ -20,6 +20,7 @@
  *   bound by the last known instance count), says so once in the log, in `/readyz` and in
  *   `sluice_cluster_degraded`, and reconciles when Redis is back. No session is dropped.
  */
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -90,7 +91,53 @@ redis.call('SET', KEYS[1], tostring(nextTat), 'PX', math.ceil(nextTat - now) + 1
 return 1
 `;
 
+/**
+ * Claim agent name ARGV[1] for instance ARGV[2]: free, ours already, or held by an instance
+ * whose lease ended → ours ({1}); held by a live instance → refused ({0, holder}) under
+ * `refuse`, or taken over ({2, holder}) under `replace`.
+ */
+const CLAIM_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if cur and cur ~= ARGV[2] then
+  local ends = redis.call('ZSCORE', KEYS[1], cur)
+  if ends and tonumber(ends) > now then
+    if ARGV[3] == 'refuse' then return { 0, cur } end
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+    return { 2, cur }
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return { 1, '' }
+`;
+
+/** Let go of agent name ARGV[1] if instance ARGV[2] holds it. */
+const RELEASE_LUA = `
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+`;
+
+/** The instance holding agent ARGV[1], if its lease is live: { id, its lease line }. */
+const OWNER_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local who = redis.call('HGET', KEYS[2], ARGV[1])
+if not who then return {} end
+local ends = redis.call('ZSCORE', KEYS[1], who)
+if not ends or tonumber(ends) <= now then return {} end
+return { who, redis.call('HGET', KEYS[3], who) or '' }
+`;
+
+/** The path other instances ask for an agent stream on (answered only with the cluster's signature). */
+export const AGENT_STREAM_PATH = '/_sluice/agent-stream';
+/** How old a relay's signature may be. */
+const SIGNATURE_MS = 30_000;
+
 type ClusterRedis = Redis & {
+  sluiceClaim(instances: string, agents: string, name: string, id: string, mode: string): Promise<[number, string]>;
+  sluiceRelease(agents: string, name: string, id: string): Promise<number>;
+  sluiceOwner(instances: string, agents: string, lines: string, name: string): Promise<string[]>;
   sluiceLease(instances: string, lines: string, id: string, leaseMs: number, line: string): Promise<string[]>;
   sluiceReserve(instances: string, places: string, id: string, want: number, max: number, floor: number): Promise<[number, number, number]>;
   sluiceRate(key: string, intervalMs: number, burst: number): Promise<number>;
@@ -255,6 +302,9 @@ export class Cluster {
     this.redis.defineCommand('sluiceLease', { numberOfKeys: 2, lua: LEASE_LUA });
     this.redis.defineCommand('sluiceReserve', { numberOfKeys: 2, lua: RESERVE_LUA });
     this.redis.defineCommand('sluiceRate', { numberOfKeys: 1, lua: RATE_LUA });
+    this.redis.defineCommand('sluiceClaim', { numberOfKeys: 2, lua: CLAIM_LUA });
+    this.redis.defineCommand('sluiceRelease', { numberOfKeys: 1, lua: RELEASE_LUA });
+    this.redis.defineCommand('sluiceOwner', { numberOfKeys: 3, lua: OWNER_LUA });
     this.redis.on('error', (err: Error) => this.lost(err));
     this.redis.on('ready', () => void this.reconcile());
   }
@@ -267,6 +317,7 @@ export class Cluster {
     } catch (err) {
       this.lost(err);
     }
+    await this.subscribe();
     const every = (this.config.leaseSeconds * 1000) / 3;
     this.renewTimer = setInterval(() => void this.renew().catch((err: unknown) => this.lost(err)), every);
     this.renewTimer.unref();
@@ -285,7 +336,97 @@ export class Cluster {
         await multi.exec();
       } catch { /* gone with the lease */ }
     }
+    this.sub?.disconnect();
     this.redis.disconnect();
+  }
+
+  // ---- agents (tunnels): which instance holds which agent, streams relayed to it
+
+  /** Agent names some instance held at the last renewal (readiness of tunnels and agent upstreams). */
+  private agentNames = new Set<string>();
+
+  hasAgent(name: string): boolean {
+    return !this.degraded && this.agentNames.has(name);
+  }
+
+  /** Called when another instance took over an agent this one holds (`replace`). */
+  onAgentReplaced: ((name: string, by: string) => void) | null = null;
+  private sub: Redis | null = null;
+
+  /** Replacements are told on a channel (a second connection: a subscribed one does nothing else). */
+  private async subscribe(): Promise<void> {
+    const sub = this.redis.duplicate({ enableOfflineQueue: true });
+    this.sub = sub;
+    sub.on('error', () => {}); // the main connection reports Redis being away
+    sub.on('message', (_channel: string, text: string) => {
+      let m: { name?: string; by?: string; on?: string };
+      try { m = JSON.parse(text) as typeof m; } catch { return; }
+      if (m.on === this.id && typeof m.name === 'string' && typeof m.by === 'string') this.onAgentReplaced?.(m.name, m.by);
+    });
+    try {
+      await sub.subscribe(this.key('agents:replaced'));
+    } catch { /* subscribed again on reconnect by ioredis */ }
+  }
+
+  /**
+   * An agent named `name` registers here: null when it may (the name is now this
+   * instance's), else why not (another live instance holds it and the route says refuse).
+   * While Redis is away the name is claimed locally only.
+   */
+  async claimAgent(name: string, duplicate: 'replace' | 'refuse'): Promise<string | null> {
+    if (this.degraded) return null;
+    try {
+      const [result, holder] = await this.redis.sluiceClaim(this.key('instances'), this.key('agents'), name, this.id, duplicate);
+      if (Number(result) === 0) return `agent "${name}" is already connected (to instance ${holder})`;
+      if (Number(result) === 2) {
+        this.logger.info({ event: 'agent_taken_over', agent: name, from: holder }, 'agent taken over from another instance');
+        await this.redis.publish(this.key('agents:replaced'), JSON.stringify({ name, by: this.id, on: holder }));
+      }
+    } catch (err) {
+      this.lost(err);
+    }
+    return null;
+  }
+
+  /** The agent left this instance: the name is free (unless another instance took it meanwhile). */
+  releaseAgent(name: string): void {
+    if (this.degraded || this.stopped) return;
+    this.redis.sluiceRelease(this.key('agents'), name, this.id).catch((err: unknown) => this.lost(err));
+  }
+
+  /** The instance that holds agent `name` and how to reach it, or null. */
+  async agentOwner(name: string): Promise<{ id: string; advertise: string | null } | null> {
+    if (this.degraded) return null;
+    try {
+      const r = await this.redis.sluiceOwner(this.key('instances'), this.key('agents'), this.key('lines'), name);
+      if (r.length < 2 || r[0] === this.id) return null;
+      let advertise: string | null = null;
+      try { advertise = (JSON.parse(r[1]) as { advertise?: string | null }).advertise ?? null; } catch { /* no line */ }
+      return { id: r[0], advertise };
+    } catch (err) {
+      this.lost(err);
+      return null;
+    }
+  }
+
+  /** The `Sluice-Cluster` header value that lets this instance open `agent`/`service` on another. */
+  sign(agent: string, service: string): string {
+    const ts = Date.now();
+    return `${this.id} ${ts} ${this.mac(agent, service, ts, this.id)}`;
+  }
+
+  /** Whether `header` was made by an instance of this cluster for `agent`/`service`, recently. */
+  verify(header: string, agent: string, service: string): boolean {
+    const [from, tsText, mac] = header.split(' ');
+    const ts = Number(tsText);
+    if (from === undefined || mac === undefined || !Number.isFinite(ts) || Math.abs(Date.now() - ts) > SIGNATURE_MS) return false;
+    const want = Buffer.from(this.mac(agent, service, ts, from));
+    const got = Buffer.from(mac);
+    return got.length === want.length && timingSafeEqual(got, want);
+  }
+
+  private mac(agent: string, service: string, ts: number, from: string): string {
+    return createHmac('sha256', this.config.secret).update(`agent-stream\n${agent}\n${service}\n${ts}\n${from}`).digest('hex');
   }
 
   private key(name: string): string {
@@ -349,6 +490,7 @@ export class Cluster {
     }
     this.instances = list;
     this.liveCount = Math.max(1, list.length);
+    this.agentNames = new Set(await this.redis.hkeys(this.key('agents')));
     for (const p of this.places.values()) await p.trim();
   }
 

@@ -41,10 +41,13 @@ import { EngineClient, SocketClient, setPeerAddress, type HandshakeClient } from
 import { NativeEngine, nativeEngineUnavailable, socketFd, type EngineEvent, type EngineParams } from '../engine/index.js';
 import { negotiateEnvelope, type EnvelopeVersion } from '../protocol/index.js';
 import { AccessPolicy, ConnectionRateLimiter, MessageRateLimiter, type AccessDecision } from '../policy/index.js';
-import { AgentRegistry, type AgentInfo } from '../tunnel/gateway.js';
+import { AgentRegistry, type AgentCluster, type AgentInfo } from '../tunnel/gateway.js';
 import { TunnelListener, type TunnelStats } from '../tunnel/listener.js';
 import { TUNNEL_SUBPROTOCOL } from '../tunnel/wire.js';
 import { Cluster, registerClusterMetrics, type ClusterStats, type Refusal } from '../cluster/index.js';
+import { AGENT_STREAM_PATH } from '../cluster/cluster.js';
+import { AGENT_STREAM_UPGRADE, openRemoteAgentStream } from '../cluster/agent-relay.js';
+import { joinSocket } from '../tunnel/link.js';
 
 const BUILTIN_ECHO = 'builtin:echo';
 const EMPTY = Buffer.alloc(0);
@@ -313,7 +316,7 @@ export class Proxy implements SessionHost {
       if (!r.balancer.upstreams.some((u) => this.upstreamUp(u, now))) reasons.push(`route ${r.config.path}: no healthy upstream`);
     }
     // Tunnels and upstreams through an agent that is not connected cannot carry anything.
-    const missing = new Set(this.neededAgents().filter((a) => !(this.agents?.has(a) ?? false)));
+    const missing = new Set(this.neededAgents().filter((a) => !this.agentReachable(a)));
     for (const a of missing) reasons.push(`agent ${a}: not connected`);
     const ok = reasons.length === 0;
     // Redis away: still ready (the instance serves, under local limits), and it says so.
@@ -739,6 +742,10 @@ export class Proxy implements SessionHost {
     const headerCount = raw.length / 2;
     let remote = client.remoteAddress;
     if (remote.startsWith('::ffff:')) remote = remote.slice(7);
+    if (path === AGENT_STREAM_PATH) {
+      this.serveAgentStream(client, head, headerMap);
+      return;
+    }
     if (relayed) {
       // Only a shard of this pool knows the secret; its word for the client's address is taken.
       if (!this.relaySecretMatches(headerMap.get('sluice-relay') ?? '')) {
@@ -1403,6 +1410,7 @@ export class Proxy implements SessionHost {
   private engineCanCarry(headers: http.IncomingHttpHeaders, target: string): boolean {
     const q = target.indexOf('?');
     const path = q < 0 ? target : target.slice(0, q);
+    if (path === AGENT_STREAM_PATH) return false; // another instance's stream to an agent here: Node's socket
     const host = requestHost(headers.host ?? '');
     const matched = matchRoute(this.matchers, host, path);
     if (!matched) return true; // a 404, answered the same either way
@@ -1421,8 +1429,56 @@ export class Proxy implements SessionHost {
       helloTimeoutMs: this.config.limits.handshakeTimeoutMs,
       pingIntervalMs: this.config.heartbeat.pingIntervalSeconds * 1000,
       pongTimeoutMs: this.config.heartbeat.pongTimeoutSeconds * 1000,
+      cluster: this.cluster === null ? undefined : this.agentCluster(this.cluster),
     });
     return this.agents;
+  }
+
+  /** The registry's view of the cluster: names claimed cluster-wide, streams relayed to the instance holding their agent. */
+  private agentCluster(cluster: Cluster): AgentCluster {
+    cluster.onAgentReplaced = (name, by) => this.agents?.drop(name, by);
+    return {
+      claim: (name, duplicate) => cluster.claimAgent(name, duplicate),
+      release: (name) => cluster.releaseAgent(name),
+      openRemote: (name, service, timeoutMs) => openRemoteAgentStream(cluster, name, service, timeoutMs),
+    };
+  }
+
+  /**
+   * Another instance asks for a stream through an agent this one holds (cluster): its
+   * signature checked, the stream opened, a 101, then the connection carries the stream.
+   */
+  private serveAgentStream(client: HandshakeClient, head: Buffer, headers: Map<string, string>): void {
+    this.handshaking.delete(client);
+    const answer = (status: string, text: string) => client.answer(
+      `HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`);
+    const socket = client.socket;
+    const agent = headers.get('sluice-agent') ?? '';
+    const service = headers.get('sluice-service') ?? '';
+    const cluster = this.cluster;
+    if (cluster === null || !socket || !cluster.verify(headers.get('sluice-cluster') ?? '', agent, service)) {
+      answer('403 Forbidden', 'sluice: not a relay of this cluster');
+      return;
+    }
+    const registry = this.agents;
+    if (registry === null || !registry.has(agent)) {
+      answer('404 Not Found', `agent "${agent}" is not connected to instance ${cluster.id}`);
+      return;
+    }
+    registry.open(agent, service, 'tcp', this.config.limits.upstreamTimeoutMs).then((stream) => {
+      if (socket.destroyed) {
+        stream.destroy();
+        return;
+      }
+      if (head.length > 0) stream.write(head);
+      socket.setNoDelay(true);
+      // Joined once the 101 has left: a native stream takes the socket's descriptor over.
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${AGENT_STREAM_UPGRADE}\r\n\r\n`, () => {
+        if (socket.destroyed) stream.destroy();
+        else joinSocket(stream, socket, () => {});
+      });
+      this.logger.debug({ event: 'agent_stream_relayed', agent, service }, 'a stream for another instance');
+    }, (err: Error) => answer('502 Bad Gateway', err.message));
   }
 
   /** dial()'s `open` for an upstream through an agent (its stream to the service), else nothing. */
@@ -1433,7 +1489,12 @@ export class Proxy implements SessionHost {
 
   /** Healthy, and for an upstream through an agent, that agent connected. */
   private upstreamUp(u: Upstream, now: number): boolean {
-    return u.healthy(now) && (u.agent === null || (this.agents?.has(u.agent.name) ?? false));
+    return u.healthy(now) && (u.agent === null || this.agentReachable(u.agent.name));
+  }
+
+  /** Connected here, or (cluster) to another instance at its last lease renewal. */
+  private agentReachable(name: string): boolean {
+    return (this.agents?.has(name) ?? false) || (this.cluster?.hasAgent(name) ?? false);
   }
 
   /** The L4 listeners of `tunnels:` (read at start; a reload keeps them). */

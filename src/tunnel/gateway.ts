@@ -34,6 +34,18 @@ export interface AgentRegistryOptions {
   /** WebSocket ping interval and the silence after which an agent is dropped (ms). */
   pingIntervalMs: number;
   pongTimeoutMs: number;
+  /** With a cluster: agent names are claimed cluster-wide, and streams to agents held elsewhere are relayed. */
+  cluster?: AgentCluster;
+}
+
+/** What the registry asks of a cluster (src/cluster/). */
+export interface AgentCluster {
+  /** May agent `name` register here? null: yes (the name is ours now); else the refusal. */
+  claim(name: string, duplicate: 'replace' | 'refuse'): Promise<string | null>;
+  /** Agent `name` left this instance. */
+  release(name: string): void;
+  /** A stream to `service` through agent `name` on the instance that holds it (a TunnelError when none does). */
+  openRemote(name: string, service: string, timeoutMs: number): Promise<net.Socket>;
 }
 
 /** Who may register which names: null = any name; else exactly these. */
@@ -185,6 +197,9 @@ export class AgentRegistry {
     const log = this.options.logger;
     let agent: Agent | null = null;
     let helloTimer: NodeJS.Timeout | null = null;
+    /** The name is being claimed cluster-wide (the hello's answer came); the link has closed. */
+    let claiming = false;
+    let linkClosed = false;
     const made = makeLink({
       client: true,
       // The agent is the yamux server: a stream it opens is refused.
@@ -205,29 +220,39 @@ export class AgentRegistry {
           return;
         }
         const existing = this.agents.get(ack.name);
-        if (existing !== undefined) {
-          if (grant.duplicate === 'refuse') {
-            log.warn({ event: 'agent_refused', agent: ack.name }, 'an agent with this name is connected');
-            link.close(1008, `agent "${ack.name}" is already connected`);
+        if (existing !== undefined && grant.duplicate === 'refuse') {
+          log.warn({ event: 'agent_refused', agent: ack.name }, 'an agent with this name is connected');
+          link.close(1008, `agent "${ack.name}" is already connected`);
+          return;
+        }
+        const cluster = this.options.cluster;
+        if (cluster === undefined || existing !== undefined) {
+          this.register(link, ack, grant, (a) => { agent = a; });
+          return;
+        }
+        // Cluster-wide: the same replace-or-refuse rule against every instance.
+        claiming = true;
+        void cluster.claim(ack.name, grant.duplicate).then((refusal) => {
+          claiming = false;
+          if (linkClosed) {
+            cluster.release(ack.name);
             return;
           }
-          log.info({ event: 'agent_replaced', agent: ack.name }, 'agent replaced by a new connection');
-          this.agents.delete(ack.name);
-          existing.link.close(1008, 'replaced by a new connection of the same agent');
-        }
-        this.pending.delete(link);
-        agent = {
-          name: ack.name, services: ack.services, principal: grant.principal, remote: grant.remote, connectedAt: Date.now(),
-          link, streamsTotal: 0,
-        };
-        this.agents.set(ack.name, agent);
-        log.info({ event: 'agent_connected', agent: ack.name, services: ack.services, remote: grant.remote, native: link.native }, 'agent connected');
+          if (refusal !== null) {
+            log.warn({ event: 'agent_refused', agent: ack.name }, refusal);
+            link.close(1008, closeReason(refusal));
+            return;
+          }
+          this.register(link, ack, grant, (a) => { agent = a; });
+        });
       },
       onClose: () => {
+        linkClosed = true;
         if (helloTimer !== null) clearTimeout(helloTimer);
         if (made !== null) this.pending.delete(made);
         if (agent !== null && this.agents.get(agent.name) === agent) {
           this.agents.delete(agent.name);
+          this.options.cluster?.release(agent.name);
           log.info({ event: 'agent_disconnected', agent: agent.name }, 'agent disconnected');
         }
       },
@@ -239,8 +264,36 @@ export class AgentRegistry {
       return;
     }
     this.pending.add(link);
-    helloTimer = setTimeout(() => link.close(1008, 'no gateway_hello_ack in time'), this.options.helloTimeoutMs);
+    helloTimer = setTimeout(() => { if (!claiming) link.close(1008, 'no gateway_hello_ack in time'); }, this.options.helloTimeoutMs);
     link.sendControl(gatewayHello());
+  }
+
+  /** The agent's hello was accepted: it replaces one with its name here, and is registered. */
+  private register(link: Link, ack: { name: string; services: string[] }, grant: AgentGrant, set: (a: Agent) => void): void {
+    const log = this.options.logger;
+    const existing = this.agents.get(ack.name);
+    if (existing !== undefined) {
+      log.info({ event: 'agent_replaced', agent: ack.name }, 'agent replaced by a new connection');
+      this.agents.delete(ack.name);
+      existing.link.close(1008, 'replaced by a new connection of the same agent');
+    }
+    this.pending.delete(link);
+    const agent: Agent = {
+      name: ack.name, services: ack.services, principal: grant.principal, remote: grant.remote, connectedAt: Date.now(),
+      link, streamsTotal: 0,
+    };
+    this.agents.set(ack.name, agent);
+    set(agent);
+    log.info({ event: 'agent_connected', agent: ack.name, services: ack.services, remote: grant.remote, native: link.native }, 'agent connected');
+  }
+
+  /** Another instance took agent `name` over (cluster, `replace`): the one here goes. */
+  drop(name: string, by: string): void {
+    const a = this.agents.get(name);
+    if (a === undefined) return;
+    this.options.logger.info({ event: 'agent_replaced', agent: name, by }, 'agent replaced by a connection to another instance');
+    this.agents.delete(name);
+    a.link.close(1008, closeReason(`replaced by a new connection of the same agent (to instance ${by})`));
   }
 
   /**
@@ -250,6 +303,13 @@ export class AgentRegistry {
    */
   async open(name: string, service: string, protocol: TunnelProtocol, timeoutMs: number): Promise<TunnelStream> {
     const agent = this.agents.get(name);
+    if (agent === undefined && protocol === 'tcp' && this.options.cluster !== undefined) {
+      // Held by another instance: the stream is relayed there.
+      const started = performance.now();
+      const socket = await this.options.cluster.openRemote(name, service, timeoutMs);
+      this.recordOpen(started);
+      return Object.assign(socket, { id: -1, openedAt: started, bytesIn: 0, bytesOut: 0 });
+    }
     if (agent === undefined) throw new TunnelError('SLUICE_ERR_AGENT_OFFLINE', `agent "${name}" is not connected`);
     let stream: TunnelStream;
     try {
@@ -286,12 +346,13 @@ export class AgentRegistry {
    */
   openSocket(name: string, service: string, fd: number, timeoutMs: number, onEnd: () => void): Promise<() => void> {
     const agent = this.agents.get(name);
-    if (agent === undefined) {
+    if (agent === undefined && this.options.cluster === undefined) {
       closeFd(fd);
       return Promise.reject(new TunnelError('SLUICE_ERR_AGENT_OFFLINE', `agent "${name}" is not connected`));
     }
-    const link = agent.link;
-    if (!(link instanceof NativeLink)) {
+    const link = agent?.link;
+    if (link === undefined || !(link instanceof NativeLink)) {
+      // A TypeScript link, or an agent on another instance (open() relays): a Node socket for the descriptor.
       const socket = new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
       socket.on('error', () => {});
       return this.open(name, service, 'tcp', timeoutMs).then((stream) => {
@@ -328,7 +389,7 @@ export class AgentRegistry {
         reject(new TunnelError('SLUICE_ERR_AGENT_OFFLINE', `agent "${name}": ${(err as Error).message}`));
         return;
       }
-      agent.streamsTotal++;
+      agent!.streamsTotal++; // a native link is a local agent's
       timer = setTimeout(() => {
         timer = null;
         reject(new TunnelError('SLUICE_ERR_AGENT_TIMEOUT', `agent "${name}", service "${service}": no answer within ${timeoutMs} ms`));
