@@ -37,6 +37,8 @@ Options:
       --admin-port N    serve /metrics /healthz /readyz /stats /reload on 127.0.0.1:N
       --workers N       shards: worker threads sharing the port (0 = one per core; default 1,
                         which runs on the main thread)
+      --cluster-wide    with cluster: a SIGHUP reloads every instance (each re-reads its own
+                        config), not only this one
   -h, --help            this text
   -v, --version         the version
 
@@ -51,7 +53,8 @@ Environment (overrides the file; flags override both):
   SLUICE_LOG_LEVEL                fatal|error|warn|info|debug|trace|silent (default info)
 
 Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the config (the running one is kept
-when the new one has problems).
+when the new one has problems). POST /reload?cluster=1 on the admin server reloads every
+instance of a cluster.
 Exit codes: 0 ok, 1 startup failure (SLUICE_ERR_* code), 2 bad config or flag.
 `;
 
@@ -151,6 +154,7 @@ async function main(argv: string[]): Promise<void> {
         upstream: { type: 'string', short: 'u', multiple: true },
         'admin-port': { type: 'string' },
         workers: { type: 'string' },
+        'cluster-wide': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -189,10 +193,10 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
 
-  await run(resolved, load, flags.cli);
+  await run(resolved, load, flags.cli, values['cluster-wide'] === true);
 }
 
-async function run(resolved: ResolvedConfig, load: () => ResolvedConfig, cli: readonly CliValue[]): Promise<void> {
+async function run(resolved: ResolvedConfig, load: () => ResolvedConfig, cli: readonly CliValue[], clusterWide: boolean): Promise<void> {
   let config = resolved.config;
   const logger: Logger = createLogger(config.log.level);
   let proxy: RunningProxy;
@@ -232,6 +236,20 @@ async function run(resolved: ResolvedConfig, load: () => ResolvedConfig, cli: re
     reloading = attempt.catch(() => undefined);
     return attempt;
   };
+  /** After a reload here: every other instance of the cluster is asked to re-read its config. */
+  const broadcast = async (trigger: string): Promise<number> => {
+    if (!('broadcastReload' in proxy)) return 0;
+    const heard = await proxy.broadcastReload();
+    logger.info({ event: 'reload_broadcast', trigger, instances: heard }, `reload asked of ${heard} other instance${heard === 1 ? '' : 's'}`);
+    return heard;
+  };
+  if ('broadcastReload' in proxy) {
+    proxy.onClusterReload = (from) => {
+      reloadFromSource(`cluster (${from})`).catch((err: unknown) => {
+        logger.error({ event: 'reload', trigger: 'cluster', issues: (err as ConfigError).issues, err }, 'reload refused; the running config is kept');
+      });
+    };
+  }
 
   try {
     if (config.admin) {
@@ -239,6 +257,7 @@ async function run(resolved: ResolvedConfig, load: () => ResolvedConfig, cli: re
       admin = await startAdminServer(proxy, config.admin, {
         logger,
         reloadFromSource: () => reloadFromSource('admin'),
+        broadcastReload: () => broadcast('admin'),
         // A body is a file's replacement: environment and flags still apply on top of it.
         configFromBody: (input) => dataPlaneConfig(resolveConfig(input, { env: process.env, cli }).config),
       });
@@ -286,7 +305,7 @@ async function run(resolved: ResolvedConfig, load: () => ResolvedConfig, cli: re
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGHUP', () => {
-    reloadFromSource('SIGHUP').catch((err: unknown) => {
+    reloadFromSource('SIGHUP').then(() => (clusterWide ? broadcast('SIGHUP') : 0)).catch((err: unknown) => {
       if (isSluiceError(err, 'SLUICE_ERR_CONFIG')) {
         logger.error({ event: 'reload', issues: (err as ConfigError).issues }, 'reload refused; the running config is kept');
       } else {

@@ -27,6 +27,7 @@ interface Instance { id: string; port: number; admin: number; cli: CliProcess }
 async function startInstances(
   t: Test, redis: RedisServer, n: number, limits: Record<string, number>, routeExtra: Record<string, unknown> = {},
   more: (i: number, port: number) => { routes?: unknown[]; tunnels?: unknown[] } = () => ({}),
+  cliArgs: string[] = [],
 ): Promise<Instance[]> {
   const problem = buildCli();
   if (problem !== null) throw new Error(problem);
@@ -55,7 +56,7 @@ async function startInstances(
         ...(extra.routes ?? []),
       ],
     }));
-    const cli = startCli(['--config', file], {}, 120_000);
+    const cli = startCli(['--config', file, ...cliArgs], {}, 120_000);
     t.teardown(() => cli.stop());
     out.push({ id, port, admin, cli });
   }
@@ -281,4 +282,18 @@ t.test('an agent on one instance serves clients of another: a WebSocket route an
   t.pass('a second site-a on gw-2 replaces the one on gw-1 (the rule of one instance, cluster-wide)');
   await b.close();
   await agent.close();
+});
+
+t.test('a reload reaches every instance: POST /reload?cluster=1, and SIGHUP with --cluster-wide', { skip }, async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const inst = await startInstances(t, redis, 3, { maxConnections: 100 }, {}, () => ({}), ['--cluster-wide']);
+  const r = await fetch(`http://127.0.0.1:${inst[0].admin}/reload?cluster=1`, { method: 'POST' });
+  t.same(await r.json(), { reloaded: true, broadcast: { instances: 2 } }, 'gw-1 reloads and tells the 2 others');
+  for (const i of inst.slice(1)) await i.cli.waitFor((l) => l.event === 'reload' && String(l.trigger) === 'cluster (gw-1)', 0, 5000);
+  t.pass('gw-2 and gw-3 re-read their configs');
+  const from = inst[0].cli.logs.length;
+  inst[2].cli.child.kill('SIGHUP');
+  await inst[0].cli.waitFor((l) => l.event === 'reload' && String(l.trigger) === 'cluster (gw-3)', from, 5000);
+  t.pass('a SIGHUP to gw-3 started with --cluster-wide reloads gw-1 too');
 });

@@ -33,6 +33,8 @@ export interface AdminTarget {
 export interface AdminHooks {
   /** Re-reads the config from where it came from (file, environment, flags); used by a POST /reload without body. */
   reloadFromSource?: () => Promise<unknown>;
+  /** With a cluster: asks every other instance to re-read its config (POST /reload?cluster=1); how many heard it. */
+  broadcastReload?: () => Promise<number>;
   /**
    * Turns a parsed request body into what `proxy.reload()` gets, e.g. applying environment
    * overrides the way the file was loaded. Default: the body as it is.
@@ -143,6 +145,16 @@ export async function startAdminServer(
       throw err;
     }
     hooks.logger?.info({ from: body.trim() !== '' ? 'admin request body' : 'config source' }, 'config reloaded');
+    // ?cluster=1: then every other instance (each re-reads its own config).
+    if (/(?:^|&)cluster=1(?:&|$)/.test((req.url ?? '').split('?')[1] ?? '') && hooks.broadcastReload) {
+      try {
+        const instances = await hooks.broadcastReload();
+        send(res, 200, JSON_TYPE, JSON.stringify({ reloaded: true, broadcast: { instances } }));
+      } catch (err) {
+        send(res, 200, JSON_TYPE, JSON.stringify({ reloaded: true, broadcast: { error: (err as Error).message } }));
+      }
+      return;
+    }
     send(res, 200, JSON_TYPE, JSON.stringify({ reloaded: true }));
   }
 

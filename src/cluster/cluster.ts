@@ -358,14 +358,28 @@ export class Cluster {
     const sub = this.redis.duplicate({ enableOfflineQueue: true });
     this.sub = sub;
     sub.on('error', () => {}); // the main connection reports Redis being away
-    sub.on('message', (_channel: string, text: string) => {
-      let m: { name?: string; by?: string; on?: string };
+    sub.on('message', (channel: string, text: string) => {
+      let m: { name?: string; by?: string; on?: string; from?: string };
       try { m = JSON.parse(text) as typeof m; } catch { return; }
+      if (channel === this.key('reload')) {
+        if (typeof m.from === 'string' && m.from !== this.id) this.onReloadAsked?.(m.from);
+        return;
+      }
       if (m.on === this.id && typeof m.name === 'string' && typeof m.by === 'string') this.onAgentReplaced?.(m.name, m.by);
     });
     try {
-      await sub.subscribe(this.key('agents:replaced'));
+      await sub.subscribe(this.key('agents:replaced'), this.key('reload'));
     } catch { /* subscribed again on reconnect by ioredis */ }
+  }
+
+  /** Another instance asks every instance to re-read its config (a cluster-wide reload). */
+  onReloadAsked: ((from: string) => void) | null = null;
+
+  /** Ask every other instance to re-read its config; resolves with how many heard it (Redis away: an error). */
+  async broadcastReload(): Promise<number> {
+    if (this.degraded) throw new Error('Redis is unreachable: the other instances were not told');
+    // The subscriber count includes this instance's own subscription.
+    return Math.max(0, Number(await this.redis.publish(this.key('reload'), JSON.stringify({ from: this.id, at: Date.now() }))) - 1);
   }
 
   /**

@@ -415,6 +415,7 @@ export class Proxy implements SessionHost {
     // Redis does not stop the start: the instance serves under local limits.)
     if (this.config.cluster !== undefined && this.cluster === null) {
       this.cluster = new Cluster(this.config.cluster, this.logger, () => this.sessions.size);
+      this.cluster.onReloadAsked = this.clusterReloadHook;
       await this.cluster.start();
     }
     const { listen, limits } = this.config;
@@ -1433,6 +1434,22 @@ export class Proxy implements SessionHost {
     });
     return this.agents;
   }
+
+  /**
+   * With a cluster: ask every other instance to re-read its config (each from its own
+   * sources); resolves with how many heard it. Without one: 0.
+   */
+  broadcastReload(): Promise<number> {
+    return this.cluster === null ? Promise.resolve(0) : this.cluster.broadcastReload();
+  }
+
+  /** Called when another instance broadcast a reload (the CLI re-reads its config sources). */
+  set onClusterReload(fn: ((from: string) => void) | null) {
+    this.clusterReloadHook = fn;
+    if (this.cluster !== null) this.cluster.onReloadAsked = fn;
+  }
+
+  private clusterReloadHook: ((from: string) => void) | null = null;
 
   /** The registry's view of the cluster: names claimed cluster-wide, streams relayed to the instance holding their agent. */
   private agentCluster(cluster: Cluster): AgentCluster {
