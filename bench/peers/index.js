@@ -6,6 +6,7 @@ import haproxy from './haproxy.js';
 import nginx from './nginx.js';
 import nodeHttpProxy from './node-http-proxy.js';
 import { sluicePeer } from './sluice.js';
+import { clusterPeer } from './sluice-cluster.js';
 
 /** No proxy: the load generator talks to the echo backend itself (the baseline). */
 const direct = {
@@ -40,4 +41,10 @@ export const PEERS = [
     loadgenArgs: ['--envelope', 'v2'], env: { SLUICE_ENGINE: 'typescript' }, optional: true }),
   sluicePeer({ name: 'sluice-env-v1-ts-engine', describe: 'sluice, envelope route (v1), SLUICE_ENGINE=typescript', template: 'sluice-envelope.yaml.template',
     loadgenArgs: ['--envelope', 'v1'], env: { SLUICE_ENGINE: 'typescript' }, optional: true }),
+  // Scaling out (issue #15): `cluster` on (limits through Redis; Redis's CPU counted), and a
+  // session through a tunnel agent on the same instance against one relayed from another.
+  clusterPeer({ name: 'sluice-cluster', describe: 'sluice, cluster on (Redis counted)', mode: 'cluster' }),
+  clusterPeer({ name: 'sluice-cluster-rate', describe: 'sluice, cluster on with a per-IP connection rate (a Redis call per upgrade)', mode: 'cluster-rate' }),
+  clusterPeer({ name: 'sluice-agent', describe: 'sluice, upstream through a tunnel agent on the same instance (agent counted)', mode: 'agent' }),
+  clusterPeer({ name: 'sluice-agent-relay', describe: 'sluice, upstream through a tunnel agent on another instance: relayed B to A (both, agent, Redis counted)', mode: 'relay' }),
 ];
