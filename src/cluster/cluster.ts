@@ -77,7 +77,10 @@ redis.call('HSET', KEYS[2], ARGV[1], grant)
 return { grant, others, redis.call('ZCOUNT', KEYS[1], now, '+inf') }
 `;
 
-/** GCRA: one more event on KEYS[1] at ARGV[1] ms apart, ARGV[2] of them at once at most; 1 allowed, 0 not. */
+/**
+ * GCRA on KEYS[1]: events ARGV[1] ms apart, ARGV[2] of them at once at most. Takes up to
+ * ARGV[3] events now (as many as the rate allows); returns how many (0: none).
+ */
 const RATE_LUA = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -85,11 +88,16 @@ local interval = tonumber(ARGV[1])
 local tolerance = interval * (tonumber(ARGV[2]) - 1)
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-if tat - now > tolerance then return 0 end
-local nextTat = tat + interval
+local n = math.floor((tolerance - (tat - now)) / interval) + 1
+if n > tonumber(ARGV[3]) then n = tonumber(ARGV[3]) end
+if n <= 0 then return 0 end
+local nextTat = tat + n * interval
 redis.call('SET', KEYS[1], tostring(nextTat), 'PX', math.ceil(nextTat - now) + 1000)
-return 1
+return n
 `;
+
+/** Tokens taken from Redis beyond the one needed now are used for at most this long. */
+const RATE_TOKENS_MS = 20;
 
 /**
  * Claim agent name ARGV[1] for instance ARGV[2]: free, ours already, or held by an instance
@@ -140,7 +148,7 @@ type ClusterRedis = Redis & {
   sluiceOwner(instances: string, agents: string, lines: string, name: string): Promise<string[]>;
   sluiceLease(instances: string, lines: string, id: string, leaseMs: number, line: string): Promise<string[]>;
   sluiceReserve(instances: string, places: string, id: string, want: number, max: number, floor: number): Promise<[number, number, number]>;
-  sluiceRate(key: string, intervalMs: number, burst: number): Promise<number>;
+  sluiceRate(key: string, intervalMs: number, burst: number, want: number): Promise<number>;
 };
 
 /** One instance as the cluster sees it. */
@@ -278,6 +286,9 @@ export class Cluster {
   degraded = false;
   private degradedReason: string | null = null;
   private stopped = false;
+  /** Rate tokens taken from Redis and not used yet, by key (RATE_TOKENS_MS fresh). */
+  private readonly rateTokens = new Map<string, { tokens: number; until: number }>();
+  private readonly rateAsking = new Map<string, Promise<number>>();
   /** Local rate limiters while degraded, by rate and burst. */
   private readonly localRates = new Map<string, ConnectionRateLimiter>();
   /** What this instance carries, for its lease line. */
@@ -475,8 +486,32 @@ export class Cluster {
   async rateAllows(key: string, ratePerSecond: number, burst: number): Promise<boolean> {
     const b = burst > 0 ? burst : Math.max(1, Math.ceil(ratePerSecond));
     if (!this.degraded) {
+      // Tokens left from the last call for this key, if still fresh: no Redis call. A call
+      // in flight for the key is waited for (its tokens may serve this one too).
+      const now = Date.now();
+      for (let i = 0; i < 2; i++) {
+        const held = this.rateTokens.get(key);
+        if (held !== undefined && held.until > now && held.tokens > 0) {
+          held.tokens--;
+          return true;
+        }
+        const asking = this.rateAsking.get(key);
+        if (asking === undefined) break;
+        await asking.catch(() => 0);
+      }
+      // At high rates, up to RATE_TOKENS_MS worth of the rate at once (at most the burst).
+      const want = Math.max(1, Math.min(b, 64, Math.floor((ratePerSecond * RATE_TOKENS_MS) / 1000)));
       try {
-        return (await this.redis.sluiceRate(this.key(`rate:${key}`), 1000 / ratePerSecond, b)) === 1;
+        const call = this.redis.sluiceRate(this.key(`rate:${key}`), 1000 / ratePerSecond, b, want).then(Number);
+        this.rateAsking.set(key, call);
+        const got = await call.finally(() => { if (this.rateAsking.get(key) === call) this.rateAsking.delete(key); });
+        if (got > 1) {
+          if (this.rateTokens.size >= 65_536) this.rateTokens.clear();
+          this.rateTokens.set(key, { tokens: got - 1, until: now + RATE_TOKENS_MS });
+        } else {
+          this.rateTokens.delete(key);
+        }
+        return got > 0;
       } catch (err) {
         this.lost(err);
       }
