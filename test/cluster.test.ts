@@ -13,6 +13,8 @@ import { join } from 'node:path';
 import net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { connectAgent } from '../src/tunnel/agent.js';
+import { connect as sluiceConnect } from '../src/client/index.js';
+import { startCutter } from './fixtures/cutter.js';
 import { createProxy } from '../src/index.js';
 import { buildCli, freePort, startCli, type CliProcess } from './fixtures/cli-process.js';
 import { redisMissing, startRedis, type RedisServer } from './fixtures/redis.js';
@@ -296,4 +298,44 @@ t.test('a reload reaches every instance: POST /reload?cluster=1, and SIGHUP with
   inst[2].cli.child.kill('SIGHUP');
   await inst[0].cli.waitFor((l) => l.event === 'reload' && String(l.trigger) === 'cluster (gw-3)', from, 5000);
   t.pass('a SIGHUP to gw-3 started with --cluster-wide reloads gw-1 too');
+});
+
+t.test('resume across instances: a client that comes back through another instance is relayed to its session', { skip }, async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  let upstreamSessions = 0;
+  wss.on('connection', (ws) => {
+    upstreamSessions++;
+    ws.on('message', (d) => ws.send(d as Buffer));
+  });
+  t.teardown(() => { for (const c of wss.clients) c.terminate(); wss.close(); });
+  const url = `ws://127.0.0.1:${(wss.address() as net.AddressInfo).port}/`;
+  const inst = await startInstances(t, redis, 2, { maxConnections: 100 }, {}, () => ({
+    routes: [{ path: '/r', mode: 'envelope', resume: { graceSeconds: 10 }, upstreams: [{ url }] }],
+  }));
+  const cutter = await startCutter(inst[0].port);
+  t.teardown(() => cutter.close());
+  const client = sluiceConnect(`ws://127.0.0.1:${cutter.port}/r`, { resume: true, reconnect: { initialDelayMs: 20, maxDelayMs: 100 } });
+  t.teardown(() => client.close());
+  const got: number[] = [];
+  client.on('message', (d) => got.push(Number(d.toString())));
+  client.on('error', () => {});
+  await new Promise((r) => client.once('open', r));
+  let sent = 0;
+  const pump = setInterval(() => { client.send(String(++sent)); }, 5);
+  t.teardown(() => clearInterval(pump));
+  await until(() => got.length > 5, 5000, 'echoes');
+  // Each instance reads the others' addresses at its lease renewal.
+  await new Promise((r) => setTimeout(r, (LEASE_SECONDS * 1000) / 2));
+  cutter.retarget(inst[1].port);
+  cutter.cut();
+  await until(() => client.stats().resumes === 1, 5000, 'resumed through gw-2');
+  await new Promise((r) => setTimeout(r, 200));
+  clearInterval(pump);
+  await until(() => got.length === sent, 5000, 'every echo');
+  t.equal(client.stats().lostContinuity, 0, 'continuity kept');
+  t.same(got, Array.from({ length: sent }, (_, i) => i + 1), `${sent} messages echoed once each, in order`);
+  t.equal(upstreamSessions, 1, 'one upstream session: the resume reached gw-1 through gw-2');
 });

@@ -434,6 +434,11 @@ export class Cluster {
     }
   }
 
+  /** How to reach instance `id` (its advertise address at the last renewal), or null. */
+  advertiseOf(id: string): string | null {
+    return this.instances.find((i) => i.id === id)?.advertise ?? null;
+  }
+
   /** The `Sluice-Cluster` header value that lets this instance open `agent`/`service` on another. */
   sign(agent: string, service: string): string {
     const ts = Date.now();

@@ -34,7 +34,7 @@ import { HttpForwarder, forwardedHeaders } from './http-forward.js';
 import { compileRoutes, mapTarget, matchRoute, requestHost, type RouteMatcher } from './router.js';
 import { Session, isValidWireCloseCode, type ResumeState, type SessionHost } from './session.js';
 import {
-  RESUME_HEADER, REFUSAL_TEXT, ReplayBuffer, ResumeRegistry, newResumeToken, parseResumeHeader, tokenShard, type ResumeRefusal,
+  RESUME_HEADER, REFUSAL_TEXT, ReplayBuffer, ResumeRegistry, newResumeToken, parseResumeHeader, tokenInstance, tokenShard, type ResumeRefusal,
 } from './resume.js';
 import { NativeSession } from './native-session.js';
 import { EngineClient, SocketClient, setPeerAddress, type HandshakeClient } from './handshake-client.js';
@@ -61,7 +61,7 @@ const HOP_HEADERS = new Set([
   'sec-websocket-extensions', 'sec-websocket-protocol', 'x-real-ip', 'x-forwarded-for', 'x-forwarded-proto',
   'x-forwarded-host',
   // Resume (ours: never forwarded).
-  'sluice-resume', 'sluice-relay', 'sluice-relayed-for',
+  'sluice-resume', 'sluice-relay', 'sluice-relayed-for', 'sluice-cluster',
 ]);
 
 const chOpen = dc.channel('sluice:session:open');
@@ -758,8 +758,14 @@ export class Proxy implements SessionHost {
     // A client back for a session this shard (or, relayed, another) holds reuses the place
     // its session has: it is not counted, or rate-limited, again.
     const resumeAsk = parseResumeHeader(headerMap.get(RESUME_HEADER) ?? '');
+    // Relayed by another instance of the cluster: its signature makes its word for the client's address good.
+    if (resumeAsk !== null && via === 'client' && this.cluster !== null && headerMap.has('sluice-relayed-for') &&
+        this.cluster.verify(headerMap.get('sluice-cluster') ?? '', 'resume', resumeAsk.token)) {
+      remote = headerMap.get('sluice-relayed-for') ?? remote;
+    }
     const relayTo = resumeAsk !== null && via === 'client' ? this.resumeOwnerPort(resumeAsk.token) : 0;
-    const returning = resumeAsk !== null && (relayTo > 0 || this.resumable.get(resumeAsk.token) !== undefined);
+    const instanceTo = resumeAsk !== null && via === 'client' && relayTo === 0 ? this.resumeOwnerInstance(resumeAsk.token) : null;
+    const returning = resumeAsk !== null && (relayTo > 0 || instanceTo !== null || this.resumable.get(resumeAsk.token) !== undefined);
 
     this.handshaking.add(client);
     let aborted = false;
@@ -835,7 +841,15 @@ export class Proxy implements SessionHost {
     if (resumeHeader !== undefined && relayTo > 0 && client.socket) {
       // Its session is held by another shard (the kernel spreads connections): relayed there.
       this.handshaking.delete(client);
-      this.relayResume(req, client, head, relayTo, remote);
+      this.relayResume(req, client, head, { host: '127.0.0.1', port: relayTo, tls: false },
+        [`Sluice-Relay: ${this.relaySecret}`, `Sluice-Relayed-For: ${remote}`]);
+      return;
+    }
+    if (resumeHeader !== undefined && instanceTo !== null && client.socket && resumeAsk !== null) {
+      // Its session is held by another instance of the cluster: relayed there, signed.
+      this.handshaking.delete(client);
+      this.relayResume(req, client, head, instanceTo,
+        [`Sluice-Cluster: ${this.cluster!.sign('resume', resumeAsk.token)}`, `Sluice-Relayed-For: ${remote}`]);
       return;
     }
 
@@ -1140,7 +1154,7 @@ export class Proxy implements SessionHost {
 
   private resumeState(rc: NonNullable<RouteConfig['resume']>, subject: string | null, refusal: ResumeRefusal | null): ResumeState {
     return {
-      token: newResumeToken(this.hooks.shard ?? 0), subject, graceMs: rc.graceSeconds * 1000, bufferBytes: rc.bufferBytes,
+      token: newResumeToken(this.hooks.shard ?? 0, this.cluster?.id ?? null), subject, graceMs: rc.graceSeconds * 1000, bufferBytes: rc.bufferBytes,
       replay: new ReplayBuffer(), received: 0, ackSent: 0, parkedAt: 0, dead: false, resumes: 0, held: false,
       refusal: refusal === null ? null : REFUSAL_TEXT[refusal],
     };
@@ -1201,6 +1215,17 @@ export class Proxy implements SessionHost {
     if (route !== undefined && route.config.maxConnections > 0) cluster.scope(`route:${route.key}`, route.config.maxConnections).give();
   }
 
+  /** Cluster: how to reach the other instance a resume token names, or null (this one's, no cluster, unknown). */
+  private resumeOwnerInstance(token: string): { host: string; port: number; tls: boolean } | null {
+    const cluster = this.cluster;
+    const owner = tokenInstance(token);
+    if (cluster === null || owner === null || owner === cluster.id) return null;
+    const advertise = cluster.advertiseOf(owner);
+    if (advertise === null) return null;
+    const url = new URL(advertise);
+    return { host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port || (url.protocol === 'wss:' ? 443 : 80)), tls: url.protocol === 'wss:' };
+  }
+
   /** Shards: the loopback port of the other shard a resume token names, or 0 (this shard's, or unknown). */
   private resumeOwnerPort(token: string): number {
     const peers = this.hooks.resumePeers;
@@ -1215,21 +1240,22 @@ export class Proxy implements SessionHost {
    * pool's secret and the client's address), then bytes both ways until either side ends.
    * One copy per chunk in this shard; resumes that land on their own shard pay nothing.
    */
-  private relayResume(req: UpgradeRequest, client: HandshakeClient, head: Buffer, port: number, remote: string): void {
+  private relayResume(req: UpgradeRequest, client: HandshakeClient, head: Buffer, to: { host: string; port: number; tls: boolean }, extra: string[]): void {
     const socket = client.socket!;
     const lines = [`${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1`];
     const raw = req.rawHeaders;
     for (let i = 0; i + 1 < raw.length; i += 2) {
       const name = raw[i].toLowerCase();
-      if (name !== 'sluice-relay' && name !== 'sluice-relayed-for') lines.push(`${raw[i]}: ${raw[i + 1]}`);
+      if (name !== 'sluice-relay' && name !== 'sluice-relayed-for' && name !== 'sluice-cluster') lines.push(`${raw[i]}: ${raw[i + 1]}`);
     }
-    lines.push(`Sluice-Relay: ${this.relaySecret}`, `Sluice-Relayed-For: ${remote}`);
-    const out = net.connect(port, '127.0.0.1');
+    lines.push(...extra);
+    const remote = extra.find((l) => l.startsWith('Sluice-Relayed-For: '))?.slice(20) ?? '';
+    const out = to.tls ? tls.connect({ host: to.host, port: to.port, servername: net.isIP(to.host) === 0 ? to.host : undefined }) : net.connect(to.port, to.host);
     // That shard is gone (a crash before it cleared its port): the resume is answered here
     // (its session went with the shard: a new session that says so).
     const unreachable = () => this.onUpgrade(req, client, head, 'local');
     out.once('error', unreachable);
-    out.once('connect', () => {
+    out.once(to.tls ? 'secureConnect' : 'connect', () => {
       out.off('error', unreachable);
       out.setNoDelay(true);
       socket.setNoDelay(true);
@@ -1248,7 +1274,7 @@ export class Proxy implements SessionHost {
       }
       this.count.resume.relayed++;
     });
-    this.logger.debug({ event: 'resume_relayed', remote, port }, 'resume relayed to the shard holding the session');
+    this.logger.debug({ event: 'resume_relayed', remote, to: `${to.host}:${to.port}` }, 'resume relayed to the shard or instance holding the session');
   }
 
   private relaySecretMatches(given: string): boolean {

@@ -3,8 +3,9 @@
  * client's network, apart from the engine that carries its frames.
  *
  * - Tokens: 128 random bits, base64url, after a routing prefix `<shard>.` that names the
- *   shard holding the session (a resume that lands on another shard is relayed there).
- *   Clients treat the whole string as opaque.
+ *   shard holding the session (a resume that lands on another shard is relayed there),
+ *   and with a cluster a suffix `.<instanceId>` (a resume that lands on another instance
+ *   is relayed there). Clients treat the whole string as opaque.
  * - `Sluice-Resume: <token>; received=<N>`: the header a resuming client sends.
  * - The replay buffer: upstream messages the client has not acknowledged, in order,
  *   numbered implicitly from 1 (the n-th data frame sent to the client is number n).
@@ -16,8 +17,15 @@ import { randomBytes } from 'node:crypto';
 export const RESUME_HEADER = 'sluice-resume';
 
 /** A new token for a session held by shard `shard`. */
-export function newResumeToken(shard: number): string {
-  return `${shard}.${randomBytes(16).toString('base64url')}`;
+export function newResumeToken(shard: number, instance: string | null = null): string {
+  const token = `${shard}.${randomBytes(16).toString('base64url')}`;
+  return instance === null ? token : `${token}.${Buffer.from(instance).toString('base64url')}`;
+}
+
+/** The cluster instance a token names, or null (no cluster when it was made). */
+export function tokenInstance(token: string): string | null {
+  const parts = token.split('.');
+  return parts.length === 3 ? Buffer.from(parts[2], 'base64url').toString() : null;
 }
 
 /** The shard a token names, or -1 when it names none (malformed). */
@@ -28,7 +36,7 @@ export function tokenShard(token: string): number {
   return Number.isInteger(n) && n >= 0 ? n : -1;
 }
 
-const HEADER_FORM = /^\s*([0-9]{1,4}\.[A-Za-z0-9_-]{22})\s*;\s*received\s*=\s*([0-9]{1,15})\s*$/;
+const HEADER_FORM = /^\s*([0-9]{1,4}\.[A-Za-z0-9_-]{22}(?:\.[A-Za-z0-9_-]{1,172})?)\s*;\s*received\s*=\s*([0-9]{1,15})\s*$/;
 
 /** `<token>; received=<N>` parsed, or null when it is not that. */
 export function parseResumeHeader(value: string): { token: string; received: number } | null {
