@@ -16,7 +16,8 @@ import { connectAgent } from '../src/tunnel/agent.js';
 import { connect as sluiceConnect } from '../src/client/index.js';
 import { startCutter } from './fixtures/cutter.js';
 import { createProxy } from '../src/index.js';
-import { buildCli, freePort, startCli, type CliProcess } from './fixtures/cli-process.js';
+import { spawnSync } from 'node:child_process';
+import { buildCli, cleanEnv, cli, freePort, startCli, type CliProcess } from './fixtures/cli-process.js';
 import { redisMissing, startRedis, type RedisServer } from './fixtures/redis.js';
 import { until } from './fixtures/peers.js';
 
@@ -94,6 +95,16 @@ t.test('the cluster-wide connection limit holds whichever instance the clients r
   for (let i = 0; i < 13; i++) seq.push(await open(inst[i % 3].port));
   t.equal(seq.filter((w) => typeof w !== 'number').length, 10, 'one at a time over three instances: exactly 10 of 13 get in');
   t.same(seq.slice(10), [503, 503, 503], 'then 503 on every instance');
+  // A made-up resume token naming another instance is no way around the bound.
+  const forged = await new Promise<number>((resolve) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${inst[0].port}/echo`, {
+      headers: { 'Sluice-Resume': `0.${'A'.repeat(22)}.${Buffer.from('gw-2').toString('base64url')}; received=0` },
+    });
+    ws.on('open', () => { ws.terminate(); resolve(101); });
+    ws.on('unexpected-response', (_req, res) => { res.resume(); resolve(res.statusCode ?? 0); });
+    ws.on('error', () => resolve(0));
+  });
+  t.equal(forged, 503, 'a forged Sluice-Resume header does not skip the cluster bound');
   // The view is read at each lease renewal (every leaseSeconds / 3).
   let ids: string[] = [];
   for (const deadline = Date.now() + LEASE_SECONDS * 1000; ids.length < 3 && Date.now() < deadline;) {
@@ -338,4 +349,15 @@ t.test('resume across instances: a client that comes back through another instan
   t.equal(client.stats().lostContinuity, 0, 'continuity kept');
   t.same(got, Array.from({ length: sent }, (_, i) => i + 1), `${sent} messages echoed once each, in order`);
   t.equal(upstreamSessions, 1, 'one upstream session: the resume reached gw-1 through gw-2');
+});
+
+t.test('sluice --check hides cluster.secret and the Redis password', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sluice-cluster-check-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'c.json');
+  writeFileSync(file, JSON.stringify({ cluster: { redis: { url: 'redis://:hunter2-password@127.0.0.1:6379' }, secret: SECRET } }));
+  const r = spawnSync(process.execPath, [cli, '--config', file, '--check'], { encoding: 'utf8', env: cleanEnv() });
+  t.equal(r.status, 0, 'valid');
+  t.notMatch(r.stdout, /hunter2|a-cluster-secret/, 'neither appears');
+  t.match(r.stdout, /cluster\.redis\.url = "redis:\/\/\*\*\*@127\.0\.0\.1:6379"/, 'the URL without its password');
 });

@@ -41,7 +41,7 @@ export async function openRemoteAgentStream(cluster: Cluster, name: string, serv
       `agent "${name}" on instance ${owner.id}: no answer within ${timeoutMs} ms`)), timeoutMs);
     socket.once(url.protocol === 'wss:' ? 'secureConnect' : 'connect', () => {
       socket.write(`GET ${AGENT_STREAM_PATH} HTTP/1.1\r\nHost: ${url.host}\r\nConnection: Upgrade\r\nUpgrade: ${AGENT_STREAM_UPGRADE}\r\n` +
-        `Sluice-Agent: ${name}\r\nSluice-Service: ${service}\r\nSluice-Cluster: ${cluster.sign(name, service)}\r\n\r\n`);
+        `Sluice-Agent: ${name}\r\nSluice-Service: ${service}\r\nSluice-Cluster: ${cluster.sign('agent-stream', owner.id, [name, service])}\r\n\r\n`);
     });
     socket.on('error', (err: Error) => fail(new TunnelError('SLUICE_ERR_AGENT_OFFLINE', `agent "${name}" on instance ${owner.id}: ${err.message}`)));
     // 'readable', not 'data': once its listener is gone the socket is neither flowing nor

@@ -20,7 +20,7 @@
  *   bound by the last known instance count), says so once in the log, in `/readyz` and in
  *   `sluice_cluster_degraded`, and reconciles when Redis is back. No session is dropped.
  */
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -120,6 +120,19 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return { 1, '' }
 `;
 
+/** Agent names whose holder's lease is live; the others are forgotten. */
+const AGENTS_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[2])
+local out = {}
+for i = 1, #all, 2 do
+  local ends = redis.call('ZSCORE', KEYS[1], all[i + 1])
+  if ends and tonumber(ends) > now then out[#out + 1] = all[i] else redis.call('HDEL', KEYS[2], all[i]) end
+end
+return out
+`;
+
 /** Let go of agent name ARGV[1] if instance ARGV[2] holds it. */
 const RELEASE_LUA = `
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -145,6 +158,7 @@ const SIGNATURE_MS = 30_000;
 type ClusterRedis = Redis & {
   sluiceClaim(instances: string, agents: string, name: string, id: string, mode: string): Promise<[number, string]>;
   sluiceRelease(agents: string, name: string, id: string): Promise<number>;
+  sluiceAgents(instances: string, agents: string): Promise<string[]>;
   sluiceOwner(instances: string, agents: string, lines: string, name: string): Promise<string[]>;
   sluiceLease(instances: string, lines: string, id: string, leaseMs: number, line: string): Promise<string[]>;
   sluiceReserve(instances: string, places: string, id: string, want: number, max: number, floor: number): Promise<[number, number, number]>;
@@ -178,7 +192,7 @@ export interface Refusal {
 }
 
 /** Places of one scope (the whole proxy, or one route) on this instance. */
-class Places {
+export class Places {
   reserved = 0;
   used = 0;
   /** What the other live instances held at the last answer. */
@@ -252,14 +266,17 @@ class Places {
   }
 
   /** Set the reservation (absolute) to `want`, at least what is used. */
-  async reserve(want: number): Promise<void> {
+  async reserve(want: number, rethrow = false): Promise<void> {
     try {
       const [granted, others, live] = await this.cluster.redisReserve(this.scope, want, this.max, this.used);
       this.full = granted < want;
       this.reserved = granted;
       this.others = others;
       this.cluster.liveCount = live;
+      // Places taken while the call was out (a trim's answer can be below them): Redis must count them.
+      if (this.used > this.reserved) await this.reserve(this.used, rethrow);
     } catch (err) {
+      if (rethrow) throw err;
       this.cluster.lost(err);
     }
   }
@@ -315,6 +332,7 @@ export class Cluster {
     this.redis.defineCommand('sluiceRate', { numberOfKeys: 1, lua: RATE_LUA });
     this.redis.defineCommand('sluiceClaim', { numberOfKeys: 2, lua: CLAIM_LUA });
     this.redis.defineCommand('sluiceRelease', { numberOfKeys: 1, lua: RELEASE_LUA });
+    this.redis.defineCommand('sluiceAgents', { numberOfKeys: 2, lua: AGENTS_LUA });
     this.redis.defineCommand('sluiceOwner', { numberOfKeys: 3, lua: OWNER_LUA });
     this.redis.on('error', (err: Error) => this.lost(err));
     this.redis.on('ready', () => void this.reconcile());
@@ -330,7 +348,12 @@ export class Cluster {
     }
     await this.subscribe();
     const every = (this.config.leaseSeconds * 1000) / 3;
-    this.renewTimer = setInterval(() => void this.renew().catch((err: unknown) => this.lost(err)), every);
+    // While degraded the timer tries to reconcile (a failed call leaves the connection up:
+    // no 'ready' event would come).
+    this.renewTimer = setInterval(() => {
+      if (this.degraded) void this.reconcile();
+      else void this.renew().catch((err: unknown) => this.lost(err));
+    }, every);
     this.renewTimer.unref();
   }
 
@@ -366,9 +389,12 @@ export class Cluster {
 
   /** Replacements are told on a channel (a second connection: a subscribed one does nothing else). */
   private async subscribe(): Promise<void> {
-    const sub = this.redis.duplicate({ enableOfflineQueue: true });
+    // Its own connection (a subscribed one does nothing else), subscribing at each 'ready':
+    // a subscription refused while Redis was away is not renewed by ioredis by itself.
+    const sub = this.redis.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null });
     this.sub = sub;
     sub.on('error', () => {}); // the main connection reports Redis being away
+    sub.on('ready', () => { sub.subscribe(this.key('agents:replaced'), this.key('reload')).catch(() => {}); });
     sub.on('message', (channel: string, text: string) => {
       let m: { name?: string; by?: string; on?: string; from?: string };
       try { m = JSON.parse(text) as typeof m; } catch { return; }
@@ -378,9 +404,7 @@ export class Cluster {
       }
       if (m.on === this.id && typeof m.name === 'string' && typeof m.by === 'string') this.onAgentReplaced?.(m.name, m.by);
     });
-    try {
-      await sub.subscribe(this.key('agents:replaced'), this.key('reload'));
-    } catch { /* subscribed again on reconnect by ioredis */ }
+    await sub.connect().catch(() => {});
   }
 
   /** Another instance asks every instance to re-read its config (a cluster-wide reload). */
@@ -398,8 +422,8 @@ export class Cluster {
    * instance's), else why not (another live instance holds it and the route says refuse).
    * While Redis is away the name is claimed locally only.
    */
-  async claimAgent(name: string, duplicate: 'replace' | 'refuse'): Promise<string | null> {
-    if (this.degraded) return null;
+  async claimAgent(name: string, duplicate: 'replace' | 'refuse', rethrow = false): Promise<string | null> {
+    if (this.degraded && !rethrow) return null;
     try {
       const [result, holder] = await this.redis.sluiceClaim(this.key('instances'), this.key('agents'), name, this.id, duplicate);
       if (Number(result) === 0) return `agent "${name}" is already connected (to instance ${holder})`;
@@ -408,10 +432,14 @@ export class Cluster {
         await this.redis.publish(this.key('agents:replaced'), JSON.stringify({ name, by: this.id, on: holder }));
       }
     } catch (err) {
+      if (rethrow) throw err;
       this.lost(err);
     }
     return null;
   }
+
+  /** The agent names this instance holds (set by the proxy: its registry). */
+  localAgents: () => string[] = () => [];
 
   /** The agent left this instance: the name is free (unless another instance took it meanwhile). */
   releaseAgent(name: string): void {
@@ -439,24 +467,43 @@ export class Cluster {
     return this.instances.find((i) => i.id === id)?.advertise ?? null;
   }
 
-  /** The `Sluice-Cluster` header value that lets this instance open `agent`/`service` on another. */
-  sign(agent: string, service: string): string {
+  /**
+   * The `Sluice-Cluster` header of a relay from this instance to instance `target`: what it
+   * is for (`purpose`, `fields`), when, and a nonce, under an HMAC with `cluster.secret`.
+   */
+  sign(purpose: 'agent-stream' | 'resume', target: string, fields: string[]): string {
     const ts = Date.now();
-    return `${this.id} ${ts} ${this.mac(agent, service, ts, this.id)}`;
+    const nonce = randomBytes(12).toString('base64url');
+    return `${this.id} ${ts} ${nonce} ${this.mac(purpose, target, this.id, ts, nonce, fields)}`;
   }
 
-  /** Whether `header` was made by an instance of this cluster for `agent`/`service`, recently. */
-  verify(header: string, agent: string, service: string): boolean {
-    const [from, tsText, mac] = header.split(' ');
+  /**
+   * Whether `header` was made by an instance of this cluster for this instance, for
+   * `purpose` and `fields`, within SIGNATURE_MS (the instances' clocks must agree that
+   * closely), and not seen before (a captured header cannot be used again).
+   */
+  verify(header: string, purpose: 'agent-stream' | 'resume', fields: string[]): boolean {
+    const [from, tsText, nonce, mac] = header.split(' ');
     const ts = Number(tsText);
-    if (from === undefined || mac === undefined || !Number.isFinite(ts) || Math.abs(Date.now() - ts) > SIGNATURE_MS) return false;
-    const want = Buffer.from(this.mac(agent, service, ts, from));
+    const now = Date.now();
+    if (from === undefined || nonce === undefined || mac === undefined || !Number.isFinite(ts) || Math.abs(now - ts) > SIGNATURE_MS) return false;
+    const want = Buffer.from(this.mac(purpose, this.id, from, ts, nonce, fields));
     const got = Buffer.from(mac);
-    return got.length === want.length && timingSafeEqual(got, want);
+    if (got.length !== want.length || !timingSafeEqual(got, want)) return false;
+    for (const [n, until] of this.nonces) {
+      if (until > now) break;
+      this.nonces.delete(n);
+    }
+    if (this.nonces.has(nonce)) return false;
+    this.nonces.set(nonce, now + 2 * SIGNATURE_MS);
+    return true;
   }
 
-  private mac(agent: string, service: string, ts: number, from: string): string {
-    return createHmac('sha256', this.config.secret).update(`agent-stream\n${agent}\n${service}\n${ts}\n${from}`).digest('hex');
+  /** Nonces of relays accepted in the last 2 × SIGNATURE_MS, oldest first. */
+  private readonly nonces = new Map<string, number>();
+
+  private mac(purpose: string, target: string, from: string, ts: number, nonce: string, fields: string[]): string {
+    return createHmac('sha256', this.config.secret).update([purpose, target, from, String(ts), nonce, ...fields].join('\n')).digest('hex');
   }
 
   private key(name: string): string {
@@ -507,16 +554,21 @@ export class Cluster {
       // At high rates, up to RATE_TOKENS_MS worth of the rate at once (at most the burst).
       const want = Math.max(1, Math.min(b, 64, Math.floor((ratePerSecond * RATE_TOKENS_MS) / 1000)));
       try {
-        const call = this.redis.sluiceRate(this.key(`rate:${key}`), 1000 / ratePerSecond, b, want).then(Number);
+        // The tokens beyond this one are stored before anyone waiting on the call resumes.
+        const call = this.redis.sluiceRate(this.key(`rate:${key}`), 1000 / ratePerSecond, b, want).then((n) => {
+          const got = Number(n);
+          if (this.rateAsking.get(key) === call) this.rateAsking.delete(key);
+          if (got > 1) {
+            if (this.rateTokens.size >= 65_536) this.rateTokens.clear();
+            this.rateTokens.set(key, { tokens: got - 1, until: Date.now() + RATE_TOKENS_MS });
+          }
+          return got;
+        }, (err: unknown) => {
+          if (this.rateAsking.get(key) === call) this.rateAsking.delete(key);
+          throw err;
+        });
         this.rateAsking.set(key, call);
-        const got = await call.finally(() => { if (this.rateAsking.get(key) === call) this.rateAsking.delete(key); });
-        if (got > 1) {
-          if (this.rateTokens.size >= 65_536) this.rateTokens.clear();
-          this.rateTokens.set(key, { tokens: got - 1, until: now + RATE_TOKENS_MS });
-        } else {
-          this.rateTokens.delete(key);
-        }
-        return got > 0;
+        return (await call) > 0;
       } catch (err) {
         this.lost(err);
       }
@@ -544,7 +596,7 @@ export class Cluster {
     }
     this.instances = list;
     this.liveCount = Math.max(1, list.length);
-    this.agentNames = new Set(await this.redis.hkeys(this.key('agents')));
+    this.agentNames = new Set(await this.redis.sluiceAgents(this.key('instances'), this.key('agents')));
     for (const p of this.places.values()) await p.trim();
   }
 
@@ -553,7 +605,12 @@ export class Cluster {
     if (this.stopped) return;
     try {
       await this.renew();
-      for (const p of this.places.values()) await p.reserve(p.used);
+      for (const p of this.places.values()) await p.reserve(p.used, true);
+      // Agents that registered here while Redis was away: their names are claimed now.
+      for (const name of this.localAgents()) {
+        const refusal = await this.claimAgent(name, 'refuse', true);
+        if (refusal !== null) this.logger.warn({ event: 'agent_duplicate', agent: name }, `${refusal}: two agents with one name until one leaves`);
+      }
     } catch (err) {
       this.lost(err);
       return;

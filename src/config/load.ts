@@ -172,8 +172,10 @@ export function parseConfigText(text: string, format: 'json' | 'yaml', name = 'c
 export function describeConfig(resolved: ResolvedConfig): string[] {
   const rows = [...leaves(resolved.config, [])].map(([path, value]) => {
     const key = formatPath(path);
-    const secret = key === 'admin.token' || /^routes\[\d+\]\.auth\.jwt\.secret$/.test(key);
-    const shown = secret ? '"***"' : JSON.stringify(value);
+    const secret = key === 'admin.token' || key === 'cluster.secret' || /^routes\[\d+\]\.auth\.jwt\.secret$/.test(key);
+    // A Redis URL may carry a password: shown without it.
+    const shown = secret ? '"***"'
+      : key === 'cluster.redis.url' ? JSON.stringify(String(value).replace(/\/\/([^@/]*)@/, '//***@')) : JSON.stringify(value);
     const src = resolved.sources.get(key) ?? { source: 'default' as const };
     return { left: `${key} = ${shown}`, right: `# ${src.source}${src.origin ? ` ${src.origin}` : ''}` };
   });

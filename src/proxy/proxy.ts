@@ -45,7 +45,7 @@ import { AgentRegistry, type AgentCluster, type AgentInfo } from '../tunnel/gate
 import { TunnelListener, type TunnelStats } from '../tunnel/listener.js';
 import { TUNNEL_SUBPROTOCOL } from '../tunnel/wire.js';
 import { Cluster, registerClusterMetrics, type ClusterStats, type Refusal } from '../cluster/index.js';
-import { AGENT_STREAM_PATH } from '../cluster/cluster.js';
+import { AGENT_STREAM_PATH, type Places } from '../cluster/cluster.js';
 import { AGENT_STREAM_UPGRADE, openRemoteAgentStream } from '../cluster/agent-relay.js';
 import { joinSocket } from '../tunnel/link.js';
 
@@ -99,6 +99,14 @@ export interface UpgradeRequest {
   url?: string;
   headers: http.IncomingHttpHeaders;
   rawHeaders: string[];
+}
+
+/** The cluster places an upgrade or a session holds (exactly those are given back, whatever a reload changed). */
+type PlaceList = readonly Places[];
+const NO_PLACES: PlaceList = [];
+
+function givePlaces(places: PlaceList): void {
+  for (const p of places) p.give();
 }
 
 /** Upstream host names resolved for the engine's dials, with when to look again. */
@@ -218,7 +226,7 @@ export class Proxy implements SessionHost {
   /** With `cluster`: this instance's membership (places and rates shared through Redis). */
   private cluster: Cluster | null = null;
   /** Sessions holding a cluster place (given back when they end). */
-  private readonly placed = new WeakSet<Session | NativeSession>();
+  private readonly placed = new WeakMap<Session | NativeSession, PlaceList>();
   /** Per route, without a cluster: connections per credentials' subject (routes[].auth.connectionRatePerSubject). */
   private readonly subjectRates = new Map<string, ConnectionRateLimiter>();
   private sweepTimer: NodeJS.Timeout | null = null;
@@ -340,9 +348,10 @@ export class Proxy implements SessionHost {
 
   sessionEnded(s: Session | NativeSession): void {
     this.sessions.delete(s);
-    if (this.placed.has(s)) {
+    const places = this.placed.get(s);
+    if (places !== undefined) {
       this.placed.delete(s);
-      this.givePlaces(s.routeKey);
+      givePlaces(places);
     }
     const resume = s instanceof Session ? s.resume : null;
     if (resume !== null) this.resumable.end(resume.token);
@@ -760,12 +769,15 @@ export class Proxy implements SessionHost {
     const resumeAsk = parseResumeHeader(headerMap.get(RESUME_HEADER) ?? '');
     // Relayed by another instance of the cluster: its signature makes its word for the client's address good.
     if (resumeAsk !== null && via === 'client' && this.cluster !== null && headerMap.has('sluice-relayed-for') &&
-        this.cluster.verify(headerMap.get('sluice-cluster') ?? '', 'resume', resumeAsk.token)) {
+        this.cluster.verify(headerMap.get('sluice-cluster') ?? '', 'resume', [resumeAsk.token, headerMap.get('sluice-relayed-for') ?? ''])) {
       remote = headerMap.get('sluice-relayed-for') ?? remote;
     }
     const relayTo = resumeAsk !== null && via === 'client' ? this.resumeOwnerPort(resumeAsk.token) : 0;
     const instanceTo = resumeAsk !== null && via === 'client' && relayTo === 0 ? this.resumeOwnerInstance(resumeAsk.token) : null;
-    const returning = resumeAsk !== null && (relayTo > 0 || instanceTo !== null || this.resumable.get(resumeAsk.token) !== undefined);
+    // Only a live session of this shard is a return (its place is held); a token naming
+    // another shard or instance is relayed there (if the route resumes), where it is judged.
+    let returning = resumeAsk !== null && this.resumable.get(resumeAsk.token) !== undefined;
+    const relaying = relayTo > 0 || instanceTo !== null;
 
     this.handshaking.add(client);
     let aborted = false;
@@ -781,7 +793,8 @@ export class Proxy implements SessionHost {
     const ledger = this.hooks.ledger;
     const otherShards = ledger !== undefined ? ledger.othersConnections() : 0;
     const cluster = this.cluster;
-    if (!returning && cluster === null && this.sessions.size + this.pendingUpgrades + otherShards >= limits.maxConnections) {
+    const overLocalBound = () => cluster === null && this.sessions.size + this.pendingUpgrades + otherShards >= limits.maxConnections;
+    if (!returning && !relaying && overLocalBound()) {
       return refuse('503 Service Unavailable', 'sluice: at max connections');
     }
     if (headerCount > limits.maxHeaderCount || headerBytes > limits.maxHeaderBytes) {
@@ -805,11 +818,16 @@ export class Proxy implements SessionHost {
       return refuse('403 Forbidden', 'sluice: origin not allowed');
     }
     const route = matched.route;
-    if (!relayed && !returning && cluster === null && this.connectionRate !== null && !this.connectionRate.allow(remote, started)) {
+    if (route.config.resume === undefined) {
+      // Not a resume route: the header means nothing here, and every limit applies.
+      if (relaying && overLocalBound()) return refuse('503 Service Unavailable', 'sluice: at max connections');
+      returning = false;
+    }
+    if (!relayed && !returning && !relaying && cluster === null && this.connectionRate !== null && !this.connectionRate.allow(remote, started)) {
       return refuse('429 Too Many Requests', 'sluice: connection rate limit');
     }
     const routeElsewhere = ledger !== undefined ? ledger.othersRoute(route.key) : 0;
-    if (!returning && cluster === null && route.config.maxConnections > 0 && route.counts.sessions + route.counts.pending + routeElsewhere >= route.config.maxConnections) {
+    if (!returning && !relaying && cluster === null && route.config.maxConnections > 0 && route.counts.sessions + route.counts.pending + routeElsewhere >= route.config.maxConnections) {
       return refuse('503 Service Unavailable', 'sluice: route at max connections');
     }
     // Connection-listed headers are hop-by-hop too (RFC 9110 §7.6.1).
@@ -849,7 +867,7 @@ export class Proxy implements SessionHost {
       // Its session is held by another instance of the cluster: relayed there, signed.
       this.handshaking.delete(client);
       this.relayResume(req, client, head, instanceTo,
-        [`Sluice-Cluster: ${this.cluster!.sign('resume', resumeAsk.token)}`, `Sluice-Relayed-For: ${remote}`]);
+        [`Sluice-Cluster: ${this.cluster!.sign('resume', instanceTo.id, [resumeAsk.token, remote])}`, `Sluice-Relayed-For: ${remote}`]);
       return;
     }
 
@@ -871,15 +889,15 @@ export class Proxy implements SessionHost {
     // changes at once, so another shard never reads the place counted twice (or not at all).
     // With a cluster: whether this upgrade holds places (taken at admission), given back
     // when no session takes them over.
-    let placed = false;
+    let placed: PlaceList = NO_PLACES;
     const settle = (publish = true) => {
       this.pendingUpgrades--;
       route.counts.pending--;
       if (publish) this.publishCounts(route.key, route.counts);
       clearTimeout(deadline);
-      if (publish && placed) {
-        placed = false;
-        this.givePlaces(route.key);
+      if (publish && placed.length > 0) {
+        givePlaces(placed);
+        placed = NO_PLACES;
       }
     };
     const finish = (decision: AccessDecision | null) => {
@@ -901,7 +919,7 @@ export class Proxy implements SessionHost {
       const subject = decision?.ok ? (decision.principal ?? null) : null;
       let refusal: ResumeRefusal | null = null;
       if (resumeHeader !== undefined && resumeHeader.trim() !== 'new') {
-        const found = this.findResumable(resumeHeader, route, subject);
+        const found = resumeFound ?? this.findResumable(resumeHeader, route, subject);
         if (typeof found !== 'string' && client.socket) {
           settle();
           this.handshaking.delete(client);
@@ -982,17 +1000,34 @@ export class Proxy implements SessionHost {
         failed,
       );
     };
+    let resumeFound: Session | ResumeRefusal | null = null;
     // After the credentials: the rates (per IP, per subject) and the places (cluster-wide
     // with a cluster; the local checks above otherwise), then on.
     const admit = (decision: AccessDecision | null) => {
-      if ((decision !== null && !decision.ok) || returning || route.config.mode === 'agent') {
+      if ((decision !== null && !decision.ok) || route.config.mode === 'agent') {
         finish(decision);
         return;
       }
+      if (returning && resumeHeader !== undefined) {
+        // Its session holds its place: no new one is taken. A resume that cannot continue
+        // it opens a new session, which must fit the limits like any other.
+        resumeFound = this.findResumable(resumeHeader, route, decision?.ok ? (decision.principal ?? null) : null);
+        if (typeof resumeFound !== 'string') {
+          finish(decision);
+          return;
+        }
+        const routeElsewhere2 = ledger !== undefined ? ledger.othersRoute(route.key) : 0;
+        if (cluster === null && (this.sessions.size + this.pendingUpgrades - 1 + otherShards >= limits.maxConnections ||
+            (route.config.maxConnections > 0 && route.counts.sessions + route.counts.pending - 1 + routeElsewhere2 >= route.config.maxConnections))) {
+          settle();
+          refuse('503 Service Unavailable', 'sluice: at max connections');
+          return;
+        }
+      }
       const subject = decision?.principal;
-      void this.admission(route, remote, subject, relayed).then((refusal) => {
-        if (refusal === null) {
-          placed = this.cluster !== null;
+      void this.admission(route, remote, subject, relayed).then((outcome) => {
+        if (!('status' in outcome)) {
+          placed = outcome;
           if (aborted) {
             settle();
             return;
@@ -1001,8 +1036,8 @@ export class Proxy implements SessionHost {
           return;
         }
         settle();
-        this.logger.info({ event: 'admission_refused', route: route.config.path, remote, reason: refusal.reason }, 'connection refused');
-        refuse(refusal.status, `sluice: ${refusal.reason}`);
+        this.logger.info({ event: 'admission_refused', route: route.config.path, remote, reason: outcome.reason }, 'connection refused');
+        refuse(outcome.status, `sluice: ${outcome.reason}`);
       });
     };
     if (route.access === null) {
@@ -1098,8 +1133,8 @@ export class Proxy implements SessionHost {
       key: string; protocol: string; extensions: string; remote: string; origin: string; started: number;
       envelope: EnvelopeVersion | null; expiresAt: number; tokenProtocol: boolean;
       subject: string | null; refusal: ResumeRefusal | null; resumable: boolean;
-      /** It holds cluster places (given back when its session ends). */
-      placed: boolean;
+      /** The cluster places it holds (given back when its session ends). */
+      placed: PlaceList;
     },
   ): void {
     const handshakeMs = Date.now() - m.started;
@@ -1134,7 +1169,7 @@ export class Proxy implements SessionHost {
       deflate: m.extensions,
     }, rc === undefined ? null : this.resumeState(rc, m.subject, m.refusal));
     this.sessions.add(s);
-    if (m.placed) this.placed.add(s);
+    if (m.placed.length > 0) this.placed.set(s, m.placed);
     if (s.resume !== null) this.resumable.add(s.resume.token, s);
     route.counts.sessions++;
     this.publishCounts(route.key, route.counts);
@@ -1174,9 +1209,9 @@ export class Proxy implements SessionHost {
   /**
    * Rates and places of one new connection: per subject (routes[].auth.connectionRatePerSubject),
    * and with a cluster per IP and the places (global, then the route's), through Redis.
-   * Null when it may go on (holding its places), else the refusal.
+   * The places it holds when it may go on (none without a cluster), else the refusal.
    */
-  private async admission(route: RouteRuntime, remote: string, subject: string | undefined, relayed: boolean): Promise<Refusal | null> {
+  private async admission(route: RouteRuntime, remote: string, subject: string | undefined, relayed: boolean): Promise<Refusal | PlaceList> {
     const perSubject = route.config.auth?.connectionRatePerSubject ?? 0;
     const cluster = this.cluster;
     const limits = this.config.limits;
@@ -1192,38 +1227,31 @@ export class Proxy implements SessionHost {
       }
       if (!ok) return { status: '429 Too Many Requests', reason: 'connection rate limit for these credentials' };
     }
-    if (cluster === null) return null;
+    if (cluster === null) return NO_PLACES;
     if (!relayed && limits.connectionRatePerIp > 0 && !(await cluster.rateAllows(`ip:${remote}`, limits.connectionRatePerIp, limits.connectionBurstPerIp))) {
       return { status: '429 Too Many Requests', reason: 'connection rate limit' };
     }
     if (this.draining) return { status: '503 Service Unavailable', reason: 'draining' };
     const global = cluster.scope('global', limits.maxConnections);
     if (!(await global.take())) return { status: '503 Service Unavailable', reason: 'at max connections (cluster)' };
-    if (route.config.maxConnections > 0 && !(await cluster.scope(`route:${route.key}`, route.config.maxConnections).take())) {
+    if (route.config.maxConnections <= 0) return [global];
+    const own = cluster.scope(`route:${route.key}`, route.config.maxConnections);
+    if (!(await own.take())) {
       global.give();
       return { status: '503 Service Unavailable', reason: 'route at max connections (cluster)' };
     }
-    return null;
-  }
-
-  /** A session or an upgrade that held cluster places is gone: they are free again. */
-  private givePlaces(routeKey: string): void {
-    const cluster = this.cluster;
-    if (cluster === null) return;
-    cluster.scope('global', this.config.limits.maxConnections).give();
-    const route = this.routes.find((r) => r.key === routeKey);
-    if (route !== undefined && route.config.maxConnections > 0) cluster.scope(`route:${route.key}`, route.config.maxConnections).give();
+    return [global, own];
   }
 
   /** Cluster: how to reach the other instance a resume token names, or null (this one's, no cluster, unknown). */
-  private resumeOwnerInstance(token: string): { host: string; port: number; tls: boolean } | null {
+  private resumeOwnerInstance(token: string): { id: string; host: string; port: number; tls: boolean } | null {
     const cluster = this.cluster;
     const owner = tokenInstance(token);
     if (cluster === null || owner === null || owner === cluster.id) return null;
     const advertise = cluster.advertiseOf(owner);
     if (advertise === null) return null;
     const url = new URL(advertise);
-    return { host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port || (url.protocol === 'wss:' ? 443 : 80)), tls: url.protocol === 'wss:' };
+    return { id: owner, host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port || (url.protocol === 'wss:' ? 443 : 80)), tls: url.protocol === 'wss:' };
   }
 
   /** Shards: the loopback port of the other shard a resume token names, or 0 (this shard's, or unknown). */
@@ -1253,9 +1281,21 @@ export class Proxy implements SessionHost {
     const out = to.tls ? tls.connect({ host: to.host, port: to.port, servername: net.isIP(to.host) === 0 ? to.host : undefined }) : net.connect(to.port, to.host);
     // That shard is gone (a crash before it cleared its port): the resume is answered here
     // (its session went with the shard: a new session that says so).
-    const unreachable = () => this.onUpgrade(req, client, head, 'local');
+    let answered = false;
+    const unreachable = () => {
+      if (answered) return;
+      answered = true;
+      clearTimeout(timer);
+      out.destroy();
+      this.onUpgrade(req, client, head, 'local');
+    };
+    // An address that does not answer (blackholed) is given up within the handshake's time.
+    const timer = setTimeout(unreachable, Math.min(5000, this.config.limits.handshakeTimeoutMs));
     out.once('error', unreachable);
     out.once(to.tls ? 'secureConnect' : 'connect', () => {
+      if (answered) return;
+      answered = true;
+      clearTimeout(timer);
       out.off('error', unreachable);
       out.setNoDelay(true);
       socket.setNoDelay(true);
@@ -1328,7 +1368,7 @@ export class Proxy implements SessionHost {
   /** The native engine's half of startSession: hand both sockets over, then count and log. */
   private startNative(
     socket: net.Socket, head: Buffer, route: RouteRuntime, upstream: Upstream, dialed: DialResult,
-    m: { remote: string; origin: string; protocol: string; expiresAt: number; tokenProtocol: boolean; envelope: EnvelopeVersion | null; placed: boolean },
+    m: { remote: string; origin: string; protocol: string; expiresAt: number; tokenProtocol: boolean; envelope: EnvelopeVersion | null; placed: PlaceList },
     handshakeMs: number,
   ): void {
     const engine = this.engine;
@@ -1338,7 +1378,7 @@ export class Proxy implements SessionHost {
       dialed.socket.destroy();
       upstream.sessions--;
       this.publishCounts(route.key, route.counts);
-      if (m.placed) this.givePlaces(route.key);
+      givePlaces(m.placed);
       return;
     }
     let engineId: number;
@@ -1351,7 +1391,7 @@ export class Proxy implements SessionHost {
       dialed.socket.destroy();
       upstream.sessions--;
       this.publishCounts(route.key, route.counts);
-      if (m.placed) this.givePlaces(route.key);
+      givePlaces(m.placed);
       return;
     }
     this.nativeOpened(engineId, route, upstream, { ...m, handshakeMs });
@@ -1381,7 +1421,7 @@ export class Proxy implements SessionHost {
   /** A session the native engine holds now: count it, log it, and say what reloads and drains ask. */
   private nativeOpened(
     engineId: number, route: RouteRuntime, upstream: Upstream,
-    m: { remote: string; origin: string; protocol: string; tokenProtocol: boolean; handshakeMs: number; envelope: EnvelopeVersion | null; placed: boolean },
+    m: { remote: string; origin: string; protocol: string; tokenProtocol: boolean; handshakeMs: number; envelope: EnvelopeVersion | null; placed: PlaceList },
   ): void {
     const engine = this.engine!;
     const s = new NativeSession(this.nextId++, engine, engineId, route.config, route.key, upstream, {
@@ -1389,7 +1429,7 @@ export class Proxy implements SessionHost {
     }, m.envelope === null ? null : { version: m.envelope, host: this, maxFrameBytes: this.config.limits.maxFrameBytes });
     this.nativeSessions.set(engineId, s);
     this.sessions.add(s);
-    if (m.placed) this.placed.add(s);
+    if (m.placed.length > 0) this.placed.set(s, m.placed);
     route.counts.sessions++;
     if (m.envelope !== null) route.counts.versions[m.envelope]++;
     this.publishCounts(route.key, route.counts);
@@ -1480,6 +1520,7 @@ export class Proxy implements SessionHost {
   /** The registry's view of the cluster: names claimed cluster-wide, streams relayed to the instance holding their agent. */
   private agentCluster(cluster: Cluster): AgentCluster {
     cluster.onAgentReplaced = (name, by) => this.agents?.drop(name, by);
+    cluster.localAgents = () => this.agents?.names() ?? [];
     return {
       claim: (name, duplicate) => cluster.claimAgent(name, duplicate),
       release: (name) => cluster.releaseAgent(name),
@@ -1499,7 +1540,7 @@ export class Proxy implements SessionHost {
     const agent = headers.get('sluice-agent') ?? '';
     const service = headers.get('sluice-service') ?? '';
     const cluster = this.cluster;
-    if (cluster === null || !socket || !cluster.verify(headers.get('sluice-cluster') ?? '', agent, service)) {
+    if (cluster === null || !socket || !cluster.verify(headers.get('sluice-cluster') ?? '', 'agent-stream', [agent, service])) {
       answer('403 Forbidden', 'sluice: not a relay of this cluster');
       return;
     }
