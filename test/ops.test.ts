@@ -81,6 +81,18 @@ scrape_configs:
   let promLog = '';
   prom.stderr!.on('data', (d: Buffer) => { promLog += d.toString(); });
 
+  const query = async (expr: string) => {
+    const res = await fetch(`http://127.0.0.1:${promPort}/api/v1/query?query=${encodeURIComponent(expr)}`);
+    const body = await res.json() as { status: string; data?: { result: Array<{ metric: Record<string, string>; value: [number, string] }> }; error?: string };
+    return body;
+  };
+  // Prometheus scraping before the traffic starts (its start can take seconds on a busy
+  // machine; rates over samples taken only after the traffic would be NaN).
+  for (const deadline = Date.now() + 30_000; Date.now() < deadline;) {
+    const r = await query('up{job="sluice"}').catch(() => null);
+    if (r?.data?.result[0]?.value[1] === '1') break;
+    await new Promise((r2) => setTimeout(r2, 250));
+  }
   // Traffic while Prometheus scrapes: echo sessions that open, exchange and close (1000),
   // one message over maxFrameBytes (1009), and tunnel streams, one of them held open.
   const held = net.connect(tunnelPort, '127.0.0.1');
@@ -115,11 +127,6 @@ scrape_configs:
   t.teardown(() => open.terminate());
   await new Promise((r) => setTimeout(r, 2500));
 
-  const query = async (expr: string) => {
-    const res = await fetch(`http://127.0.0.1:${promPort}/api/v1/query?query=${encodeURIComponent(expr)}`);
-    const body = await res.json() as { status: string; data?: { result: Array<{ metric: Record<string, string>; value: [number, string] }> }; error?: string };
-    return body;
-  };
   const up = await query('up{job="sluice"}');
   t.equal(up.data?.result[0]?.value[1], '1', 'Prometheus scrapes sluice\'s /metrics', { prometheusLog: promLog.slice(-2000) });
 
