@@ -17,7 +17,7 @@ import { connect as sluiceConnect } from '../src/client/index.js';
 import { startCutter } from './fixtures/cutter.js';
 import { createProxy } from '../src/index.js';
 import { spawnSync } from 'node:child_process';
-import { buildCli, cleanEnv, cli, freePort, startCli, type CliProcess } from './fixtures/cli-process.js';
+import { buildCli, cleanEnv, cli, startCli, type CliProcess } from './fixtures/cli-process.js';
 import { redisMissing, startRedis, type RedisServer } from './fixtures/redis.js';
 import { until } from './fixtures/peers.js';
 
@@ -25,11 +25,22 @@ const skip = redisMissing() ?? false;
 const SECRET = 'a-cluster-secret-of-at-least-32-bytes!';
 const LEASE_SECONDS = 2;
 
-interface Instance { id: string; port: number; admin: number; cli: CliProcess }
+interface Instance { id: string; port: number; admin: number; cli: CliProcess; extra: number }
+
+/** `n` distinct free loopback ports: held open together while they are picked, so none is handed out twice. */
+async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(Array.from({ length: n }, () => new Promise<net.Server>((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => resolve(s));
+  })));
+  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
 
 async function startInstances(
   t: Test, redis: RedisServer, n: number, limits: Record<string, number>, routeExtra: Record<string, unknown> = {},
-  more: (i: number, port: number) => { routes?: unknown[]; tunnels?: unknown[] } = () => ({}),
+  more: (i: number, port: number, extra: number) => { routes?: unknown[]; tunnels?: unknown[] } = () => ({}),
   cliArgs: string[] = [],
 ): Promise<Instance[]> {
   const problem = buildCli();
@@ -37,12 +48,13 @@ async function startInstances(
   const dir = mkdtempSync(join(tmpdir(), 'sluice-cluster-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const out: Instance[] = [];
+  // Every port at once (listen, admin, one spare for a tunnel per instance): none twice.
+  const ports = await freePorts(3 * n);
   for (let i = 0; i < n; i++) {
     const id = `gw-${i + 1}`;
-    const port = await freePort();
-    const admin = await freePort();
+    const [port, admin, spare] = ports.slice(3 * i, 3 * i + 3);
     const file = join(dir, `${id}.json`);
-    const extra = more(i, port);
+    const extra = more(i, port, spare);
     writeFileSync(file, JSON.stringify({
       tunnels: extra.tunnels ?? [],
       listen: { host: '127.0.0.1', port },
@@ -61,7 +73,7 @@ async function startInstances(
     }));
     const cli = startCli(['--config', file, ...cliArgs], {}, 120_000);
     t.teardown(() => cli.stop());
-    out.push({ id, port, admin, cli });
+    out.push({ id, port, admin, cli, extra: spare });
   }
   for (const inst of out) await inst.cli.waitFor((l) => l.event === 'listening' || /listening/.test(String(l.msg ?? '')), 0, 15_000);
   return out;
@@ -251,13 +263,12 @@ t.test('an agent on one instance serves clients of another: a WebSocket route an
   await new Promise<void>((r) => tcp.listen(0, '127.0.0.1', r));
   t.teardown(() => { wss.close(); tcp.close(); });
   const key = 'agent-key-of-the-cluster-test-0123';
-  const tunnelPorts = [await freePort(), await freePort(), await freePort()];
-  const inst = await startInstances(t, redis, 3, { maxConnections: 100 }, {}, (i) => ({
+  const inst = await startInstances(t, redis, 3, { maxConnections: 100 }, {}, (_i, _port, spare) => ({
     routes: [
       { path: '/agent', mode: 'agent', auth: { apiKeys: { header: 'authorization', sha256: [createHash('sha256').update(key).digest('hex')] } } },
       { path: '/svc', upstreams: [{ agent: 'site-a', service: 'ws' }] },
     ],
-    tunnels: [{ listen: `127.0.0.1:${tunnelPorts[i]}`, agent: 'site-a', service: 'tcp' }],
+    tunnels: [{ listen: `127.0.0.1:${spare}`, agent: 'site-a', service: 'tcp' }],
   }));
   const expose = { ws: `127.0.0.1:${(wss.address() as net.AddressInfo).port}`, tcp: `127.0.0.1:${(tcp.address() as net.AddressInfo).port}` };
   const agent = connectAgent({ server: `ws://127.0.0.1:${inst[0].port}/agent`, token: key, name: 'site-a', expose });
@@ -274,7 +285,7 @@ t.test('an agent on one instance serves clients of another: a WebSocket route an
   ws.close(4321, 'bye');
   t.equal(await closed, 4321, 'the close code survives both hops');
   // A TCP client of gw-3's tunnel listener.
-  const c = net.connect(tunnelPorts[2], '127.0.0.1');
+  const c = net.connect(inst[2].extra, '127.0.0.1');
   const got: Buffer[] = [];
   c.on('data', (d: Buffer) => got.push(d));
   c.write('tcp through the cluster');
