@@ -143,7 +143,7 @@ t.test(`${CYCLES} connect/close cycles: fds, sessions, timers and RSS back to ba
   // two batches of 3,000, then flat). So four more batches, each measured after a GC, and
   // the smallest of the four growths must be within the tolerance: 2 KiB per cycle (at
   // least 4 MiB), so a leak of that much per session fails all four.
-  const trendCycles = Math.max(1000, Math.round(CYCLES / 2));
+  const trendCycles = Math.max(1000, Math.round(CYCLES / 4));
   const tolMb = Math.max(4, (trendCycles * 2) / 1024);
   const rssSeries = [after.rss];
   for (let i = 0; i < 4; i++) {
