@@ -237,8 +237,8 @@ t.test('the wire: token, acks, {"resumed":true,"received":M}, the replay after N
   a.send(EnvelopeType.Data, 'c:2');
   await until(() => a.data().length === 3 && up.got.length === 2, 3000, 'traffic');
   a.send(EnvelopeType.Ping, '');
-  await until(() => a.control().some((c) => c.ack === 2), 3000, 'an ack');
-  t.ok(true, 'a ping brings the proxy\'s {"ack":2} (the client\'s two data frames)');
+  await until(() => a.control().some((c) => c.ack === 2), 3000, 'an ack').catch(() => {});
+  t.ok(a.control().some((c) => c.ack === 2), 'a ping brings the proxy\'s {"ack":2} (the client\'s two data frames)');
   a.ws.terminate(); // gone without a close frame
   await until(() => (proxy.sessions.values().next().value as Session).resume!.parkedAt !== 0, 3000, 'parked');
   up.ws!.send('u:4');

@@ -40,6 +40,13 @@ export function newResumeCounters(): ResumeCounters {
   return { parked: 0, outcomes: {}, replayedFrames: 0, replayedBytes: 0, relayed: 0, buffered: 0, parkedBuckets: new Float64Array(PARKED_SECONDS_BUCKETS.length + 1), parkedSum: 0, parkedCount: 0 };
 }
 
+/** One observation into cumulative-free histogram buckets (index i: values <= bounds[i]; last: +Inf). */
+function countInBucket(buckets: Float64Array, bounds: readonly number[], value: number): void {
+  let i = 0;
+  while (i < bounds.length && value > bounds[i]) i++;
+  buckets[i]++;
+}
+
 /** Counter slots of the native engine (native/engine/engine.h `slot`). */
 export const NATIVE_SLOTS = 27;
 const NATIVE_KINDS: readonly FrameKind[] = ['text', 'binary', 'ping', 'pong', 'close'];
@@ -164,10 +171,7 @@ export class ProxyCounters {
     r.parked--;
     r.parkedSum += seconds;
     r.parkedCount++;
-    let i = 0;
-    const b = PARKED_SECONDS_BUCKETS;
-    while (i < b.length && seconds > b[i]) i++;
-    r.parkedBuckets[i]++;
+    countInBucket(r.parkedBuckets, PARKED_SECONDS_BUCKETS, seconds);
   }
 
   resumeOutcome(outcome: string): void {
@@ -185,9 +189,6 @@ export class ProxyCounters {
     this.closes[key] = (this.closes[key] ?? 0) + 1;
     this.sessionSecondsSum += seconds;
     this.sessionSecondsCount++;
-    let i = 0;
-    const b = SESSION_SECONDS_BUCKETS;
-    while (i < b.length && seconds > b[i]) i++;
-    this.sessionSecondsBuckets[i]++;
+    countInBucket(this.sessionSecondsBuckets, SESSION_SECONDS_BUCKETS, seconds);
   }
 }
