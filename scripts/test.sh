@@ -43,9 +43,10 @@ step "tap, SLUICE_NO_NATIVE=1 (TypeScript twins)"
 # Files that do not depend on the addon run once (above): the benchmark harness and load
 # generator, the loader's own checks (they set their children's environment themselves),
 # the README and config checks, the monitoring artefacts (ops/), the resume soak (resumable sessions
-# run on the TypeScript engine either way). The leak test runs 3,000 of its 10,000 cycles here, the soak 12 of its 20 s.
+# run on the TypeScript engine either way), the dashboard in chromium (the page and its feed;
+# test/session-control.test.ts runs the admin API both ways). The leak test runs 3,000 of its 10,000 cycles here, the soak 12 of its 20 s.
 mode_free=(test/bench-run.test.ts test/bench-loadgen.test.ts test/codec-dispatch.test.ts test/readme.test.ts
-  test/prebuild.test.ts test/config.test.ts test/ops.test.ts test/resume-soak.test.ts)
+  test/prebuild.test.ts test/config.test.ts test/ops.test.ts test/resume-soak.test.ts test/dashboard.test.ts)
 ts_files=()
 if [ $# -eq 0 ]; then
   for f in test/*.test.ts; do

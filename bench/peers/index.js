@@ -6,6 +6,7 @@ import haproxy from './haproxy.js';
 import nginx from './nginx.js';
 import nodeHttpProxy from './node-http-proxy.js';
 import { sluicePeer } from './sluice.js';
+import { attachDashboardReader } from './dashboard-reader.js';
 import { clusterPeer } from './sluice-cluster.js';
 
 /** No proxy: the load generator talks to the echo backend itself (the baseline). */
@@ -47,4 +48,10 @@ export const PEERS = [
   clusterPeer({ name: 'sluice-cluster-rate', describe: 'sluice, cluster on with a per-IP connection rate (a Redis call per upgrade)', mode: 'cluster-rate' }),
   clusterPeer({ name: 'sluice-agent', describe: 'sluice, upstream through a tunnel agent on the same instance (agent counted)', mode: 'agent' }),
   clusterPeer({ name: 'sluice-agent-relay', describe: 'sluice, upstream through a tunnel agent on another instance: relayed B to A (both, agent, Redis counted)', mode: 'relay' }),
+  // The live dashboard (issue #16): the admin server with no page open, and with one page
+  // open and streaming (`npm run bench:dashboard` runs the two on echo-64B).
+  sluicePeer({ name: 'sluice-dashboard-closed', describe: 'sluice with its admin server, no dashboard open', template: 'sluice-admin.yaml.template',
+    admin: true, optional: true }),
+  sluicePeer({ name: 'sluice-dashboard-open', describe: 'sluice with its admin server, a dashboard open and streaming', template: 'sluice-admin.yaml.template',
+    admin: true, attach: attachDashboardReader, optional: true }),
 ];

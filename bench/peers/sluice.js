@@ -3,14 +3,18 @@
 // are the same module started with other `env` / template values; see index.js.
 import fs from 'node:fs';
 import path from 'node:path';
-import { renderTemplate, spawnGroup, waitForPort } from './process.js';
+import { freePort, renderTemplate, spawnGroup, waitForPort } from './process.js';
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 const root = path.resolve(here, '..', '..');
 const cli = path.join(root, 'dist', 'cli.js');
 
-/** A sluice peer; `env` is added to its environment (e.g. SLUICE_NO_NATIVE=1). */
-export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.template', loadgenArgs = [], optional = false, tls = false }) {
+/**
+ * A sluice peer; `env` is added to its environment (e.g. SLUICE_NO_NATIVE=1). `admin`:
+ * the template has {{ADMIN_PORT}}; `attach({ child, adminPort })`, when given, runs once
+ * it listens (outside its process tree, so not in its CPU: a dashboard reader).
+ */
+export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.template', loadgenArgs = [], optional = false, tls = false, admin = false, attach = null }) {
   return {
     name,
     describe,
@@ -31,7 +35,9 @@ export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.t
       }
     },
     async start({ dir, port, echoPort, nofile, tls: files }) {
+      const adminPort = admin ? await freePort() : 0;
       const conf = renderTemplate(fs.readFileSync(path.join(here, template), 'utf8'), {
+        ...(admin ? { ADMIN_PORT: adminPort } : {}),
         PORT: port,
         ECHO_PORT: echoPort,
         MAXCONN: Math.max(1000, Math.floor((nofile - 100) / 2)),
@@ -42,6 +48,8 @@ export function sluicePeer({ name, describe, env = {}, template = 'sluice.yaml.t
       const logFile = path.join(dir, 'stderr.log');
       const child = spawnGroup(process.execPath, [cli, '--config', file], { logFile, cwd: root, env });
       await waitForPort(port, { child, logFile, timeoutMs: 15000 });
+      if (admin) await waitForPort(adminPort, { child, logFile, timeoutMs: 15000 });
+      if (attach) await attach({ child, adminPort });
       return { child, pid: child.pid, port };
     },
   };

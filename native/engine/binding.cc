@@ -327,15 +327,16 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return Napi::Boolean::New(env, engine_->Destroy(id));
   }
 
-  // flow(id): [clientPaused, upstreamPaused, clientPendingBytes, upstreamPendingBytes] or null.
+  // flow(id): [clientPaused, upstreamPaused, clientPendingBytes, upstreamPendingBytes,
+  //   messagesIn, messagesOut, bytesIn, bytesOut] or null.
   Napi::Value Flow(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     uint32_t id;
     if (!IdArg(info, "flow(id)", &id)) return Napi::Value();
-    double out[4];
+    double out[engine::Engine::kFlowSlots];
     if (engine_ == nullptr || !engine_->Flow(id, out)) return env.Null();
-    Napi::Array a = Napi::Array::New(env, 4);
-    for (uint32_t i = 0; i < 4; i++) a.Set(i, Napi::Number::New(env, out[i]));
+    Napi::Array a = Napi::Array::New(env, engine::Engine::kFlowSlots);
+    for (int i = 0; i < engine::Engine::kFlowSlots; i++) a.Set(static_cast<uint32_t>(i), Napi::Number::New(env, out[i]));
     return a;
   }
 

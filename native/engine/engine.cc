@@ -961,13 +961,17 @@ bool Engine::Destroy(uint32_t id) {
   return true;
 }
 
-bool Engine::Flow(uint32_t id, double out[4]) {
+bool Engine::Flow(uint32_t id, double out[kFlowSlots]) {
   Session* s = Find(id);
   if (s == nullptr || s->stage != kStageData) return false;
   out[0] = s->client.paused ? 1 : 0;
   out[1] = s->server.paused ? 1 : 0;
   out[2] = static_cast<double>(s->client.out.size());
   out[3] = static_cast<double>(s->server.out.size());
+  out[4] = static_cast<double>(s->client.messages);
+  out[5] = static_cast<double>(s->server.messages);
+  out[6] = static_cast<double>(s->client.bytes);
+  out[7] = static_cast<double>(s->server.bytes);
   return true;
 }
 

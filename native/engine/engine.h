@@ -282,7 +282,10 @@ class Engine {
   void EndDelivery();
   // Cut both connections now.
   bool Destroy(uint32_t id);
-  bool Flow(uint32_t id, double out[4]);
+  // A session's flow and live counters: paused (client, upstream), bytes waiting to be
+  // written (client, upstream), messages and payload bytes so far (from the client, from the upstream).
+  static constexpr int kFlowSlots = 8;
+  bool Flow(uint32_t id, double out[kFlowSlots]);
   void CloseAll();
 
   // The engine accepts on `fd` (a listening socket it now owns) and reads request heads;

@@ -172,7 +172,7 @@ export function parseConfigText(text: string, format: 'json' | 'yaml', name = 'c
 export function describeConfig(resolved: ResolvedConfig): string[] {
   const rows = [...leaves(resolved.config, [])].map(([path, value]) => {
     const key = formatPath(path);
-    const secret = key === 'admin.token' || key === 'cluster.secret' || /^routes\[\d+\]\.auth\.jwt\.secret$/.test(key);
+    const secret = key === 'admin.token' || /^admin\.tokens\[\d+\]\.token$/.test(key) || key === 'cluster.secret' || /^routes\[\d+\]\.auth\.jwt\.secret$/.test(key);
     // A Redis URL may carry a password: shown without it.
     const shown = secret ? '"***"'
       : key === 'cluster.redis.url' ? JSON.stringify(String(value).replace(/\/\/([^@/]*)@/, '//***@')) : JSON.stringify(value);

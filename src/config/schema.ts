@@ -385,6 +385,11 @@ export const proxyConfigSchema = section({
     host: nonEmptyString('a host name or IP address').default(DEFAULTS.admin.host),
     port: port().default(DEFAULTS.admin.port),
     token: nonEmptyString('a non-empty token').optional(),
+    tokens: z.array(section({
+      name: z.string({ error: NAME_EXPECTED }).regex(NAME, { error: NAME_EXPECTED }),
+      token: nonEmptyString('a non-empty token'),
+    }), { error: 'expected a list of { name, token }' }).optional()
+      .refine((list) => list === undefined || new Set(list.map((t) => t.name)).size === list.length, { error: 'expected each token name once' }),
   }).optional(),
   log: section({
     level: oneOf(LOG_LEVELS).default(DEFAULTS.log.level),
@@ -500,7 +505,7 @@ export interface ProxyConfigInput {
   protocol?: ProxyConfig['protocol'];
   drain?: Partial<ProxyConfig['drain']>;
   workers?: number;
-  admin?: { host?: string; port?: number; token?: string };
+  admin?: { host?: string; port?: number; token?: string; tokens?: Array<{ name: string; token: string }> };
   cluster?: { redis: { url: string; keyPrefix?: string }; instanceId?: string; leaseSeconds?: number; advertise?: string; secret: string };
   log?: Partial<ProxyConfig['log']>;
 }

@@ -185,7 +185,12 @@ export interface ProxyConfig {
    * per core. `createProxy()` ignores it (in-process); `createShardedProxy()` and the CLI use it.
    */
   workers: number;
-  admin?: { host: string; port: number; token?: string };
+  /**
+   * The admin server. `token` is the token named "admin"; `tokens` adds named ones. With
+   * any token set, every request but the dashboard page itself needs one of them, and
+   * each session action is logged with the name of the token that asked for it.
+   */
+  admin?: { host: string; port: number; token?: string; tokens?: Array<{ name: string; token: string }> };
   /** Several instances as one proxy, through Redis (README "Scaling out"); absent: one instance. */
   cluster?: ClusterConfig;
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };

@@ -50,6 +50,8 @@ export class Balancer {
   readonly strategy: BalanceStrategy;
   /** Lower-cased header name for `header:<name>`. */
   readonly hashHeader: string;
+  /** Upstreams an operator drains: no new sessions go to them (kept across reloads by the proxy). */
+  readonly drained = new Set<Upstream>();
 
   constructor(upstreams: Upstream[], strategy: BalanceStrategy) {
     this.upstreams = upstreams;
@@ -61,10 +63,13 @@ export class Balancer {
    * The order in which to try upstreams for a new session: the strategy's pick first,
    * then the other healthy ones (for the bounded retry on connect failure), then, when
    * every upstream is held out, all of them (a cool-off must not turn into an outage).
+   * Drained upstreams are never picked: with every upstream drained the list is empty.
    */
   order(clientIp: string, headerValue: string, now: number, maxTries: number): Upstream[] {
-    const healthy = this.upstreams.filter((u) => u.healthy(now));
-    const pool = healthy.length > 0 ? healthy : this.upstreams;
+    const open = this.drained.size === 0 ? this.upstreams : this.upstreams.filter((u) => !this.drained.has(u));
+    if (open.length === 0) return [];
+    const healthy = open.filter((u) => u.healthy(now));
+    const pool = healthy.length > 0 ? healthy : open;
     const first = this.pick(pool, clientIp, headerValue);
     const out = [first];
     if (maxTries > 1) {

@@ -220,6 +220,11 @@ export class HttpForwarder {
     const timeoutMs = config.limits.upstreamTimeoutMs;
     const hashHeader = route.balancer.hashHeader;
     const candidates = route.balancer.order(remote, hashHeader ? (headerMap.get(hashHeader) ?? '') : '', started, MAX_TRIES);
+    if (candidates.length === 0) {
+      req.resume();
+      answer(req, res, 503, 'sluice: every upstream of this route is draining', { Connection: 'close' });
+      return;
+    }
     const upstreamQuery = this.host.stripCredentials(query, route.config);
     const chunked = req.headers['transfer-encoding'] !== undefined;
     const bodyless = !chunked && (req.headers['content-length'] === undefined || Number(req.headers['content-length']) === 0);

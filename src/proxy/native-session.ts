@@ -73,9 +73,18 @@ export class NativeSession implements EnvelopePeer {
     this.handshakeMs = meta.handshakeMs;
   }
 
-  /** Drain, shutdown, reload: the client gets `code`, the upstream 1001, both with `reason`. */
-  shutdown(code: number, reason: string): void {
-    if (!this.ended) this.engine.shutdown(this.engineId, code, reason);
+  /** Drain, shutdown, reload, an operator: the client gets `code`, the upstream `upstreamCode` (1001), both with `reason`. */
+  shutdown(code: number, reason: string, upstreamCode = 1001): void {
+    if (this.ended) return;
+    if (upstreamCode === 1001) this.engine.shutdown(this.engineId, code, reason);
+    else this.engine.shutdown(this.engineId, code, reason, { code: upstreamCode, reason, byClient: false });
+  }
+
+  /** Messages and payload bytes so far, each way (the engine's live counts; the final ones once ended). */
+  liveCounts(): { msgsIn: number; msgsOut: number; bytesIn: number; bytesOut: number } {
+    const f = this.ended ? null : this.engine.flow(this.engineId);
+    if (f === null || f.length < 8) return { msgsIn: this.msgsIn, msgsOut: this.msgsOut, bytesIn: this.bytesIn, bytesOut: this.bytesOut };
+    return { msgsIn: f[4], msgsOut: f[5], bytesIn: f[6], bytesOut: f[7] };
   }
 
   /** Cut both connections now. */

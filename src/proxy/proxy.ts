@@ -21,7 +21,7 @@ import type { ProxyConfig, RouteConfig } from '../config/types.js';
 import { SluiceError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { ProxyCounters } from '../metrics/counters.js';
-import { createMetricsRegistry } from '../metrics/index.js';
+import { createMetricsRegistry, type CounterSnapshot } from '../metrics/index.js';
 import { registerTunnelMetrics } from '../metrics/tunnel-metrics.js';
 import { registerHealthMetrics } from '../metrics/health-metrics.js';
 import { startAdminServer, type AdminServer } from '../admin/index.js';
@@ -37,6 +37,10 @@ import {
   RESUME_HEADER, REFUSAL_TEXT, ReplayBuffer, ResumeRegistry, newResumeToken, parseResumeHeader, tokenInstance, tokenShard, type ResumeRefusal,
 } from './resume.js';
 import { NativeSession } from './native-session.js';
+import {
+  RecentCloses, compareSessions, matchesFilter, mergePages, parseSessionId,
+  type ClosedSession, type DrainResult, type SessionFilter, type SessionInfo, type SessionPage,
+} from './session-control.js';
 import { EngineClient, SocketClient, setPeerAddress, type HandshakeClient } from './handshake-client.js';
 import { NativeEngine, nativeEngineUnavailable, socketFd, type EngineEvent, type EngineParams } from '../engine/index.js';
 import { negotiateEnvelope, type EnvelopeVersion } from '../protocol/index.js';
@@ -155,7 +159,8 @@ export interface ProxyStats {
     mode: string;
     sessions: number;
     envelope: { v1: number; v2: number } | null;
-    upstreams: Array<{ url: string; sessions: number; healthy: boolean; lastError: string }>;
+    /** `draining`: an operator drained it (POST /upstreams/{route}/{index}/drain): no new sessions go to it. */
+    upstreams: Array<{ url: string; sessions: number; healthy: boolean; lastError: string; draining: boolean }>;
   }>;
   pool: ReturnType<typeof poolStats>;
   native: typeof codecInfo;
@@ -209,6 +214,10 @@ export class Proxy implements SessionHost {
   /** Upstreams by URL, kept across reloads so least_conn counts and health survive. */
   private readonly upstreamsByUrl = new Map<string, Upstream>();
   readonly sessions = new Set<Session | NativeSession>();
+  /** The last sessions that ended (the dashboard's list). */
+  private readonly recentCloses = new RecentCloses();
+  /** Closes an upstream drain spread over its window (cleared when the proxy closes). */
+  private readonly drainTimers = new Set<NodeJS.Timeout>();
   /** The native engine (null: every session on the TypeScript engine) and its sessions by engine id. */
   private engine: NativeEngine | null = null;
   private readonly nativeSessions = new Map<number, NativeSession>();
@@ -383,6 +392,12 @@ export class Proxy implements SessionHost {
     };
     this.logger.info(info, 'session closed');
     if (chClose.hasSubscribers) chClose.publish(info);
+    this.recentCloses.add({
+      id: `${this.hooks.shard ?? 0}-${s.id}`, route: info.route, upstream: info.upstream, endedAt: new Date().toISOString(),
+      durationMs: info.durationMs, clientCode: info.clientCode, clientReason: info.clientReason, upstreamCode: info.upstreamCode,
+      upstreamReason: info.upstreamReason, closedFirst: info.closedFirst, messagesIn: info.messagesIn, messagesOut: info.messagesOut,
+      bytesIn: info.bytesIn, bytesOut: info.bytesOut,
+    });
   }
 
   backpressureEvent(s: Session, fill: number): void {
@@ -600,6 +615,8 @@ export class Proxy implements SessionHost {
     this.cluster = null;
     this.engine?.close();
     this.engine = null;
+    for (const t of this.drainTimers) clearTimeout(t);
+    this.drainTimers.clear();
   }
 
   /**
@@ -664,6 +681,11 @@ export class Proxy implements SessionHost {
     }
     const l = config.limits;
     this.connectionRate = l.connectionRatePerIp > 0 ? new ConnectionRateLimiter(l.connectionRatePerIp, l.connectionBurstPerIp) : null;
+    // Drains outlive a reload: an upstream still on its route stays drained.
+    for (const r of runtimes) {
+      const before = this.routes.find((o) => o.key === r.key);
+      for (const u of before?.balancer.drained ?? []) if (r.balancer.upstreams.includes(u)) r.balancer.drained.add(u);
+    }
     this.stopRoutes();
     this.routes = runtimes;
     this.matchers = compileRoutes(runtimes.map((r) => ({ route: r, config: r.config })));
@@ -935,6 +957,11 @@ export class Proxy implements SessionHost {
       }
       const upstreamProtocols = consumed ? protocols.filter((p) => p !== consumed) : protocols;
       const candidates = route.balancer.order(remote, hashValue, Date.now(), MAX_DIAL_TRIES);
+      if (candidates.length === 0) {
+        settle();
+        refuse('503 Service Unavailable', 'sluice: every upstream of this route is draining');
+        return;
+      }
       const expiresAt = decision?.ok ? (decision.expiresAt ?? 0) : 0;
       const failed = (err: UpstreamError) => {
         settle();
@@ -1698,7 +1725,9 @@ export class Proxy implements SessionHost {
         mode: r.config.mode,
         sessions: r.counts.sessions,
         envelope: r.config.mode === 'envelope' ? { ...r.counts.versions } : null,
-        upstreams: r.balancer.upstreams.map((u) => ({ url: u.href, sessions: u.sessions, healthy: u.healthy(now), lastError: u.lastError })),
+        upstreams: r.balancer.upstreams.map((u) => ({
+          url: u.href, sessions: u.sessions, healthy: u.healthy(now), lastError: u.lastError, draining: r.balancer.drained.has(u),
+        })),
       })),
       pool: poolStats(),
       native: codecInfo,
@@ -1710,6 +1739,122 @@ export class Proxy implements SessionHost {
       tunnels: this.tunnelListeners.map((t) => t.stats()),
       ...(this.cluster !== null ? { cluster: this.cluster.stats() } : {}),
     };
+  }
+
+  // ------------------------------------------------------------------ session control
+
+  /** What `GET /sessions` shows of one session. */
+  private describe(s: Session | NativeSession, now: number): SessionInfo {
+    const native = s instanceof NativeSession;
+    const c = native ? s.liveCounts() : s;
+    return {
+      id: `${this.hooks.shard ?? 0}-${s.id}`,
+      route: s.route.path,
+      upstream: s.upstream.href,
+      agent: s.upstream.agent?.name ?? '',
+      remoteAddress: s.remoteAddress,
+      origin: s.origin,
+      protocol: s.protocol,
+      envelope: s.envelope ?? '',
+      engine: native ? 'native' : 'typescript',
+      parked: !native && s.resume !== null && s.resume.parkedAt !== 0,
+      startedAt: new Date(s.startedAt).toISOString(),
+      durationMs: now - s.startedAt,
+      messagesIn: c.msgsIn,
+      messagesOut: c.msgsOut,
+      bytesIn: c.bytesIn,
+      bytesOut: c.bytesOut,
+    };
+  }
+
+  /**
+   * This proxy's (shard's) live sessions that match `filter`: how many, and the first
+   * `count` of them in {@link compareSessions} order (a pool cuts its page from every shard's).
+   */
+  listSessions(filter: SessionFilter, count: number): { total: number; sessions: SessionInfo[] } {
+    const now = Date.now();
+    const matched: SessionInfo[] = [];
+    for (const s of this.sessions) {
+      if (s.ended) continue;
+      const info = this.describe(s, now);
+      if (matchesFilter(info, filter)) matched.push(info);
+    }
+    matched.sort(compareSessions);
+    return { total: matched.length, sessions: matched.slice(0, count) };
+  }
+
+  /**
+   * Closes one session as an operator asked: the client gets `code` and `reason`, and so
+   * does the upstream (a session closed on purpose is not "going away"). False: no such
+   * live session here.
+   */
+  closeSession(id: number, code: number, reason: string, by: string): boolean {
+    for (const s of this.sessions) {
+      if (s.id !== id || s.ended) continue;
+      this.logger.info({ event: 'session_close_requested', session: `${this.hooks.shard ?? 0}-${id}`, route: s.route.path, code, reason, by },
+        `session closed by ${by}`);
+      s.shutdown(code, reason, code);
+      return true;
+    }
+    return false;
+  }
+
+  /** One page of live sessions (`GET /sessions`). */
+  sessionPage(filter: SessionFilter, offset: number, limit: number): SessionPage {
+    return mergePages([this.listSessions(filter, offset + limit)], offset, limit);
+  }
+
+  /** Closes the session `<shard>-<n>` names (see {@link closeSession}); false: no such live session. */
+  closeSessionById(id: string, code: number, reason: string, by: string): boolean {
+    const parsed = parseSessionId(id);
+    return parsed !== null && parsed.shard === (this.hooks.shard ?? 0) && this.closeSession(parsed.session, code, reason, by);
+  }
+
+  /** Counters as of now (the dashboard's rates). */
+  counterSnapshot(): CounterSnapshot {
+    return this.counters;
+  }
+
+  /** The live ends of this proxy's (shard's) last sessions, newest first. */
+  lastCloses(): ClosedSession[] {
+    return this.recentCloses.list();
+  }
+
+  /**
+   * Drains (or with `undrain`, opens again) upstream `index` of a route: no new session goes
+   * to it. With `closeWithinMs` > 0 its live sessions get 1012 at jittered times within that
+   * window (a restart of the upstream, as clients read 1012). `route` is the route's index in
+   * `routes` or its path. A string: there is no such upstream (what is missing).
+   */
+  drainUpstream(route: string, index: number, opts: { undrain?: boolean; closeWithinMs?: number; by: string }): DrainResult | string {
+    const r = /^\d+$/.test(route) ? this.routes[Number(route)] : this.routes.find((x) => x.config.path === route);
+    const up = r?.balancer.upstreams[index];
+    if (r === undefined || up === undefined) {
+      return r === undefined ? `no route ${route}` : `route ${r.config.path} has no upstream ${index}`;
+    }
+    let closing = 0;
+    if (opts.undrain) {
+      r.balancer.drained.delete(up);
+    } else {
+      r.balancer.drained.add(up);
+      const windowMs = opts.closeWithinMs ?? 0;
+      if (windowMs > 0) {
+        for (const s of this.sessions) {
+          if (s.ended || s.routeKey !== r.key || s.upstream !== up) continue;
+          closing++;
+          const t = setTimeout(() => {
+            this.drainTimers.delete(t);
+            s.shutdown(1012, 'upstream draining');
+          }, Math.random() * windowMs);
+          t.unref();
+          this.drainTimers.add(t);
+        }
+      }
+    }
+    this.logger.info({
+      event: opts.undrain ? 'upstream_undrained' : 'upstream_drained', route: r.config.path, upstream: up.href, closing, by: opts.by,
+    }, `upstream ${up.href} ${opts.undrain ? 'takes new sessions again' : 'drained'} (by ${opts.by})`);
+    return { route: r.config.path, upstream: up.href, draining: !opts.undrain, closing };
   }
 }
 

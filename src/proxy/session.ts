@@ -1022,12 +1022,12 @@ export class Session implements EnvelopePeer {
     }
   }
 
-  /** Drain, shutdown, reload: the client gets `code`, the upstream 1001, both with `reason`. */
-  shutdown(code: number, reason: string): void {
+  /** Drain, shutdown, reload, an operator: the client gets `code`, the upstream `upstreamCode` (1001), both with `reason`. */
+  shutdown(code: number, reason: string, upstreamCode = 1001): void {
     if (this.resume !== null) this.bury(this.resume);
     if (this.closedFirst === '') this.closedFirst = 'proxy';
     this.sendClose(this.client, code, reason);
-    this.sendClose(this.server, 1001, reason);
+    this.sendClose(this.server, upstreamCode, reason);
     this.maybeEnd(); // a parked session whose upstream had gone has nothing left to close
   }
 

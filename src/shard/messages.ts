@@ -13,6 +13,7 @@ import type { ProxyConfig } from '../config/types.js';
 import type { CounterSnapshot } from '../metrics/index.js';
 import type { ProxyStats } from '../proxy/index.js';
 import type { LedgerInit } from '../proxy/ledger.js';
+import type { SessionFilter } from '../proxy/session-control.js';
 
 /** The piscina task that runs one shard (posted once per shard instance). */
 export interface ShardTask {
@@ -52,10 +53,18 @@ export interface ErrorData {
 export type ControlRequest =
   | { op: 'reload'; seq: number; config: ProxyConfig; slots: Record<string, number> }
   | { op: 'counters'; seq: number }
+  /** Session control (admin server): this shard's matching sessions, its part of a drain, its last closes. */
+  | { op: 'sessions'; seq: number; filter: SessionFilter; count: number }
+  | { op: 'close-session'; seq: number; session: number; code: number; reason: string; by: string }
+  | { op: 'drain'; seq: number; route: string; index: number; undrain: boolean; closeWithinMs: number; by: string }
+  | { op: 'closes'; seq: number }
   /** Drain (sessions get 1001) for at most drainMs, close everything, end the task. */
   | { op: 'stop'; drainMs: number }
   /** Drill: throw an uncaught exception inside the shard (tests, chaos drills). */
   | { op: 'crash' };
+
+/** A control request as the main thread makes it (the run numbers it). */
+export type ControlAsk = ControlRequest extends infer R ? (R extends { seq: number } ? Omit<R, 'seq'> : never) : never;
 
 /** shard → main, on `control`. */
 export type ControlMessage =

@@ -33,8 +33,11 @@ import { createMetricsRegistry, sumCounters, type CounterSnapshot } from '../met
 import { registerHealthMetrics } from '../metrics/health-metrics.js';
 import type { CloseOptions, ProxyStats } from '../proxy/index.js';
 import type {
-  ControlMessage, ControlRequest, ErrorData, QueryReply, ShardTask, ShardTaskResult,
+  ControlAsk, ControlMessage, ControlRequest, ErrorData, QueryReply, ShardTask, ShardTaskResult,
 } from './messages.js';
+import {
+  mergePages, mergeRecentCloses, parseSessionId, type ClosedSession, type DrainResult, type SessionFilter, type SessionInfo, type SessionPage,
+} from '../proxy/session-control.js';
 
 /** Longest a synchronous `stats()` / `ready` waits for all shards together. */
 const QUERY_TIMEOUT_MS = 1000;
@@ -166,7 +169,7 @@ class ShardRun {
     if (!this.ended) this.control.postMessage(m);
   }
 
-  request(m: { op: 'counters' } | { op: 'reload'; config: ProxyConfig; slots: Record<string, number> }): Promise<unknown> {
+  request(m: ControlAsk): Promise<unknown> {
     if (this.ended) return Promise.reject(new SluiceError('SLUICE_ERR_SHARD', `shard ${this.id} ended`));
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
@@ -426,6 +429,48 @@ export class ShardedProxy {
     run.send({ op: 'crash' });
   }
 
+  /** The shards running now. */
+  private liveRuns(): ShardRun[] {
+    return this.shards.map((s) => s.run).filter((r): r is ShardRun => r !== null && r.started && !r.ended);
+  }
+
+  /** One page of live sessions over every shard (`GET /sessions`). */
+  async sessionPage(filter: SessionFilter, offset: number, limit: number): Promise<SessionPage> {
+    const parts = await Promise.all(this.liveRuns().map((r) =>
+      r.request({ op: 'sessions', filter, count: offset + limit }).then((v) => v as { total: number; sessions: SessionInfo[] }, () => null)));
+    return mergePages(parts.filter((p) => p !== null), offset, limit);
+  }
+
+  /** Closes the session `<shard>-<n>` names, on its shard; false: no such live session. */
+  async closeSessionById(id: string, code: number, reason: string, by: string): Promise<boolean> {
+    const parsed = parseSessionId(id);
+    const run = parsed === null ? null : this.shards[parsed.shard]?.run;
+    if (parsed === null || run == null || !run.started || run.ended) return false;
+    return (await run.request({ op: 'close-session', session: parsed.session, code, reason, by }).catch(() => false)) === true;
+  }
+
+  /** Drains (or opens again) an upstream in every shard; each closes its own sessions on it within the window. */
+  async drainUpstream(route: string, index: number, opts: { undrain?: boolean; closeWithinMs?: number; by: string }): Promise<DrainResult | string> {
+    const results = await Promise.all(this.liveRuns().map((r) => r.request({
+      op: 'drain', route, index, undrain: opts.undrain === true, closeWithinMs: opts.closeWithinMs ?? 0, by: opts.by,
+    }) as Promise<DrainResult | string>));
+    const missing = results.find((r): r is string => typeof r === 'string');
+    if (missing !== undefined || results.length === 0) return missing ?? 'no shard is running';
+    const done = results as DrainResult[];
+    return { ...done[0], closing: done.reduce((n, r) => n + r.closing, 0) };
+  }
+
+  /** The last sessions that ended, over every shard, newest first. */
+  async lastCloses(): Promise<ClosedSession[]> {
+    const parts = await Promise.all(this.liveRuns().map((r) => r.request({ op: 'closes' }).then((v) => v as ClosedSession[], () => [])));
+    return mergeRecentCloses(parts);
+  }
+
+  /** Counters of every shard (ended ones too), added up: the dashboard's rates. */
+  async counterSnapshot(): Promise<CounterSnapshot> {
+    return sumCounters(await this.counterSnapshots());
+  }
+
   /** Every counter source of one scrape: ended instances, the restarts, each live shard. */
   private async counterSnapshots(): Promise<CounterSnapshot[]> {
     const runs = this.shards.map((s) => s.run).filter((r): r is ShardRun => r !== null && r.started && !r.ended);
@@ -515,6 +560,7 @@ export function mergeShardStats(
         }
         up.sessions += u.sessions;
         up.healthy &&= u.healthy;
+        up.draining ||= u.draining;
         if (up.lastError === '') up.lastError = u.lastError;
       }
     }

@@ -95,6 +95,18 @@ export default async function runShard(task: ShardTask): Promise<ShardTaskResult
         proxy.counters.sync();
         post({ op: 'reply', seq: m.seq, ok: true, value: proxy.counters });
         return;
+      case 'sessions':
+        post({ op: 'reply', seq: m.seq, ok: true, value: proxy.listSessions(m.filter, m.count) });
+        return;
+      case 'close-session':
+        post({ op: 'reply', seq: m.seq, ok: true, value: proxy.closeSession(m.session, m.code, m.reason, m.by) });
+        return;
+      case 'drain':
+        post({ op: 'reply', seq: m.seq, ok: true, value: proxy.drainUpstream(m.route, m.index, { undrain: m.undrain, closeWithinMs: m.closeWithinMs, by: m.by }) });
+        return;
+      case 'closes':
+        post({ op: 'reply', seq: m.seq, ok: true, value: proxy.lastCloses() });
+        return;
       case 'stop':
         // A crashed shard is already ending, and ends its thread rather than its task.
         if (!crashed) void end(m.drainMs).then(() => finish({ reason: 'stopped' }));

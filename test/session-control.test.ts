@@ -1,0 +1,229 @@
+// Session control on the admin server (issue #16), against the real CLI with one shard
+// and with two: GET /sessions with its filters and pages, DELETE /sessions/{id} (both
+// sides get the code), upstream drain and undrain (over a reload too), named tokens in
+// the action logs, and the dashboard feed (GET /events) with the true session count and
+// moving totals. Real sockets, real upstreams (ws servers that record their closes).
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { WebSocket, WebSocketServer } from 'ws';
+import { nodeHasReusePort } from '../src/proxy/listen.js';
+import { freePort, startCli } from './fixtures/cli-process.js';
+
+const OPS = 'ops-token-0123456789abcdef';
+const ROOT = 'root-token-0123456789abcdef';
+const auth = (token: string) => ({ authorization: `Bearer ${token}` });
+
+/** A WebSocket upstream that echoes and records the close each session of it got. */
+async function upstream(t: { teardown(fn: () => unknown): void }) {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await once(wss, 'listening');
+  const closes: Array<{ code: number; reason: string }> = [];
+  let opened = 0;
+  wss.on('connection', (ws) => {
+    opened++;
+    ws.on('message', (m, binary) => ws.send(m, { binary }));
+    ws.on('close', (code, reason) => closes.push({ code, reason: reason.toString() }));
+    ws.on('error', () => {});
+  });
+  t.teardown(() => new Promise<void>((r) => {
+    for (const c of wss.clients) c.terminate();
+    wss.close(() => r());
+  }));
+  return { url: `ws://127.0.0.1:${(wss.address() as { port: number }).port}/`, closes, opened: () => opened };
+}
+
+function open(url: string): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    ws.once('open', () => resolve(ws));
+    ws.once('error', reject);
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`status ${res.statusCode}`)));
+  });
+}
+
+function closed(ws: WebSocket): Promise<{ code: number; reason: string }> {
+  return new Promise((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+}
+
+async function until(what: string, ok: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await ok())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+interface Page { total: number; offset: number; limit: number; sessions: Array<Record<string, unknown> & { id: string; upstream: string; messagesIn: number }> }
+
+// Two shards share a port through SO_REUSEPORT: the addon, or Node >= 22.12 (test/shard.test.ts).
+const canShare = process.env.SLUICE_NO_NATIVE !== '1' || nodeHasReusePort();
+
+for (const workers of [1, 2]) {
+  const skip = workers > 1 && !canShare ? `no SO_REUSEPORT: SLUICE_NO_NATIVE=1 on Node ${process.versions.node}` : false;
+  t.test(`session control, ${workers} shard${workers === 1 ? '' : 's'}`, { skip }, async (t) => {
+    const a = await upstream(t);
+    const b = await upstream(t);
+    const dir = mkdtempSync(join(tmpdir(), 'sluice-control-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const [port, adminPort] = [await freePort(), await freePort()];
+    const config = join(dir, 'sluice.yaml');
+    writeFileSync(config, `
+listen: { host: 127.0.0.1, port: ${port} }
+admin: { host: 127.0.0.1, port: ${adminPort}, token: ${ROOT}, tokens: [ { name: ops, token: ${OPS} } ] }
+workers: ${workers}
+log: { level: info }
+routes:
+  - { path: /echo, balance: round_robin, upstreams: [ { url: "${a.url}" }, { url: "${b.url}" } ] }
+  - { path: /other, upstreams: [ { url: "${b.url}" } ] }
+`);
+    const proxy = startCli(['--config', config]);
+    t.teardown(() => proxy.stop());
+    const admin = `http://127.0.0.1:${adminPort}`;
+    await until('the admin server', () => fetch(`${admin}/healthz`, { headers: auth(OPS) }).then((r) => r.ok, () => false), 15_000);
+    const get = async (path: string, token = OPS): Promise<Page> => (await fetch(`${admin}${path}`, { headers: auth(token) })).json() as Promise<Page>;
+
+    const clients: WebSocket[] = [];
+    t.teardown(() => { for (const c of clients) c.terminate(); });
+    for (let i = 0; i < 6; i++) clients.push(await open(`ws://127.0.0.1:${port}/echo`));
+    clients.push(await open(`ws://127.0.0.1:${port}/other`));
+    await until('7 sessions listed', async () => (await get('/sessions')).total === 7);
+
+    t.test('GET /sessions: a token, filters, pages', async (t) => {
+      t.equal((await fetch(`${admin}/sessions`)).status, 401, 'no token: 401');
+      t.equal((await fetch(`${admin}/sessions`, { headers: auth('wrong') })).status, 401, 'a wrong token: 401');
+      const all = await get('/sessions', ROOT);
+      t.equal(all.total, 7, 'both tokens are good');
+      t.equal(new Set(all.sessions.map((s) => s.id)).size, 7, 'ids are unique');
+      if (workers === 2) t.ok(all.sessions.every((s) => /^[01]-\d+$/.test(s.id)), 'ids name their shard');
+      t.equal((await get('/sessions?route=/echo')).total, 6, 'filter route');
+      const onA = (await get(`/sessions?route=/echo&upstream=${encodeURIComponent(a.url)}`)).total;
+      const onB = (await get(`/sessions?route=/echo&upstream=${encodeURIComponent(b.url)}`)).total;
+      t.equal(onA + onB, 6, 'filter upstream: the two upstreams hold the route\'s six');
+      t.ok(onA > 0 && onB > 0, 'round robin used both');
+      t.equal((await get('/sessions?remote=127.0.0.1')).total, 7, 'filter remote address');
+      t.equal((await get('/sessions?remote=10.9.9.9')).total, 0, 'another address: none');
+      t.equal((await get('/sessions?agent=nobody')).total, 0, 'filter agent');
+      const pages = [await get('/sessions?limit=3'), await get('/sessions?limit=3&offset=3'), await get('/sessions?limit=3&offset=6')];
+      t.same(pages.map((p) => p.sessions.length), [3, 3, 1], 'pages of 3');
+      t.same(pages.flatMap((p) => p.sessions.map((s) => s.id)).sort(), all.sessions.map((s) => s.id).sort(), 'the pages hold each session once');
+      t.equal((await fetch(`${admin}/sessions?limit=0`, { headers: auth(OPS) })).status, 400, 'limit 0: 400');
+      t.equal((await fetch(`${admin}/sessions?offset=-1`, { headers: auth(OPS) })).status, 400, 'a negative offset: 400');
+      // Live counters, whichever engine holds the session.
+      for (let i = 0; i < 25; i++) clients[0].send(`m${i}`);
+      await until('25 messages counted each way', async () => (await get('/sessions')).sessions.some((s) => s.messagesIn >= 25 && Number(s.messagesOut) >= 25));
+      const one = (await get('/sessions')).sessions.find((s) => s.messagesIn >= 25)!;
+      t.ok(one, 'one session counted the 25 messages in');
+      t.equal(one.messagesOut, 25, 'and their 25 echoes out');
+      t.ok(Number(one.bytesIn) >= 25 * 2, 'and their bytes');
+    });
+
+    t.test('DELETE /sessions/{id}: both sides get the code and reason; the action is logged with the token name', async (t) => {
+      const before = (await get('/sessions?route=/other')).sessions[0];
+      const victim = clients[6];
+      const gone = closed(victim);
+      const from = proxy.logs.length;
+      const bClosesBefore = b.closes.length;
+      const res = await fetch(`${admin}/sessions/${before.id}?code=4001&reason=${encodeURIComponent('closed by ops')}`, { method: 'DELETE', headers: auth(OPS) });
+      t.equal(res.status, 200);
+      t.match(await res.json(), { closed: true, id: before.id, code: 4001, by: 'ops' });
+      t.same(await gone, { code: 4001, reason: 'closed by ops' }, 'the client got 4001 and the reason');
+      await until('the upstream saw the close', () => b.closes.length > bClosesBefore);
+      t.same(b.closes.at(-1), { code: 4001, reason: 'closed by ops' }, 'the upstream got 4001 and the reason');
+      const line = await proxy.waitFor((l) => l.event === 'session_close_requested', from);
+      t.match(line, { session: before.id, code: 4001, by: 'ops', route: '/other' }, 'logged with who asked');
+      t.equal((await fetch(`${admin}/sessions/${before.id}?code=4001`, { method: 'DELETE', headers: auth(OPS) })).status, 404, 'gone: 404');
+      t.equal((await fetch(`${admin}/sessions/0-999999`, { method: 'DELETE', headers: auth(OPS) })).status, 404, 'unknown: 404');
+      const some = (await get('/sessions')).sessions[0].id;
+      for (const bad of ['1001', '2999', '5000', 'x']) {
+        t.equal((await fetch(`${admin}/sessions/${some}?code=${bad}`, { method: 'DELETE', headers: auth(OPS) })).status, 400, `code ${bad}: 400`);
+      }
+      t.equal((await fetch(`${admin}/sessions/${some}?reason=${'r'.repeat(124)}`, { method: 'DELETE', headers: auth(OPS) })).status, 400, 'a reason over 123 bytes: 400');
+      t.equal((await fetch(`${admin}/sessions/${some}`, { method: 'DELETE' })).status, 401, 'no token: 401');
+      t.equal((await get('/sessions')).total, 6, 'the others stay');
+    });
+
+    t.test('drain: no new sessions to the upstream; closeWithinMs closes its sessions with 1012; undrain', async (t) => {
+      const from = proxy.logs.length;
+      const r1 = await fetch(`${admin}/upstreams/0/0/drain`, { method: 'POST', headers: auth(ROOT) });
+      t.equal(r1.status, 200);
+      t.match(await r1.json(), { route: '/echo', upstream: a.url, draining: true, closing: 0, by: 'admin' });
+      t.ok(await proxy.waitFor((l) => l.event === 'upstream_drained' && l.by === 'admin', from), 'logged with the token name');
+      const stats = await (await fetch(`${admin}/stats`, { headers: auth(OPS) })).json() as { routes: Array<{ upstreams: Array<{ draining: boolean }> }> };
+      t.same(stats.routes[0].upstreams.map((u) => u.draining), [true, false], '/stats says which');
+      const aBefore = a.opened();
+      const bBefore = (await get(`/sessions?upstream=${encodeURIComponent(b.url)}&route=/echo`)).total;
+      const aLive = (await get(`/sessions?upstream=${encodeURIComponent(a.url)}`)).total;
+      for (let i = 0; i < 4; i++) clients.push(await open(`ws://127.0.0.1:${port}/echo`));
+      t.equal(a.opened(), aBefore, 'no new session went to the drained upstream');
+      t.equal((await get(`/sessions?upstream=${encodeURIComponent(b.url)}&route=/echo`)).total, bBefore + 4, 'they all went to the other');
+
+      // A reload keeps the drain.
+      const reload = await fetch(`${admin}/reload`, { method: 'POST', headers: auth(ROOT) });
+      t.equal(reload.status, 200, 'reload from the file');
+      const again = await (await fetch(`${admin}/stats`, { headers: auth(OPS) })).json() as { routes: Array<{ upstreams: Array<{ draining: boolean }> }> };
+      t.same(again.routes[0].upstreams.map((u) => u.draining), [true, false], 'still drained after a reload');
+
+      // Close what is left on it, within half a second.
+      t.ok(aLive > 0, `${aLive} sessions still on it`);
+      const ends = clients.slice(0, 6).map((c) => ({ c, end: closed(c) }));
+      const r2 = await fetch(`${admin}/upstreams/%2Fecho/0/drain?closeWithinMs=500`, { method: 'POST', headers: auth(OPS) });
+      t.match(await r2.json(), { draining: true, closing: aLive }, 'by path: those to close');
+      const started = Date.now();
+      await until('no session left on the drained upstream', async () => (await get(`/sessions?upstream=${encodeURIComponent(a.url)}`)).total === 0);
+      t.ok(Date.now() - started < 3000, 'within the window');
+      const got = await Promise.all(ends.map(async ({ c, end }) => (c.readyState === WebSocket.CLOSED || c.readyState === WebSocket.CLOSING ? end : null)));
+      t.same(got.filter((g) => g !== null).map((g) => g!.code), Array(aLive).fill(1012), 'its clients got 1012');
+      t.equal((await get('/sessions?route=/echo')).total, bBefore + 4, 'the other upstream kept its sessions');
+
+      // Both drained: a new session is refused with 503.
+      await fetch(`${admin}/upstreams/0/1/drain`, { method: 'POST', headers: auth(OPS) });
+      await t.rejects(open(`ws://127.0.0.1:${port}/echo`), /status 503/, 'every upstream drained: 503');
+      t.equal((await fetch(`${admin}/upstreams/0/1/drain`, { method: 'DELETE', headers: auth(OPS) })).status, 200, 'undrain');
+      clients.push(await open(`ws://127.0.0.1:${port}/echo`));
+      t.pass('a new session opens again');
+      t.equal((await fetch(`${admin}/upstreams/0/7/drain`, { method: 'POST', headers: auth(OPS) })).status, 404, 'no such upstream: 404');
+      t.equal((await fetch(`${admin}/upstreams/9/0/drain`, { method: 'POST', headers: auth(OPS) })).status, 404, 'no such route: 404');
+      t.equal((await fetch(`${admin}/upstreams/0/0/drain?closeWithinMs=soon`, { method: 'POST', headers: auth(OPS) })).status, 400, 'a bad window: 400');
+      t.equal((await fetch(`${admin}/upstreams/0/0/drain`, { method: 'GET', headers: auth(OPS) })).status, 405, 'GET: 405');
+    });
+
+    t.test('GET /events: snapshots with the true session count and moving totals', async (t) => {
+      t.equal((await fetch(`${admin}/events`)).status, 401, 'no token: 401');
+      const ac = new AbortController();
+      t.teardown(() => ac.abort());
+      const res = await fetch(`${admin}/events`, { headers: auth(OPS), signal: ac.signal });
+      t.equal(res.status, 200);
+      t.match(res.headers.get('content-type'), /^text\/event-stream/);
+      const reader = res.body!.getReader();
+      const decoder = new TextDecoder();
+      let buffered = '';
+      const next = async (): Promise<{ stats: { sessions: number }; totals: { messagesIn: number; messagesOut: number; closes: Record<string, number> }; closed: Array<{ clientCode: number }> }> => {
+        for (;;) {
+          const m = /(?:^|\n)data: (.*)\n\n/.exec(buffered);
+          if (m) {
+            buffered = buffered.slice(m.index + m[0].length);
+            return JSON.parse(m[1]);
+          }
+          const { value, done } = await reader.read();
+          if (done) throw new Error('the feed ended');
+          buffered += decoder.decode(value, { stream: true });
+        }
+      };
+      const live = (await get('/sessions')).total;
+      const first = await next();
+      t.equal(first.stats.sessions, live, 'the true session count');
+      t.ok((first.totals.closes['1012'] ?? 0) >= 3 && (first.totals.closes['4001'] ?? 0) >= 1, 'closes by code');
+      t.ok(first.closed.some((c) => c.clientCode === 4001), 'the last closed sessions');
+      const open1 = clients.filter((c) => c.readyState === WebSocket.OPEN)[0];
+      for (let i = 0; i < 40; i++) open1.send('x'.repeat(100));
+      let later = await next();
+      for (let i = 0; i < 5 && later.totals.messagesIn < first.totals.messagesIn + 40; i++) later = await next();
+      t.ok(later.totals.messagesIn >= first.totals.messagesIn + 40, 'messages in moved');
+      t.ok(later.totals.messagesOut >= first.totals.messagesOut + 40, 'messages out moved');
+      ac.abort();
+    });
+  });
+}
