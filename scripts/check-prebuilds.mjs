@@ -16,7 +16,7 @@ const rootAt = args.indexOf('--root');
 const root = rootAt >= 0 ? path.resolve(args.splice(rootAt, 2)[1] ?? '.') : path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 /**
- * What `npm install sluice` ships. Keep in step with the README ("Prebuilt binaries") and
+ * What `npm install sluice` ships. Keep in step with docs/building.md ("Prebuilt binaries") and
  * the build jobs of .github/workflows/release.yml.
  */
 export const EXPECTED = [

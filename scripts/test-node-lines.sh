@@ -14,7 +14,7 @@ lines=("$@")
 # code on every line; it runs on the machine's Node and under ASan.
 files=(test/proxy.test.ts test/envelope-route.test.ts
   test/shard.test.ts test/proxy-tls.test.ts test/cli.test.ts test/client.test.ts test/http-route.test.ts test/engine-accept.test.ts
-  test/engine-tls.test.ts test/engine-deflate.test.ts test/resume.test.ts)
+  test/engine-tls.test.ts test/engine-deflate.test.ts test/resume.test.ts test/session-control.test.ts)
 status=0
 for line in "${lines[@]}"; do
   dir=node_modules/.cache/sluice-node/$line

@@ -6,7 +6,7 @@
 
 /** Base class of every error sluice throws or reports. */
 export class SluiceError extends Error {
-  /** Stable identifier, listed in the README. */
+  /** Stable identifier, listed in docs/operations.md ("Error codes"). */
   readonly code: string;
   /** WebSocket close code this error maps to, when it ends a connection. */
   readonly closeCode: number | undefined;

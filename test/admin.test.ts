@@ -1,3 +1,4 @@
+import http from 'node:http';
 import t from 'tap';
 import { startAdminServer, type AdminHooks, type AdminTarget } from '../src/admin/index.js';
 import { parseConfig } from '../src/config/index.js';
@@ -153,4 +154,31 @@ t.test('close() ends keep-alive connections', async (t) => {
   await server.close();
   t.ok(Date.now() - started < 1000, 'closed promptly despite the idle keep-alive socket');
   await t.rejects(fetch(`http://127.0.0.1:${server.port}/healthz`), 'nothing listens any more');
+});
+
+t.test('a request from another site is refused (CSRF); without a token, so is a name that is not this server\'s (DNS rebinding)', async (t) => {
+  const { base, server } = await start(t, { token: 's3cret-token' });
+  const authorization = 'Bearer s3cret-token';
+  const post = (headers: Record<string, string>) => fetch(`${base}/reload`, { method: 'POST', body: '{}', headers: { authorization, ...headers } });
+  t.equal((await post({ origin: 'https://evil.example' })).status, 403, 'POST with another Origin: 403');
+  t.equal((await post({ 'sec-fetch-site': 'cross-site' })).status, 403, 'POST marked cross-site by the browser: 403');
+  t.equal((await post({ origin: `http://127.0.0.1:${server.port}` })).status, 200, 'POST from the same origin: 200');
+  t.equal((await post({ origin: 'http://gw.example:8080', 'x-forwarded-host': 'gw.example:8080' })).status, 200,
+    'POST from the origin a proxy in front forwarded (X-Forwarded-Host): 200');
+  t.equal((await post({})).status, 200, 'POST without Origin (curl): 200');
+  t.equal((await fetch(`${base}/stats`, { headers: { authorization, origin: 'https://evil.example' } })).status, 200, 'a GET is not refused for its Origin');
+
+  // Tokenless: only an IP address, localhost or admin.host as Host.
+  const open = await start(t, {});
+  const get = (host: string) => new Promise<number>((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port: new URL(open.base).port, path: '/healthz', headers: { host } }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+  });
+  t.equal(await get('rebound.evil.example'), 403, 'a rebound name: 403');
+  t.equal(await get(`127.0.0.1:${new URL(open.base).port}`), 200, 'an IP address: 200');
+  t.equal(await get('localhost'), 200, 'localhost: 200');
+  t.equal(await get('[::1]:9090'), 200, 'an IPv6 address: 200');
 });

@@ -415,3 +415,22 @@ t.test('cluster: a Redis URL, a shared secret of 32 bytes, one worker', async (t
   t.equal(parseConfig({ routes: [route({ auth: { apiKeys: { sha256: ['ab'.repeat(32)] }, connectionRatePerSubject: 5 } })] }).routes[0].auth?.connectionRatePerSubject, 5,
     'routes[].auth.connectionRatePerSubject');
 });
+
+t.test('admin.tokens: named tokens; bad ones are named by key path without their value; --check masks them', async (t) => {
+  const ok = parseConfig({ admin: { token: 'root-token', tokens: [{ name: 'oncall', token: 'oncall-token' }, { name: 'ci.bot', token: 'x!y~z' }] } });
+  t.same(ok.admin?.tokens?.map((x) => x.name), ['oncall', 'ci.bot']);
+  t.same(problems({ admin: { token: 'has space' } }), ['admin.token: expected a token of visible ASCII characters (no spaces), got a string of 9 characters']);
+  t.same(problems({ admin: { tokens: [{ name: 'ops', token: 'tøken' }] } }),
+    ['admin.tokens[0].token: expected a token of visible ASCII characters (no spaces), got a string of 5 characters']);
+  t.same(problems({ admin: { tokens: [] } }), ['admin.tokens: expected at least one { name, token } (leave tokens out for none), got []']);
+  t.same(problems({ admin: { tokens: [{ name: 'a', token: 'x' }, { name: 'a', token: 'y' }] } }).length, 1, 'a name twice');
+  t.match(problems({ admin: { tokens: [{ name: 'a', token: 'x' }, { name: 'a', token: 'y' }] } })[0], /^admin\.tokens: expected each token name once/);
+  t.same(problems({ admin: { token: 'x', tokens: [{ name: 'admin', token: 'y' }] } }),
+    ['admin.tokens[0].name: expected another name: "admin" is admin.token\'s, got "admin"']);
+  t.same(parseConfig({ admin: { tokens: [{ name: 'admin', token: 'y' }] } }).admin?.tokens?.[0].name, 'admin', 'the name admin is free without admin.token');
+  t.same(problems({ admin: { tokens: [{ name: '-bad', token: 'y' }] } }).length, 1, 'a bad name');
+  const text = describeConfig(resolveConfig({ admin: { tokens: [{ name: 'oncall', token: 'hunter3' }] } }, { env: {} })).join('\n');
+  t.match(text, /^admin\.tokens\[0\]\.token = "\*\*\*"/m, 'masked by --check');
+  t.match(text, /^admin\.tokens\[0\]\.name = "oncall"/m, 'the name is shown');
+  t.notMatch(text, /hunter3/);
+});

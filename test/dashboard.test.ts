@@ -58,6 +58,8 @@ routes:
     const page = await context.newPage();
     const errors: string[] = [];
     page.on('pageerror', (e) => errors.push(e.message));
+    // A Content-Security-Policy violation is a console error, not a page error.
+    page.on('console', (m) => { if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) errors.push(m.text()); });
     checks.push(() => t.same(errors, [], 'no script errors on the page'));
     t.teardown(() => context.close());
     return page;
@@ -93,27 +95,38 @@ routes:
     await page.waitForFunction(() => document.querySelectorAll('#sessions tr').length === 3, undefined, { timeout: 10_000 });
     t.pass('three live sessions listed');
 
-    const chartBefore = await page.evaluate(() => (document.getElementById('chart-msgs') as HTMLCanvasElement).toDataURL());
-    // Traffic for six seconds, rising then falling: each client sends and gets its echo.
+    // Traffic for six seconds, rising then falling, each client sending and getting its
+    // echo; the page is read while it flows.
     const start = Date.now();
     let sent = 0;
+    let seenIn = 0;
+    let seenOut = 0;
+    const readCards = async () => {
+      const value = async (id: string) => Number((await page.textContent(id))!.replace(/[^0-9.]/g, '')) || 0;
+      seenIn = Math.max(seenIn, await value('#c-min'));
+      seenOut = Math.max(seenOut, await value('#c-mout'));
+    };
+    let lastRead = Date.now();
     while (Date.now() - start < 6000) {
       const burst = 1 + Math.round(4 * Math.sin((Math.PI * (Date.now() - start)) / 6000));
       for (const c of clients) for (let i = 0; i < burst; i++) { c.send('x'.repeat(64)); sent++; }
+      if (Date.now() - lastRead > 500) {
+        await readCards();
+        lastRead = Date.now();
+      }
       await new Promise((r) => setTimeout(r, 5));
     }
-    await page.waitForFunction(() => Number((document.getElementById('c-min')!.textContent ?? '0').replace(/[^0-9.]/g, '')) > 0,
-      undefined, { timeout: 5000 });
-    t.pass(`messages/s in is above zero (${sent} sent)`);
-    const chartAfter = await page.evaluate(() => (document.getElementById('chart-msgs') as HTMLCanvasElement).toDataURL());
-    t.not(chartAfter, chartBefore, 'the messages chart moved');
-    t.ok(Number((await page.textContent('#c-mout'))!.replace(/[^0-9.]/g, '')) > 0, 'messages/s out too');
+    await readCards();
+    t.ok(seenIn > 0, `messages/s in rose above zero while traffic flowed (${sent} sent; ${seenIn} shown)`);
+    t.ok(seenOut > 0, `messages/s out too (${seenOut} shown)`);
     t.match(await page.textContent('#routes'), /\/echo/, 'routes and upstreams listed');
     t.match(await page.textContent('#shards'), /0/, 'the shard listed');
 
-    // The screenshot the docs show, taken while traffic has just flowed.
-    await page.screenshot({ path: join(root, 'docs', 'dashboard.png'), fullPage: false });
-    t.ok(existsSync(join(root, 'docs', 'dashboard.png')), 'docs/dashboard.png written');
+    // The screenshot the docs show, taken while traffic has just flowed: written to docs/
+    // with SLUICE_UPDATE_SCREENSHOT=1, else to a temporary file (the tree stays clean).
+    const shot = process.env.SLUICE_UPDATE_SCREENSHOT === '1' ? join(root, 'docs', 'dashboard.png') : join(dir, 'dashboard.png');
+    const png = await page.screenshot({ path: shot, fullPage: false });
+    t.same([...png.subarray(1, 4)].map((b) => String.fromCharCode(b)).join(''), 'PNG', `a PNG screenshot (${shot})`);
 
     // Close one session from the page: its prompts are answered 4000 and a reason.
     const victim = clients[0];

@@ -388,3 +388,29 @@ t.test('gateway and agent as processes: TCP (100 MiB by hash, 100 concurrent str
     t.equal((await roundTrip(tunnelPorts.echo, Buffer.from('new gateway'))).toString(), 'new gateway', 'streams work through the new gateway');
   });
 });
+
+t.test('SLUICE_TUNNEL=typescript runs the TypeScript link on both ends, with the addon loaded', {
+  skip: process.env.SLUICE_NO_NATIVE === '1' ? 'the TypeScript link runs anyway under SLUICE_NO_NATIVE=1' : false,
+}, async (t) => {
+  const [gw2, admin2, tunnel2, agentAdmin2] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const file = join(dir, 'gateway-ts-link.yaml');
+  writeFileSync(file, `
+listen: { host: 127.0.0.1, port: ${gw2} }
+admin: { host: 127.0.0.1, port: ${admin2} }
+log: { level: info }
+routes:
+  - { path: /agent, mode: agent, auth: { apiKeys: { header: authorization, sha256: [ "${createHash('sha256').update(KEY_ANY).digest('hex')}" ] } } }
+tunnels:
+  - { listen: "127.0.0.1:${tunnel2}", agent: ts-link, service: echo }
+`);
+  const env = { SLUICE_TUNNEL: 'typescript' };
+  const gw = startCli(['--config', file], env, 60_000);
+  t.teardown(() => gw.stop());
+  await gw.waitFor((l) => /listening/.test(String(l.msg)), 0, 15_000).catch(() => undefined);
+  const agent = startCli(['agent', '--admin-port', String(agentAdmin2), '--server', `ws://127.0.0.1:${gw2}/agent`, '--token', KEY_ANY,
+    '--name', 'ts-link', '--expose', `echo=127.0.0.1:${(echo.address() as net.AddressInfo).port}`], env, 60_000);
+  t.teardown(() => agent.stop());
+  const up = await agentUp(gw, 'ts-link');
+  t.equal(up.native, false, 'the gateway runs the TypeScript link');
+  t.equal((await roundTrip(tunnel2, Buffer.from('through the twin'))).toString(), 'through the twin', 'a TCP tunnel works through it');
+});

@@ -961,7 +961,7 @@ bool Engine::Destroy(uint32_t id) {
   return true;
 }
 
-bool Engine::Flow(uint32_t id, double out[kFlowSlots]) {
+bool Engine::Flow(uint32_t id, double (&out)[kFlowSlots]) {
   Session* s = Find(id);
   if (s == nullptr || s->stage != kStageData) return false;
   out[0] = s->client.paused ? 1 : 0;

@@ -285,7 +285,7 @@ class Engine {
   // A session's flow and live counters: paused (client, upstream), bytes waiting to be
   // written (client, upstream), messages and payload bytes so far (from the client, from the upstream).
   static constexpr int kFlowSlots = 8;
-  bool Flow(uint32_t id, double out[kFlowSlots]);
+  bool Flow(uint32_t id, double (&out)[kFlowSlots]);  // by reference: a smaller array does not compile
   void CloseAll();
 
   // The engine accepts on `fd` (a listening socket it now owns) and reads request heads;

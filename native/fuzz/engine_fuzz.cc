@@ -666,7 +666,7 @@ void CallJs(Harness* h, int what, uint8_t p) {
       break;
     }
     case 4: {
-      double f[4];
+      double f[sluice::engine::Engine::kFlowSlots];
       if (h->engine->Flow(h->id, f)) {
         CHECK(f[0] == 0 || f[0] == 1);
         CHECK(f[1] == 0 || f[1] == 1);
@@ -797,7 +797,7 @@ bool Settle(Harness* h, int max_rounds) {
   for (int i = 0; i < max_rounds; i++) {
     size_t moved = WriteSome(h, 4);
     moved += Turn(h);
-    double f[4] = {0, 0, 0, 0};
+    double f[sluice::engine::Engine::kFlowSlots] = {0, 0, 0, 0};
     const bool live = h->engine != nullptr && h->engine->Flow(h->id, f);
     const bool busy = moved > 0 || h->check_active || (live && (f[2] > 0 || f[3] > 0));
     quiet = busy ? 0 : quiet + 1;

@@ -9,6 +9,8 @@
  * path prefix, sluice's own http routes included. Text from the wire (routes, reasons,
  * addresses) is set as textContent, never as HTML.
  */
+import { createHash } from 'node:crypto';
+
 export const DASHBOARD_HTML = String.raw`<!doctype html>
 <html lang="en">
 <head>
@@ -36,6 +38,7 @@ h2 { font-size:.95rem; margin:0 0 .6rem; }
 .card span { color:var(--mute); font-size:.8rem; }
 canvas { width:100%; height:150px; display:block; }
 .legend { font-size:.8rem; color:var(--mute); } .legend i { display:inline-block; width:.8rem; height:.2rem; vertical-align:middle; margin:0 .25rem 0 .6rem; }
+.legend i.in { background:var(--in); } .legend i.out { background:var(--out); }
 .scroll { overflow-x:auto; }
 table { border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums; }
 th, td { text-align:left; padding:.25rem .45rem; border-bottom:1px solid var(--line); white-space:nowrap; }
@@ -82,11 +85,11 @@ input { font:inherit; padding:.35rem .5rem; border-radius:5px; border:1px solid 
     </div>
   </section>
   <section>
-    <h2>Messages per second <span class="legend"><i style="background:var(--in)"></i>in (client → upstream)<i style="background:var(--out)"></i>out</span></h2>
+    <h2>Messages per second <span class="legend"><i class="in"></i>in (client → upstream)<i class="out"></i>out</span></h2>
     <canvas id="chart-msgs" aria-label="messages per second, last 5 minutes"></canvas>
   </section>
   <section>
-    <h2>Bytes per second <span class="legend"><i style="background:var(--in)"></i>in<i style="background:var(--out)"></i>out</span></h2>
+    <h2>Bytes per second <span class="legend"><i class="in"></i>in<i class="out"></i>out</span></h2>
     <canvas id="chart-bytes" aria-label="bytes per second, last 5 minutes"></canvas>
   </section>
   <section class="wide">
@@ -138,7 +141,10 @@ input { font:inherit; padding:.35rem .5rem; border-radius:5px; border:1px solid 
   // The token: from the fragment (then dropped from the address bar), else this tab's storage.
   var m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
   if (m) {
-    try { sessionStorage.setItem(KEY, decodeURIComponent(m[1])); } catch (e) { /* storage off: the token lives in this page */ token = decodeURIComponent(m[1]); }
+    var fromFragment = m[1];
+    try { fromFragment = decodeURIComponent(m[1]); } catch (e) { /* not percent-encoded: taken as it is */ }
+    token = fromFragment;
+    try { sessionStorage.setItem(KEY, fromFragment); } catch (e) { /* storage off: the token lives in this page */ }
     history.replaceState(null, '', location.pathname + location.search);
   }
   try { token = sessionStorage.getItem(KEY) || token; } catch (e) { /* keep it */ }
@@ -350,3 +356,13 @@ input { font:inherit; padding:.35rem .5rem; border-radius:5px; border:1px solid 
 </body>
 </html>
 `;
+
+/** The page's Content-Security-Policy: its one inline style and one inline script by hash, nothing else. */
+export const DASHBOARD_CSP = (() => {
+  const hash = (tag: string) => {
+    const m = new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`).exec(DASHBOARD_HTML);
+    if (m === null) throw new Error(`dashboard page: no <${tag}>`);
+    return `'sha256-${createHash('sha256').update(m[1]).digest('base64')}'`;
+  };
+  return `default-src 'none'; script-src ${hash('script')}; style-src ${hash('style')}; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`;
+})();

@@ -16,6 +16,8 @@ export interface FeedSource {
   readonly ready: { ok: boolean; reasons: string[] };
   lastCloses(): ClosedSession[] | Promise<ClosedSession[]>;
   counterSnapshot(): CounterSnapshot | Promise<CounterSnapshot>;
+  /** Both at once, where that is one round trip instead of two (the sharded proxy). */
+  statsAndReady?(): { stats: unknown; ready: { ok: boolean; reasons: string[] } };
 }
 
 /** The running totals a page turns into rates (deltas between two snapshots). */
@@ -101,12 +103,15 @@ export class DashboardFeed {
 
   /** Builds one snapshot and writes it to every subscriber (or only to `only`, a new one). */
   private async tick(only?: ServerResponse): Promise<void> {
-    if (this.busy && only === undefined) return; // the last one is still being gathered (slow shards)
-    this.busy = only === undefined;
+    if (only === undefined) {
+      if (this.busy) return; // the last one is still being gathered (slow shards): skip this beat
+      this.busy = true;
+    }
     try {
       const [counters, closed] = await Promise.all([this.source.counterSnapshot(), this.source.lastCloses()]);
+      const now = this.source.statsAndReady?.() ?? { stats: this.source.stats(), ready: this.source.ready };
       const snapshot: FeedSnapshot = {
-        t: Date.now(), ready: this.source.ready, stats: this.source.stats(), totals: feedTotals(counters), closed: closed.slice(0, CLOSED_SHOWN),
+        t: Date.now(), ready: now.ready, stats: now.stats, totals: feedTotals(counters), closed: closed.slice(0, CLOSED_SHOWN),
       };
       const line = `data: ${JSON.stringify(snapshot)}\n\n`;
       for (const res of only !== undefined ? [only] : this.subscribers) {

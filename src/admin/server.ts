@@ -21,7 +21,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { isIP, type AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import { parseConfigText } from '../config/load.js';
 import type { ProxyConfig } from '../config/types.js';
@@ -31,7 +31,7 @@ import type { CounterSnapshot } from '../metrics/index.js';
 import {
   DEFAULT_PAGE, MAX_PAGE, operatorCloseCode, type ClosedSession, type DrainResult, type SessionFilter, type SessionPage,
 } from '../proxy/session-control.js';
-import { DASHBOARD_HTML } from './dashboard-page.js';
+import { DASHBOARD_CSP, DASHBOARD_HTML } from './dashboard-page.js';
 import { DashboardFeed } from './feed.js';
 
 /**
@@ -114,10 +114,17 @@ export async function startAdminServer(
     if (route?.name === 'page' && method === 'GET') {
       res.writeHead(200, {
         'Content-Type': 'text/html; charset=utf-8', 'Content-Length': Buffer.byteLength(DASHBOARD_HTML), 'Cache-Control': 'no-store',
-        'Content-Security-Policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        'X-Content-Type-Options': 'nosniff', 'Referrer-Policy': 'no-referrer',
+        'Content-Security-Policy': DASHBOARD_CSP, 'X-Content-Type-Options': 'nosniff', 'Referrer-Policy': 'no-referrer',
       });
       res.end(req.method === 'HEAD' ? undefined : DASHBOARD_HTML);
+      req.resume();
+      return;
+    }
+    // A browser's request made by another site's page (CSRF), or through a name that is not
+    // this server's (DNS rebinding against a server without a token), is refused.
+    const foreign = foreignRequest(req, method, tokens.length === 0 ? admin.host : null);
+    if (foreign !== null) {
+      send(res, 403, TEXT_TYPE, `forbidden: ${foreign}\n`);
       req.resume();
       return;
     }
@@ -165,7 +172,10 @@ export async function startAdminServer(
         await reload(req, res, query);
         return;
       case 'events':
-        if (!feed!.subscribe(res)) send(res, 503, TEXT_TYPE, 'too many dashboard streams\n');
+        if (req.method === 'HEAD') {
+          res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-store' });
+          res.end();
+        } else if (!feed!.subscribe(res)) send(res, 503, TEXT_TYPE, 'too many dashboard streams\n');
         return;
       case 'sessions': {
         const offset = wholeParam(query, 'offset', 0, Number.MAX_SAFE_INTEGER);
@@ -182,7 +192,11 @@ export async function startAdminServer(
         return;
       }
       case 'session': {
-        const id = decodeURIComponent(route.params[0]);
+        const id = decoded(route.params[0]);
+        if (id === null) {
+          send(res, 400, JSON_TYPE, JSON.stringify({ error: 'session id: bad percent-encoding' }));
+          return;
+        }
         const code = wholeParam(query, 'code', 1000, 4999);
         const reason = query.get('reason') ?? 'closed by an operator';
         if (code === null || !operatorCloseCode(code) || Buffer.byteLength(reason) > 123) {
@@ -200,7 +214,12 @@ export async function startAdminServer(
           send(res, 400, JSON_TYPE, JSON.stringify({ error: 'closeWithinMs: expected a whole number of milliseconds, 0..3600000' }));
           return;
         }
-        const result = await control!.drainUpstream(decodeURIComponent(route.params[0]), index, { undrain: method === 'DELETE', closeWithinMs, by: who });
+        const routeRef = decoded(route.params[0]);
+        if (routeRef === null) {
+          send(res, 400, JSON_TYPE, JSON.stringify({ error: 'route: bad percent-encoding' }));
+          return;
+        }
+        const result = await control!.drainUpstream(routeRef, index, { undrain: method === 'DELETE', closeWithinMs, by: who });
         if (typeof result === 'string') send(res, 404, JSON_TYPE, JSON.stringify({ error: result }));
         else send(res, 200, JSON_TYPE, JSON.stringify({ ...result, by: who }));
         return;
@@ -301,6 +320,42 @@ function routeOf(path: string, control: boolean): { name: RouteName; methods: st
   if (m !== null) return { name: 'session', methods: ['DELETE'], params: [m[1]] };
   m = /^\/upstreams\/([^/]+)\/(\d{1,4})\/drain$/.exec(path);
   if (m !== null) return { name: 'drain', methods: ['POST', 'DELETE'], params: [m[1], m[2]] };
+  return null;
+}
+
+/** A path parameter, percent-decoded; null when its encoding is malformed. */
+function decoded(raw: string): string | null {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Why a request is refused as coming from elsewhere, or null. A browser names the page's
+ * site: `Sec-Fetch-Site: cross-site`, or an `Origin` whose host is neither `Host` nor
+ * `X-Forwarded-Host` (sluice's own http routes set it), on anything but GET. Without a
+ * token (`tokenless`: the configured admin host), `Host` must be an IP address,
+ * `localhost` or that host: a name rebound to 127.0.0.1 by another site is not.
+ */
+function foreignRequest(req: IncomingMessage, method: string, tokenless: string | null): string | null {
+  const h = req.headers;
+  if (method !== 'GET') {
+    if (h['sec-fetch-site'] === 'cross-site') return 'a request from another site';
+    const origin = h.origin;
+    if (origin !== undefined && origin !== 'null') {
+      let from = '';
+      try { from = new URL(origin).host; } catch { /* malformed: refused below */ }
+      const forwarded = String(h['x-forwarded-host'] ?? '').split(',').map((x) => x.trim());
+      const hosts = [h.host ?? '', ...forwarded].filter((x) => x !== '');
+      if (!hosts.includes(from)) return `a request from another origin (${origin.slice(0, 100)})`;
+    }
+  }
+  if (tokenless !== null && h.host !== undefined) {
+    const name = h.host.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1').toLowerCase();
+    if (!isIP(name) && name !== 'localhost' && name !== tokenless.toLowerCase()) return `Host ${h.host.slice(0, 100)} is not this server's (set admin.token to serve other names)`;
+  }
   return null;
 }
 

@@ -70,7 +70,7 @@ export interface ConnectOptions {
   /** Stop writing to the socket while its buffered bytes exceed this; default 1 MiB. */
   highWaterMark?: number;
   /**
-   * Resume (routes with `resume`, README "Resume"): keep the session's token, come back
+   * Resume (routes with `resume`, docs/protocols.md "Resume"): keep the session's token, come back
    * with it after a drop, and get exactly what was missed both ways: nothing delivered
    * twice, nothing lost, while the proxy holds the session (its grace).
    */

@@ -1,5 +1,5 @@
 /**
- * Agents across instances (README "Scaling out"): a stream to an agent that another
+ * Agents across instances (docs/operations.md "Scaling out"): a stream to an agent that another
  * instance holds is relayed there. This instance asks the owner's advertised address for
  * `GET /_sluice/agent-stream` with `Upgrade: sluice-agent-stream`, the agent and service
  * in headers and the cluster's signature (HMAC with `cluster.secret`); the owner opens the

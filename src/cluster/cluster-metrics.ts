@@ -1,5 +1,5 @@
 /**
- * The cluster's view as metrics (README "Scaling out"): live instances, sessions per
+ * The cluster's view as metrics (docs/operations.md "Scaling out"): live instances, sessions per
  * instance (from their lease lines), whether this instance is degraded (Redis away), and
  * this instance's places per scope. Read at scrape time.
  */

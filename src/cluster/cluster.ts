@@ -1,5 +1,5 @@
 /**
- * Several instances as one proxy (README "Scaling out"): what they share goes through
+ * Several instances as one proxy (docs/operations.md "Scaling out"): what they share goes through
  * Redis, in one script call each, and nothing on the per-message path touches it.
  *
  * - Membership: each instance holds a lease (a sorted set of instance ids scored by when

@@ -172,7 +172,7 @@ export function parseConfigText(text: string, format: 'json' | 'yaml', name = 'c
 export function describeConfig(resolved: ResolvedConfig): string[] {
   const rows = [...leaves(resolved.config, [])].map(([path, value]) => {
     const key = formatPath(path);
-    const secret = key === 'admin.token' || /^admin\.tokens\[\d+\]\.token$/.test(key) || key === 'cluster.secret' || /^routes\[\d+\]\.auth\.jwt\.secret$/.test(key);
+    const secret = isSecretKey(key);
     // A Redis URL may carry a password: shown without it.
     const shown = secret ? '"***"'
       : key === 'cluster.redis.url' ? JSON.stringify(String(value).replace(/\/\/([^@/]*)@/, '//***@')) : JSON.stringify(value);
@@ -237,6 +237,11 @@ function overlay(
   for (const [leaf] of leaves(value, [...path])) sources.set(formatPath(leaf), src);
 }
 
+/** Keys whose values are secrets: masked by `--check` and in error messages. */
+function isSecretKey(key: string): boolean {
+  return key === 'admin.token' || /^admin\.tokens\[\d+\]\.token$/.test(key) || key === 'cluster.secret' || /^routes\[\d+\]\.auth\.jwt\.secret$/.test(key);
+}
+
 /** Describes a value after "got": strings quoted, lists and mappings as short JSON. */
 function describe(value: unknown): string {
   if (value === undefined) return 'nothing';
@@ -253,7 +258,11 @@ function formatIssue(issue: z.core.$ZodIssue, sources: Map<string, SourceOfValue
   const src = sources.get(at);
   const from = src && (src.source === 'env' || src.source === 'cli') && src.origin ? ` (set by ${src.origin})` : '';
   const message = issue.message.startsWith('expected') ? issue.message : `expected a valid value (${issue.message})`;
-  return [`${at}: ${message}, got ${describe(issue.input)}${from}`];
+  // A malformed admin token is still a secret: its length is said, not its value (the
+  // schema's other secrets describe themselves in their issues).
+  const got = /^admin\.(?:token|tokens\[\d+\]\.token)$/.test(at) && typeof issue.input === 'string'
+    ? `a string of ${issue.input.length} characters` : describe(issue.input);
+  return [`${at}: ${message}, got ${got}${from}`];
 }
 
 /** Where file paths sit in a config. */

@@ -168,6 +168,12 @@ function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
   return z.enum(values, { error: `expected one of ${values.join('|')}` });
 }
 /** A section object: unknown keys refused, and when left out, parsed from `{}` so its defaults apply. */
+/** An admin token: what a Bearer header can carry (visible ASCII, no spaces). */
+function adminToken() {
+  const what = 'expected a token of visible ASCII characters (no spaces)';
+  return z.string({ error: what }).regex(/^[\x21-\x7e]+$/, { error: what });
+}
+
 function section<S extends z.core.$ZodLooseShape>(shape: S) {
   return z.strictObject(shape, { error: 'expected a mapping of settings' });
 }
@@ -384,12 +390,15 @@ export const proxyConfigSchema = section({
   admin: section({
     host: nonEmptyString('a host name or IP address').default(DEFAULTS.admin.host),
     port: port().default(DEFAULTS.admin.port),
-    token: nonEmptyString('a non-empty token').optional(),
+    token: adminToken().optional(),
     tokens: z.array(section({
       name: z.string({ error: NAME_EXPECTED }).regex(NAME, { error: NAME_EXPECTED }),
-      token: nonEmptyString('a non-empty token'),
-    }), { error: 'expected a list of { name, token }' }).optional()
+      token: adminToken(),
+    }), { error: 'expected a list of { name, token }' }).min(1, { error: 'expected at least one { name, token } (leave tokens out for none)' }).optional()
       .refine((list) => list === undefined || new Set(list.map((t) => t.name)).size === list.length, { error: 'expected each token name once' }),
+  }).superRefine((a, ctx) => {
+    const i = a.token === undefined ? -1 : (a.tokens ?? []).findIndex((t) => t.name === 'admin');
+    if (i >= 0) ctx.addIssue({ code: 'custom', path: ['tokens', i, 'name'], message: 'expected another name: "admin" is admin.token\'s', input: 'admin' });
   }).optional(),
   log: section({
     level: oneOf(LOG_LEVELS).default(DEFAULTS.log.level),

@@ -104,7 +104,7 @@ export interface RouteConfig {
   /** Agent routes: a second agent with a connected agent's name replaces it, or is refused. */
   duplicate: 'replace' | 'refuse';
   /**
-   * Envelope routes: sessions survive the client's network (README "Resume"): when the
+   * Envelope routes: sessions survive the client's network (docs/protocols.md "Resume"): when the
    * client's connection is lost the upstream is kept for `graceSeconds`, its messages held
    * up to `bufferBytes` (past it the upstream is held back), and a client that comes back
    * with its token gets what it missed. Absent: a lost client ends the session.
@@ -191,7 +191,7 @@ export interface ProxyConfig {
    * each session action is logged with the name of the token that asked for it.
    */
   admin?: { host: string; port: number; token?: string; tokens?: Array<{ name: string; token: string }> };
-  /** Several instances as one proxy, through Redis (README "Scaling out"); absent: one instance. */
+  /** Several instances as one proxy, through Redis (docs/operations.md "Scaling out"); absent: one instance. */
   cluster?: ClusterConfig;
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
 }

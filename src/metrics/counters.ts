@@ -17,7 +17,7 @@ export const SESSION_SECONDS_BUCKETS: readonly number[] = [0.1, 1, 10, 60, 300, 
 /** Histogram bucket upper bounds (seconds) of sluice_parked_seconds: how long a session waited for its client. */
 export const PARKED_SECONDS_BUCKETS: readonly number[] = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 300];
 
-/** Resume on envelope routes (README "Resume"): parked sessions, resumes by outcome, replays. */
+/** Resume on envelope routes (docs/protocols.md "Resume"): parked sessions, resumes by outcome, replays. */
 export interface ResumeCounters {
   /** Sessions parked now (their client gone, the upstream kept). */
   parked: number;

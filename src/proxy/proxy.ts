@@ -38,7 +38,7 @@ import {
 } from './resume.js';
 import { NativeSession } from './native-session.js';
 import {
-  RecentCloses, compareSessions, matchesFilter, mergePages, parseSessionId,
+  RecentCloses, mergePages, parseSessionId,
   type ClosedSession, type DrainResult, type SessionFilter, type SessionInfo, type SessionPage,
 } from './session-control.js';
 import { EngineClient, SocketClient, setPeerAddress, type HandshakeClient } from './handshake-client.js';
@@ -88,6 +88,10 @@ export interface ProxyHooks {
   resumePeers?: Int32Array;
   /** Internal (shards): listen with SO_REUSEPORT, so that every shard can bind the same port. */
   reusePort?: boolean;
+  /** Internal (shards): upstreams drained before this shard started ({@link drainKey}s), e.g. a replacement's. */
+  drained?: readonly string[];
+  /** Internal (shards): the first session id (a replacement shard numbers on past its predecessors). */
+  firstSessionId?: number;
   /**
    * Internal (shards): TLS session ticket keys (80 bytes) every shard shares, so that a
    * client's session resumes whichever shard the kernel gives its next connection.
@@ -165,8 +169,8 @@ export interface ProxyStats {
   pool: ReturnType<typeof poolStats>;
   native: typeof codecInfo;
   /**
-   * Which engines hold the sessions' sockets: 'native' (native/engine/, transparent
-   * plain-TCP sessions; the rest on the TypeScript engine) or 'typescript' (every session,
+   * Which engines hold the sessions' sockets: 'native' (native/engine/: every session but
+   * resumable ones and those through agents, which run on the TypeScript engine) or 'typescript' (every session,
    * with `reason`); `native` counts the sessions the native engine holds now.
    */
   engine: { kind: 'native' | 'typescript'; native: number; reason?: string };
@@ -174,7 +178,7 @@ export interface ProxyStats {
   /** Agents connected to this gateway (routes with mode: agent), and the L4 tunnels through them. */
   agents: AgentInfo[];
   tunnels: TunnelStats[];
-  /** With `cluster`: the instances, this one's places, whether it is degraded (README "Scaling out"). */
+  /** With `cluster`: the instances, this one's places, whether it is degraded (docs/operations.md "Scaling out"). */
   cluster?: ClusterStats;
 }
 
@@ -216,8 +220,10 @@ export class Proxy implements SessionHost {
   readonly sessions = new Set<Session | NativeSession>();
   /** The last sessions that ended (the dashboard's list). */
   private readonly recentCloses = new RecentCloses();
-  /** Closes an upstream drain spread over its window (cleared when the proxy closes). */
-  private readonly drainTimers = new Set<NodeJS.Timeout>();
+  /** Drained upstreams by {@link drainKey} (route key and upstream): they outlive reloads, whatever else changes. */
+  private readonly drained = new Set<string>();
+  /** The 1012 each session of a drained upstream gets within its window; cleared by an undrain or the session's end. */
+  private readonly drainTimers = new Map<Session | NativeSession, NodeJS.Timeout>();
   /** The native engine (null: every session on the TypeScript engine) and its sessions by engine id. */
   private engine: NativeEngine | null = null;
   private readonly nativeSessions = new Map<number, NativeSession>();
@@ -225,7 +231,7 @@ export class Proxy implements SessionHost {
   private agents: AgentRegistry | null = null;
   private tunnelListeners: TunnelListener[] = [];
   private pendingUpgrades = 0;
-  private nextId = 1;
+  private nextId: number;
   /** Live resume tokens of this proxy's (shard's) resumable sessions. */
   private readonly resumable = new ResumeRegistry<Session>();
   /** Shards: the loopback listener where resumes other shards relay arrive, its secret, and the relays open. */
@@ -257,6 +263,8 @@ export class Proxy implements SessionHost {
 
   constructor(input: unknown, hooks: ProxyHooks = {}) {
     this.hooks = hooks;
+    this.nextId = hooks.firstSessionId ?? 1;
+    for (const k of hooks.drained ?? []) this.drained.add(k);
     this.config = parseConfig(input);
     this.logger = createLogger(this.config.log.level);
     this.registry = createMetricsRegistry(this.count);
@@ -331,6 +339,7 @@ export class Proxy implements SessionHost {
     for (const r of this.routes) {
       if (r.config.mode === 'agent') continue; // agents connect to it: nothing to be healthy
       if (!r.balancer.upstreams.some((u) => this.upstreamUp(u, now))) reasons.push(`route ${r.config.path}: no healthy upstream`);
+      else if (r.balancer.drained.size === r.balancer.upstreams.length) reasons.push(`route ${r.config.path}: every upstream drained`);
     }
     // Tunnels and upstreams through an agent that is not connected cannot carry anything.
     const missing = new Set(this.neededAgents().filter((a) => !this.agentReachable(a)));
@@ -357,6 +366,11 @@ export class Proxy implements SessionHost {
 
   sessionEnded(s: Session | NativeSession): void {
     this.sessions.delete(s);
+    const drainTimer = this.drainTimers.get(s);
+    if (drainTimer !== undefined) {
+      clearTimeout(drainTimer);
+      this.drainTimers.delete(s);
+    }
     const places = this.placed.get(s);
     if (places !== undefined) {
       this.placed.delete(s);
@@ -615,7 +629,7 @@ export class Proxy implements SessionHost {
     this.cluster = null;
     this.engine?.close();
     this.engine = null;
-    for (const t of this.drainTimers) clearTimeout(t);
+    for (const t of this.drainTimers.values()) clearTimeout(t);
     this.drainTimers.clear();
   }
 
@@ -681,11 +695,8 @@ export class Proxy implements SessionHost {
     }
     const l = config.limits;
     this.connectionRate = l.connectionRatePerIp > 0 ? new ConnectionRateLimiter(l.connectionRatePerIp, l.connectionBurstPerIp) : null;
-    // Drains outlive a reload: an upstream still on its route stays drained.
-    for (const r of runtimes) {
-      const before = this.routes.find((o) => o.key === r.key);
-      for (const u of before?.balancer.drained ?? []) if (r.balancer.upstreams.includes(u)) r.balancer.drained.add(u);
-    }
+    // Drains outlive a reload: an upstream still on its route (by URL) stays drained.
+    for (const r of runtimes) for (const u of r.balancer.upstreams) if (this.drained.has(drainKey(r.key, u.href))) r.balancer.drained.add(u);
     this.stopRoutes();
     this.routes = runtimes;
     this.matchers = compileRoutes(runtimes.map((r) => ({ route: r, config: r.config })));
@@ -1177,7 +1188,7 @@ export class Proxy implements SessionHost {
       // The engine takes both sockets once the 101 has left (Node's write callback). Until
       // then the place is held as an upgrade in flight, published before the 101 goes: a
       // client that gets its 101 and connects again at once, to another shard, must find it
-      // counted there (maxConnections is exact across shards).
+      // counted there (the shards count against maxConnections together).
       this.pendingUpgrades++;
       route.counts.pending++;
       this.publishCounts(route.key, route.counts);
@@ -1475,10 +1486,10 @@ export class Proxy implements SessionHost {
   // ------------------------------------------------------------------ the engine's handshakes
 
   /**
-   * A request head the engine read. Upgrades it can carry through (transparent routes on
-   * ws:// upstreams, no permessage-deflate) are decided here as Node's are; everything
-   * else (plain HTTP, envelope routes, compression, wss:// upstreams) is handed to Node's
-   * HTTP server with the bytes read so far.
+   * A request head the engine read. Upgrades it can carry through (every WebSocket route
+   * but those in `engineCanCarry`'s list: agent routes, upstreams through agents, resumes,
+   * relays) are decided here as Node's are; everything else (plain HTTP, those upgrades)
+   * is handed to Node's HTTP server with the bytes read so far.
    */
   private onEngineRequest(e: EngineEvent): void {
     const engine = this.engine!;
@@ -1772,15 +1783,18 @@ export class Proxy implements SessionHost {
    * `count` of them in {@link compareSessions} order (a pool cuts its page from every shard's).
    */
   listSessions(filter: SessionFilter, count: number): { total: number; sessions: SessionInfo[] } {
-    const now = Date.now();
-    const matched: SessionInfo[] = [];
+    // Filtered and ordered on what each session holds; counters are read (an engine call
+    // each, for native sessions) only for the page's sessions.
+    const matched: Array<Session | NativeSession> = [];
     for (const s of this.sessions) {
       if (s.ended) continue;
-      const info = this.describe(s, now);
-      if (matchesFilter(info, filter)) matched.push(info);
+      if ((filter.route && s.route.path !== filter.route) || (filter.upstream && s.upstream.href !== filter.upstream) ||
+          (filter.remote && s.remoteAddress !== filter.remote) || (filter.agent && (s.upstream.agent?.name ?? '') !== filter.agent)) continue;
+      matched.push(s);
     }
-    matched.sort(compareSessions);
-    return { total: matched.length, sessions: matched.slice(0, count) };
+    matched.sort((x, y) => x.startedAt - y.startedAt || x.id - y.id);
+    const now = Date.now();
+    return { total: matched.length, sessions: matched.slice(0, count).map((x) => this.describe(x, now)) };
   }
 
   /**
@@ -1823,39 +1837,55 @@ export class Proxy implements SessionHost {
   /**
    * Drains (or with `undrain`, opens again) upstream `index` of a route: no new session goes
    * to it. With `closeWithinMs` > 0 its live sessions get 1012 at jittered times within that
-   * window (a restart of the upstream, as clients read 1012). `route` is the route's index in
-   * `routes` or its path. A string: there is no such upstream (what is missing).
+   * window (a restart of the upstream, as clients read 1012); an undrain calls off those
+   * still to come, and a second drain does not add to them. `route` is the route's index in
+   * `routes` or its path (when no other route has it). A string: what is missing.
    */
   drainUpstream(route: string, index: number, opts: { undrain?: boolean; closeWithinMs?: number; by: string }): DrainResult | string {
-    const r = /^\d+$/.test(route) ? this.routes[Number(route)] : this.routes.find((x) => x.config.path === route);
-    const up = r?.balancer.upstreams[index];
-    if (r === undefined || up === undefined) {
-      return r === undefined ? `no route ${route}` : `route ${r.config.path} has no upstream ${index}`;
+    let r: RouteRuntime | undefined;
+    if (/^\d+$/.test(route)) r = this.routes[Number(route)];
+    else {
+      const byPath = this.routes.filter((x) => x.config.path === route);
+      if (byPath.length > 1) return `${byPath.length} routes have the path ${route}: name the route by its index`;
+      r = byPath[0];
     }
+    const up = r?.balancer.upstreams[index];
+    if (r === undefined || up === undefined) return r === undefined ? `no route ${route}` : `route ${r.config.path} has no upstream ${index}`;
+    const key = drainKey(r.key, up.href);
     let closing = 0;
     if (opts.undrain) {
+      this.drained.delete(key);
       r.balancer.drained.delete(up);
+      for (const [s, t] of this.drainTimers) {
+        if (s.routeKey !== r.key || s.upstream !== up) continue;
+        clearTimeout(t);
+        this.drainTimers.delete(s);
+      }
     } else {
+      this.drained.add(key);
       r.balancer.drained.add(up);
       const windowMs = opts.closeWithinMs ?? 0;
-      if (windowMs > 0) {
-        for (const s of this.sessions) {
-          if (s.ended || s.routeKey !== r.key || s.upstream !== up) continue;
-          closing++;
-          const t = setTimeout(() => {
-            this.drainTimers.delete(t);
-            s.shutdown(1012, 'upstream draining');
-          }, Math.random() * windowMs);
-          t.unref();
-          this.drainTimers.add(t);
-        }
+      for (const s of windowMs > 0 ? this.sessions : []) {
+        if (s.ended || s.routeKey !== r.key || s.upstream !== up || this.drainTimers.has(s)) continue;
+        closing++;
+        const t = setTimeout(() => {
+          this.drainTimers.delete(s);
+          s.shutdown(1012, 'upstream draining');
+        }, Math.random() * windowMs);
+        t.unref();
+        this.drainTimers.set(s, t);
       }
     }
     this.logger.info({
       event: opts.undrain ? 'upstream_undrained' : 'upstream_drained', route: r.config.path, upstream: up.href, closing, by: opts.by,
     }, `upstream ${up.href} ${opts.undrain ? 'takes new sessions again' : 'drained'} (by ${opts.by})`);
-    return { route: r.config.path, upstream: up.href, draining: !opts.undrain, closing };
+    return { route: r.config.path, upstream: up.href, draining: !opts.undrain, closing, key };
   }
+}
+
+/** What names a drained upstream across reloads and shards: its route's key and its URL. */
+export function drainKey(routeKey: string, href: string): string {
+  return `${routeKey} ${href}`;
 }
 
 let defaultCa: string | null = null;

@@ -1,5 +1,5 @@
 /**
- * Resume on envelope routes (README "Resume"): the pieces a session needs to survive its
+ * Resume on envelope routes (docs/protocols.md "Resume"): the pieces a session needs to survive its
  * client's network, apart from the engine that carries its frames.
  *
  * - Tokens: 128 random bits, base64url, after a routing prefix `<shard>.` that names the

@@ -7,7 +7,7 @@
 
 /** One live session as `GET /sessions` lists it. */
 export interface SessionInfo {
-  /** `<shard>-<session>`: unique within the process (shard 0 without shards). */
+  /** `<shard>-<session>` (shard 0 without shards); a replacement shard numbers on past its predecessors, so an id is never reused. */
   id: string;
   route: string;
   upstream: string;
@@ -40,6 +40,8 @@ export interface SessionFilter {
 /** One page of sessions: `total` matched, `sessions` are those from `offset` on (at most `limit`). */
 export interface SessionPage {
   total: number;
+  /** Shards that did not answer (restarting): `total` and the page leave their sessions out. */
+  missingShards?: number[];
   offset: number;
   limit: number;
   sessions: SessionInfo[];
@@ -68,8 +70,10 @@ export interface DrainResult {
   route: string;
   upstream: string;
   draining: boolean;
-  /** Sessions on it that will get 1012 within the window (0 without `close`). */
+  /** Sessions on it that will get 1012 within the window (0 without `closeWithinMs`). */
   closing: number;
+  /** What names the drain across reloads and shards (proxy.ts `drainKey`). */
+  key: string;
 }
 
 export const MAX_PAGE = 1000;
@@ -82,9 +86,12 @@ export function matchesFilter(s: SessionInfo, f: SessionFilter): boolean {
     (!f.remote || s.remoteAddress === f.remote) && (!f.agent || s.agent === f.agent);
 }
 
-/** Oldest first, then by id: the order pages are cut in, on one shard or merged over many. */
+/** Oldest first, then by shard and number: the order pages are cut in, on one shard or merged over many. */
 export function compareSessions(a: SessionInfo, b: SessionInfo): number {
-  return a.startedAt < b.startedAt ? -1 : a.startedAt > b.startedAt ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+  if (a.startedAt !== b.startedAt) return a.startedAt < b.startedAt ? -1 : 1;
+  const x = parseSessionId(a.id);
+  const y = parseSessionId(b.id);
+  return x === null || y === null ? 0 : x.shard - y.shard || x.session - y.session;
 }
 
 /** Cuts one page out of shards' matches (each sorted by {@link compareSessions}). */

@@ -57,7 +57,7 @@ export interface SessionHost {
 }
 
 /**
- * A resumable session's state (routes with `resume`; README "Resume"). Data frames are
+ * A resumable session's state (routes with `resume`; docs/protocols.md "Resume"). Data frames are
  * numbered per direction from 1: `received` counts the client's (forwarded to the
  * upstream), the replay buffer numbers the upstream's.
  */
@@ -631,7 +631,7 @@ export class Session implements EnvelopePeer {
     this.host.errorFrame(this, reason);
   }
 
-  // ---------------------------------------------------------------- resume (README "Resume")
+  // ---------------------------------------------------------------- resume (docs/protocols.md "Resume")
 
   /** One control frame for the client (its JSON). */
   private sendControl(json: unknown): void {

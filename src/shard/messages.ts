@@ -34,6 +34,10 @@ export interface ShardTask {
    * shard takes resumes relayed by the others (a resume token names its session's shard).
    */
   resumePeers: Int32Array;
+  /** Upstreams drained now (proxy.ts `drainKey`): a replacement shard starts with them drained. */
+  drained: string[];
+  /** The shard's first session id: past every id its predecessors in this slot gave. */
+  firstSessionId: number;
 }
 
 /** How a shard's task ended (a crash ends the thread instead: piscina sees its exit). */

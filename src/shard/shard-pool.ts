@@ -39,6 +39,8 @@ import {
   mergePages, mergeRecentCloses, parseSessionId, type ClosedSession, type DrainResult, type SessionFilter, type SessionInfo, type SessionPage,
 } from '../proxy/session-control.js';
 
+/** Longest a session-control or dashboard request waits for a shard. */
+const CONTROL_TIMEOUT_MS = 2000;
 /** Longest a synchronous `stats()` / `ready` waits for all shards together. */
 const QUERY_TIMEOUT_MS = 1000;
 /** A shard that crashes sooner than this after starting is restarted with a growing delay. */
@@ -107,7 +109,8 @@ class ShardRun {
   private onListening!: (port: number) => void;
   private onListenFailed!: (err: Error) => void;
 
-  constructor(pool: Piscina, readonly id: number, config: ProxyConfig, ledger: LedgerInit, ticketKeys: Uint8Array, resumePeers: Int32Array) {
+  constructor(pool: Piscina, readonly id: number, config: ProxyConfig, ledger: LedgerInit, ticketKeys: Uint8Array, resumePeers: Int32Array,
+    start: { drained: string[]; firstSessionId: number }) {
     const control = new MessageChannel();
     const query = new MessageChannel();
     this.control = control.port1;
@@ -118,7 +121,9 @@ class ShardRun {
     });
     this.listening.catch(() => undefined);
     this.control.on('message', (m: ControlMessage) => this.onMessage(m));
-    const task: ShardTask = { id, config, control: control.port2, query: query.port2, signal: this.signal, ledger, ticketKeys, resumePeers };
+    const task: ShardTask = {
+      id, config, control: control.port2, query: query.port2, signal: this.signal, ledger, ticketKeys, resumePeers, ...start,
+    };
     this.done = pool.run(task, { transferList: [control.port2, query.port2] }).then(
       (r: ShardTaskResult) => r.reason,
       () => 'crashed' as const,
@@ -169,11 +174,24 @@ class ShardRun {
     if (!this.ended) this.control.postMessage(m);
   }
 
-  request(m: ControlAsk): Promise<unknown> {
+  /** Asks the shard; `timeoutMs` > 0: a shard that does not answer in time is given up on (the answer, if late, is dropped). */
+  request(m: ControlAsk, timeoutMs = 0): Promise<unknown> {
     if (this.ended) return Promise.reject(new SluiceError('SLUICE_ERR_SHARD', `shard ${this.id} ended`));
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
-      this.pending.set(seq, { resolve, reject });
+      let timer: NodeJS.Timeout | undefined;
+      const done = () => {
+        clearTimeout(timer);
+        this.pending.delete(seq);
+      };
+      this.pending.set(seq, { resolve: (v) => { done(); resolve(v); }, reject: (e) => { done(); reject(e); } });
+      if (timeoutMs > 0) {
+        timer = setTimeout(() => {
+          done();
+          reject(new SluiceError('SLUICE_ERR_SHARD', `shard ${this.id} did not answer ${m.op} within ${timeoutMs} ms`));
+        }, timeoutMs);
+        timer.unref();
+      }
       this.control.postMessage({ ...m, seq } as ControlRequest);
     });
   }
@@ -242,6 +260,8 @@ export class ShardedProxy {
   /** Each shard's loopback port for relayed resumes (messages.ts `resumePeers`), one word per possible shard. */
   private readonly resumePeers = new Int32Array(new SharedArrayBuffer(4 * 1024));
   private slots: Record<string, number> = {};
+  /** Upstreams drained through the admin server (proxy.ts `drainKey`): every shard has them, replacements too. */
+  private readonly drained = new Set<string>();
 
   constructor(input: ProxyConfigInput | ProxyConfig | unknown = {}) {
     this.config = parseConfig(input);
@@ -342,7 +362,11 @@ export class ShardedProxy {
   private startShard(shard: Shard): ShardRun {
     const run = new ShardRun(this.pool!, shard.id, this.shardConfig(this.config), {
       words: this.ledger!, row: shard.id, shards: this.shards.length, slots: this.slots,
-    }, this.ticketKeys, this.resumePeers);
+    }, this.ticketKeys, this.resumePeers, {
+      drained: [...this.drained],
+      // Past every id an earlier instance of this slot gave: an id names one session, ever.
+      firstSessionId: shard.restarts * 2 ** 32 + 1,
+    });
     shard.run = run;
     void run.done.then((outcome) => this.onShardEnded(shard, run, outcome));
     return run;
@@ -434,11 +458,14 @@ export class ShardedProxy {
     return this.shards.map((s) => s.run).filter((r): r is ShardRun => r !== null && r.started && !r.ended);
   }
 
-  /** One page of live sessions over every shard (`GET /sessions`). */
+  /** One page of live sessions over every shard (`GET /sessions`); shards that do not answer are named. */
   async sessionPage(filter: SessionFilter, offset: number, limit: number): Promise<SessionPage> {
-    const parts = await Promise.all(this.liveRuns().map((r) =>
-      r.request({ op: 'sessions', filter, count: offset + limit }).then((v) => v as { total: number; sessions: SessionInfo[] }, () => null)));
-    return mergePages(parts.filter((p) => p !== null), offset, limit);
+    const runs = this.liveRuns();
+    const parts = await Promise.all(runs.map((r) =>
+      r.request({ op: 'sessions', filter, count: offset + limit }, CONTROL_TIMEOUT_MS).then((v) => v as { total: number; sessions: SessionInfo[] }, () => null)));
+    const page = mergePages(parts.filter((p) => p !== null), offset, limit);
+    const missing = this.shards.filter((s) => !runs.some((r, i) => r === s.run && parts[i] !== null)).map((s) => s.id);
+    return missing.length > 0 ? { ...page, missingShards: missing } : page;
   }
 
   /** Closes the session `<shard>-<n>` names, on its shard; false: no such live session. */
@@ -446,35 +473,48 @@ export class ShardedProxy {
     const parsed = parseSessionId(id);
     const run = parsed === null ? null : this.shards[parsed.shard]?.run;
     if (parsed === null || run == null || !run.started || run.ended) return false;
-    return (await run.request({ op: 'close-session', session: parsed.session, code, reason, by }).catch(() => false)) === true;
+    return (await run.request({ op: 'close-session', session: parsed.session, code, reason, by }, CONTROL_TIMEOUT_MS).catch(() => false)) === true;
   }
 
-  /** Drains (or opens again) an upstream in every shard; each closes its own sessions on it within the window. */
+  /**
+   * Drains (or opens again) an upstream in every shard; each closes its own sessions on it
+   * within the window. The drain is kept here too, so a shard that starts later (a
+   * replacement) starts with it.
+   */
   async drainUpstream(route: string, index: number, opts: { undrain?: boolean; closeWithinMs?: number; by: string }): Promise<DrainResult | string> {
-    const results = await Promise.all(this.liveRuns().map((r) => r.request({
+    const settled = await Promise.allSettled(this.liveRuns().map((r) => r.request({
       op: 'drain', route, index, undrain: opts.undrain === true, closeWithinMs: opts.closeWithinMs ?? 0, by: opts.by,
-    }) as Promise<DrainResult | string>));
+    }, CONTROL_TIMEOUT_MS) as Promise<DrainResult | string>));
+    const results = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
     const missing = results.find((r): r is string => typeof r === 'string');
     if (missing !== undefined || results.length === 0) return missing ?? 'no shard is running';
     const done = results as DrainResult[];
+    if (opts.undrain) this.drained.delete(done[0].key);
+    else this.drained.add(done[0].key);
     return { ...done[0], closing: done.reduce((n, r) => n + r.closing, 0) };
   }
 
   /** The last sessions that ended, over every shard, newest first. */
   async lastCloses(): Promise<ClosedSession[]> {
-    const parts = await Promise.all(this.liveRuns().map((r) => r.request({ op: 'closes' }).then((v) => v as ClosedSession[], () => [])));
+    const parts = await Promise.all(this.liveRuns().map((r) => r.request({ op: 'closes' }, CONTROL_TIMEOUT_MS).then((v) => v as ClosedSession[], () => [])));
     return mergeRecentCloses(parts);
   }
 
   /** Counters of every shard (ended ones too), added up: the dashboard's rates. */
   async counterSnapshot(): Promise<CounterSnapshot> {
-    return sumCounters(await this.counterSnapshots());
+    return sumCounters(await this.counterSnapshots(CONTROL_TIMEOUT_MS));
+  }
+
+  /** `stats()` and `ready` from one round of queries (the dashboard's feed asks for both each second). */
+  statsAndReady(): { stats: ProxyStats; ready: { ok: boolean; reasons: string[] } } {
+    const replies = this.queryShards();
+    return { stats: this.statsFrom(replies), ready: this.readyFrom(replies) };
   }
 
   /** Every counter source of one scrape: ended instances, the restarts, each live shard. */
-  private async counterSnapshots(): Promise<CounterSnapshot[]> {
+  private async counterSnapshots(timeoutMs = 0): Promise<CounterSnapshot[]> {
     const runs = this.shards.map((s) => s.run).filter((r): r is ShardRun => r !== null && r.started && !r.ended);
-    const live = await Promise.all(runs.map((r) => r.request({ op: 'counters' }).catch(() => null)));
+    const live = await Promise.all(runs.map((r) => r.request({ op: 'counters' }, timeoutMs).catch(() => null)));
     const restarts: CounterSnapshot = { ...sumCounters([]), shardRestarts: this.shards.reduce((n, s) => n + s.restarts, 0) };
     // A shard whose final counters arrived meanwhile is counted once, in `retired`.
     const current = live.filter((c, i): c is CounterSnapshot => c !== null && runs[i].final === null);
@@ -499,11 +539,14 @@ export class ShardedProxy {
 
   /** Listening with every shard, not draining, and every shard ready (each shard's reasons, prefixed). */
   get ready(): { ok: boolean; reasons: string[] } {
+    return this.readyFrom(this.shards.length > 0 ? this.queryShards() : new Map());
+  }
+
+  private readyFrom(replies: Map<number, QueryReply>): { ok: boolean; reasons: string[] } {
     const reasons: string[] = [];
     if (this.listening === null) reasons.push('not listening');
     if (this.draining) reasons.push('draining');
     if (this.shards.length > 0) {
-      const replies = this.queryShards();
       for (const shard of this.shards) {
         const reply = replies.get(shard.id);
         if (reply === undefined) reasons.push(`shard ${shard.id}: not running`);
@@ -520,7 +563,10 @@ export class ShardedProxy {
 
   /** The shards' statistics added up, and each shard's sessions and restarts. */
   stats(): ProxyStats {
-    const replies = this.queryShards();
+    return this.statsFrom(this.queryShards());
+  }
+
+  private statsFrom(replies: Map<number, QueryReply>): ProxyStats {
     return mergeShardStats(
       this.shards.map((s) => ({ id: s.id, restarts: s.restarts, stats: replies.get(s.id)?.stats })),
       { port: this.port, draining: this.draining, listening: this.listening !== null && this.closing === null },
@@ -560,7 +606,7 @@ export function mergeShardStats(
         }
         up.sessions += u.sessions;
         up.healthy &&= u.healthy;
-        up.draining ||= u.draining;
+        up.draining &&= u.draining; // drained only where every shard has it drained
         if (up.lastError === '') up.lastError = u.lastError;
       }
     }

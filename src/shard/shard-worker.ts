@@ -31,7 +31,8 @@ export default async function runShard(task: ShardTask): Promise<ShardTaskResult
   const { id, control, query, signal } = task;
   const post = (m: ControlMessage) => control.postMessage(m);
   const ledger = new ConnectionLedger(task.ledger);
-  const proxy: Proxy = createProxy(task.config, { ledger, reusePort: true, ticketKeys: task.ticketKeys, shard: task.id, resumePeers: task.resumePeers });
+  const proxy: Proxy = createProxy(task.config, { ledger, reusePort: true, ticketKeys: task.ticketKeys, shard: task.id, resumePeers: task.resumePeers,
+    drained: task.drained, firstSessionId: task.firstSessionId });
 
   let listening: Promise<unknown> = Promise.resolve();
   let ending: Promise<void> | null = null;

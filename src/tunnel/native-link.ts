@@ -513,7 +513,7 @@ export function linkOverSocket(socket: net.Socket, head: Buffer, options: Native
   return link;
 }
 
-/** Whether linkOverSocket can run here at all. */
+/** Whether the native link runs here: the addon has it, and SLUICE_TUNNEL=typescript does not turn it off. */
 export function nativeLinkAvailable(): boolean {
-  return MuxClass !== null;
+  return nativeLinkUnavailable === '';
 }
