@@ -255,3 +255,37 @@ routes:
     });
   });
 }
+
+t.test('a shard that restarts starts with the drains in place, and numbers its sessions past its predecessor', {
+  skip: canShare ? false : `no SO_REUSEPORT: SLUICE_NO_NATIVE=1 on Node ${process.versions.node}`,
+}, async (t) => {
+  const a = await upstream(t);
+  const b = await upstream(t);
+  const { createShardedProxy } = await import('../src/shard/index.js');
+  const proxy = createShardedProxy({
+    workers: 2, listen: { host: '127.0.0.1', port: 0 }, log: { level: 'silent' }, drain: { timeoutMs: 500 },
+    routes: [{ path: '/echo', balance: 'round_robin', upstreams: [{ url: a.url }, { url: b.url }] }],
+  });
+  t.teardown(() => proxy.close());
+  const { port } = await proxy.listen();
+  const drained = await proxy.drainUpstream('0', 0, { by: 'test' });
+  t.match(drained, { draining: true, upstream: a.url });
+  const ids = (await proxy.sessionPage({}, 0, 10)).sessions.map((s) => s.id);
+  t.same(ids, [], 'no sessions yet');
+
+  const clients: WebSocket[] = [];
+  t.teardown(() => { for (const c of clients) c.terminate(); });
+  for (let i = 0; i < 6; i++) clients.push(await open(`ws://127.0.0.1:${port}/echo`));
+  const before = (await proxy.sessionPage({}, 0, 100)).sessions.filter((s) => s.id.startsWith('0-')).map((s) => s.id);
+
+  proxy.crashShard(0);
+  await until('shard 0 replaced and ready', () => proxy.stats().shards[0].restarts === 1 && proxy.ready.ok, 10_000);
+  t.same(proxy.stats().routes[0].upstreams.map((u) => u.draining), [true, false], 'every shard, the new one too, has the drain');
+  const aBefore = a.opened();
+  for (let i = 0; i < 12; i++) clients.push(await open(`ws://127.0.0.1:${port}/echo`));
+  t.equal(a.opened(), aBefore, 'no new session reached the drained upstream, whichever shard took it');
+  const after = (await proxy.sessionPage({}, 0, 100)).sessions.filter((s) => s.id.startsWith('0-')).map((s) => s.id);
+  t.ok(after.length > 0, 'the replacement took sessions');
+  t.same(after.filter((id) => before.includes(id)), [], 'and none has an id its predecessor gave');
+  t.equal(await proxy.closeSessionById(before[0] ?? '0-1', 4000, 'stale', 'test'), false, 'a stale id closes nothing');
+});
