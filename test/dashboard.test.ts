@@ -13,18 +13,11 @@ import t, { type Test } from 'tap';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { WebSocket } from 'ws';
 import { freePort, root, startCli } from './fixtures/cli-process.js';
+import { connect as open } from './fixtures/peers.js';
 
 const CHROMIUM = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
 const skip = CHROMIUM === undefined ? 'chromium is not installed (Debian: apt-get install chromium)' : false;
 const TOKEN = 'dash-token-0123456789abcdef';
-
-function open(url: string): Promise<WebSocket> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url);
-    ws.once('open', () => resolve(ws));
-    ws.once('error', reject);
-  });
-}
 
 t.test('the dashboard in chromium', { skip }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'sluice-dash-'));

@@ -29,7 +29,7 @@ export interface SessionInfo {
   bytesOut: number;
 }
 
-/** The filters of `GET /sessions` (each exact; '' or absent: any). */
+/** The filters of `GET /sessions` (each exact; '' or absent: any; applied in proxy.ts `listSessions`). */
 export interface SessionFilter {
   route?: string;
   upstream?: string;
@@ -80,11 +80,6 @@ export const MAX_PAGE = 1000;
 export const DEFAULT_PAGE = 100;
 /** How many ended sessions each proxy (shard) remembers for the dashboard. */
 export const RECENT_CLOSES = 50;
-
-export function matchesFilter(s: SessionInfo, f: SessionFilter): boolean {
-  return (!f.route || s.route === f.route) && (!f.upstream || s.upstream === f.upstream) &&
-    (!f.remote || s.remoteAddress === f.remote) && (!f.agent || s.agent === f.agent);
-}
 
 /** Oldest first, then by shard and number: the order pages are cut in, on one shard or merged over many. */
 export function compareSessions(a: SessionInfo, b: SessionInfo): number {
